@@ -1,0 +1,34 @@
+# signstream: `make demo` runs the whole pipeline on the synthetic corpus,
+# `make test` runs the test suite. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m signstream.tools.demo --out runs/demo
+
+bench: setup
+	$(PY) -m signstream.benchmarks.run_all --out benchmarks/results
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

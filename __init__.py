@@ -1,0 +1,17 @@
+"""signstream: sign language video to glosses, fast and measured.
+
+Subpackages: ``signstream.loaders`` (shard reading and decoding),
+``signstream.models`` (backbones, CTC head, decoding), ``signstream.recipes``
+(``accelerate launch`` scripts), ``signstream.tools`` (packing, synthetic
+corpus, evaluation, the ``signstream`` CLI) and ``signstream.benchmarks``.
+"""
+
+__version__ = "0.1.0"
+
+
+class SignstreamError(Exception):
+    """A user-facing error: bad input, missing file, bad option.
+
+    The CLI prints its message on one line (no traceback) and exits with 2.
+    Messages name the file, key or row at fault.
+    """
