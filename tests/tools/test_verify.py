@@ -1,0 +1,91 @@
+"""Tests for ``signstream verify``: a good pack passes, each kind of damage is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from signstream.tools.cli import main as cli
+from signstream.tools.verify import verify
+
+
+def _copy(packed, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(packed, out)
+    return out
+
+
+def test_good_pack_verifies_with_decoding(packed, capsys):
+    report = verify(packed, decode=True)
+    assert report["ok"] and report["problems"] == []
+    assert set(report["splits"]) == {"train", "dev", "test"}
+    assert cli(["verify", str(packed), "--decode"]) == 0
+    assert "verify: OK (decoded)" in capsys.readouterr().out
+
+
+def test_flipped_byte_is_a_checksum_failure_and_exit_1(packed, tmp_path, capsys):
+    out = _copy(packed, tmp_path)
+    tar = sorted((out / "train").glob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0xFF  # inside the first video's data
+    tar.write_bytes(bytes(data))
+    report = verify(out)
+    assert not report["ok"]
+    assert any("sha256" in p and tar.name in p for p in report["problems"])
+    assert cli(["verify", str(out)]) == 1
+    assert "verify: FAILED" in capsys.readouterr().out
+
+
+def test_index_that_does_not_match_its_tar_is_reported(packed, tmp_path):
+    out = _copy(packed, tmp_path)
+    idx = sorted((out / "train").glob("*.idx"))[0]
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join(lines[:-1]) + "\n")
+    report = verify(out)
+    assert any("does not describe" in p for p in report["problems"])
+
+
+def test_missing_shard_and_unlisted_shard_are_reported(packed, tmp_path):
+    out = _copy(packed, tmp_path)
+    first = sorted((out / "dev").glob("*.tar"))[0]
+    first.rename(out / "dev" / "dev-999999.tar")
+    problems = verify(out)["problems"]
+    assert any(p.endswith("missing") and first.name in p for p in problems)
+    assert any("not listed in the manifest" in p for p in problems)
+
+
+def test_decode_check_catches_wrong_frame_count(packed, tmp_path):
+    out = _copy(packed, tmp_path)
+    manifest_path = out / "test" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # Rewrite one sample's JSON inside the tar with a wrong frame count, then
+    # refresh checksums so that only the decode check can notice.
+    from signstream.tools.shardio import (
+        index_path_for,
+        iter_samples,
+        sha256_file,
+        write_index,
+        write_tar,
+    )
+
+    shard = manifest["shards"][0]
+    tar = out / "test" / shard["file"]
+    samples = []
+    for i, (key, members) in enumerate(iter_samples(tar)):
+        if i == 0:
+            meta = json.loads(members["json"])
+            meta["num_frames"] += 3
+            members["json"] = json.dumps(meta).encode()
+        samples.append([(f"{key}.{ext}", data) for ext, data in members.items()])
+    write_index(index_path_for(tar), write_tar(tar, samples))
+    shard["sha256"] = sha256_file(tar)
+    manifest_path.write_text(json.dumps(manifest))
+    assert verify(out)["ok"]
+    report = verify(out, decode=True)
+    assert not report["ok"] and any("decodes to" in p for p in report["problems"])
+
+
+def test_directory_without_manifest_is_a_one_line_error(tmp_path, capsys):
+    assert cli(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no manifest.json" in err[0]

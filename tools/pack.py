@@ -1,0 +1,442 @@
+"""``signstream pack``: a corpus into WebDataset shards of compressed video.
+
+Per split the packer writes ``<split>-NNNNNN.tar`` shards, a DALI index beside
+each, and ``manifest.json``; ``glosses.txt`` (the train vocabulary) goes to the
+output root. The run is
+
+* deterministic: the same rows and options give byte-identical shards, indexes
+  and manifests whatever ``--workers`` is (rows are encoded in parallel but
+  written in table order; encoders are single-threaded and bit-exact);
+* atomic and resumable: a shard is written under a temporary name and renamed
+  when complete; ``.pack-state.json`` records the finished shards, so a rerun
+  after a kill redoes only the shard that was in progress;
+* checked: each video is decoded back once before it is written, and a row
+  whose frames are missing, unreadable, empty or of mixed sizes is skipped with
+  a warning and listed in ``manifest.json["skipped"]``.
+
+Wall-clock figures (seconds, frames/s) go to ``pack-stats.json`` so that the
+manifest itself stays byte-identical between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from signstream import SignstreamError, __version__
+from signstream.loaders.fileio import write_json
+from signstream.tools import encode as enc
+from signstream.tools.corpora import Row, get_adapter
+from signstream.tools.shardio import (
+    index_path_for,
+    sha256_file,
+    tar_member_size,
+    write_index,
+    write_tar,
+)
+
+HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
+FORMAT = "signstream-shards/1"
+STATE_FILE = ".pack-state.json"
+KEY_MAX = 80
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """Everything that changes the bytes of the output (not ``workers``)."""
+
+    codec: str = "vp9"
+    quality: int | None = None
+    speed: str | None = None
+    gop: int | None = None
+    resize: tuple[int, int] | None = None
+    max_samples: int = 1000
+    max_bytes: int = 1 << 30
+
+
+@dataclass
+class Encoded:
+    """A worker's result for one row: the sample's members, or why it was skipped."""
+
+    index: int
+    members: list[tuple[str, bytes]] | None
+    frames: int = 0
+    png_bytes: int = 0
+    reason: str | None = None
+
+
+# ----------------------------------------------------------------------------- keys
+def make_keys(rows: list[Row]) -> list[str]:
+    """Dot-free, unique shard keys, in row order (the name is kept in the JSON).
+
+    WebDataset and DALI split member names at the first dot, and PHOENIX-style
+    names may contain dots, so anything outside ``[A-Za-z0-9_-]`` becomes ``_``.
+    """
+    keys, seen = [], set()
+    for row in rows:
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", row.name)[:KEY_MAX] or "sample"
+        key, n = base, 1
+        while key in seen:
+            n += 1
+            key = f"{base}_{n}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+# -------------------------------------------------------------------------- encoding
+def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
+    """Read, encode and round-trip-check one row (runs in a worker process)."""
+    index, row, key, opts = job
+    if row.problem:
+        return Encoded(index, None, reason=row.problem)
+    codec = enc.get_codec(opts.codec)
+    try:
+        if row.video:
+            frames, fps = enc.read_video_file(row.video, opts.resize)
+            src_bytes = os.path.getsize(row.video)
+        else:
+            frames, fps = enc.read_frames(row.frames, opts.resize), 25.0
+            src_bytes = sum(os.path.getsize(p) for p in row.frames)
+        frames = enc.even_size(frames)
+        t, h, w, _ = frames.shape
+        data = enc.encode_video(frames, codec, fps, opts.quality, opts.speed, opts.gop)
+        enc.check_round_trip(data, t, h, w)
+    except enc.EncodeError as exc:
+        return Encoded(index, None, reason=str(exc))
+    except FileNotFoundError as exc:
+        return Encoded(index, None, reason=f"missing file {exc.filename}")
+    meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
+            "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": fps,
+            "height": h, "width": w, "codec": codec.name}
+    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return Encoded(index, [(f"{key}.{codec.ext}", data), (f"{key}.json", meta_bytes)], t, src_bytes)
+
+
+def encode_all(jobs: list, workers: int) -> Iterator[Encoded]:
+    """Encode jobs in parallel, yielding results in job order with bounded look-ahead."""
+    if workers <= 1:
+        yield from map(encode_row, jobs)
+        return
+    ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+    with ctx.Pool(workers) as pool:
+        # imap keeps order; chunksize 1 keeps long videos from stalling a batch.
+        yield from pool.imap(encode_row, jobs, chunksize=1)
+
+
+# --------------------------------------------------------------------------- shards
+class ShardWriter:
+    """Groups encoded samples into shards in order and finalises each atomically."""
+
+    def __init__(self, split_dir: Path, split: str, opts: PackOptions, state: dict):
+        self.dir, self.split, self.opts, self.state = split_dir, split, opts, state
+        self.pending: list[Encoded] = []
+        self.pending_bytes = 1024  # tar end-of-archive blocks
+
+    def add(self, item: Encoded, next_row: int) -> None:
+        size = sum(tar_member_size(len(d)) for _, d in item.members)
+        full = len(self.pending) >= self.opts.max_samples
+        too_big = self.pending and self.pending_bytes + size > self.opts.max_bytes
+        if full or too_big:
+            self.flush(next_row=item.index)
+        self.pending.append(item)
+        self.pending_bytes += size
+
+    def flush(self, next_row: int) -> None:
+        """Write the pending samples as the next shard and record it in the state."""
+        if not self.pending:
+            self.state["next_row"] = next_row
+            return
+        number = len(self.state["shards"])
+        tar = self.dir / f"{self.split}-{number:06d}.tar"
+        layout = write_tar(tar, ([m for m in item.members] for item in self.pending))
+        write_index(index_path_for(tar), layout)
+        self.state["shards"].append({
+            "file": tar.name, "index": index_path_for(tar).name, "sha256": sha256_file(tar),
+            "samples": len(self.pending), "frames": sum(i.frames for i in self.pending),
+            "bytes": tar.stat().st_size, "keys": [m[0].key for m in layout],
+        })
+        self.state["png_bytes"] += sum(i.png_bytes for i in self.pending)
+        self.state["next_row"] = next_row
+        write_json(self.dir / STATE_FILE, self.state)
+        self.pending, self.pending_bytes = [], 1024
+
+
+# ------------------------------------------------------------------------ per split
+def fingerprint(rows: list[Row], keys: list[str], opts: PackOptions) -> str:
+    """Hash of the rows and options: a resumed run must match the interrupted one."""
+    h = hashlib.sha256(json.dumps(asdict(opts), sort_keys=True).encode())
+    for row, key in zip(rows, keys):
+        h.update(f"{row.name}\0{key}\0{row.video}\0{len(row.frames)}\0{row.gloss}\0".encode())
+    return h.hexdigest()
+
+
+def load_state(split_dir: Path, fp: str, overwrite: bool) -> dict | None:
+    """Return the resume state, ``None`` if the split is already complete."""
+    manifest, state_file = split_dir / "manifest.json", split_dir / STATE_FILE
+    fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0}
+    if overwrite:
+        _clear_split(split_dir)
+        return fresh
+    if manifest.exists():
+        if json.loads(manifest.read_text()).get("fingerprint") == fp:
+            return None
+        raise SignstreamError(f"{split_dir} holds shards packed from other rows or options; "
+                              "pass --overwrite to replace them")
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") == fp and _shards_intact(split_dir, state["shards"]):
+            return state
+    _clear_split(split_dir)
+    return fresh
+
+
+def _shards_intact(split_dir: Path, shards: list[dict]) -> bool:
+    return all((split_dir / s["file"]).exists() and sha256_file(split_dir / s["file"]) == s["sha256"]
+               and (split_dir / s["index"]).exists() for s in shards)
+
+
+def _clear_split(split_dir: Path) -> None:
+    for p in split_dir.glob("*"):
+        if p.is_file() and (p.suffix in (".tar", ".idx", ".tmp") or p.name in ("manifest.json", STATE_FILE)):
+            p.unlink()
+
+
+def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, workers: int,
+               overwrite: bool = False, progress: bool = True) -> dict:
+    """Pack one split's rows into ``out/<split>``; returns its manifest."""
+    split_dir = out / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    keys = make_keys(rows)
+    fp = fingerprint(rows, keys, opts)
+    state = load_state(split_dir, fp, overwrite)
+    if state is None:
+        print(f"{split}: already packed ({split_dir / 'manifest.json'})", file=sys.stderr)
+        return json.loads((split_dir / "manifest.json").read_text())
+    for stray in split_dir.glob(".*.tmp"):
+        stray.unlink()
+    start = state["next_row"]
+    jobs = [(i, rows[i], keys[i], opts) for i in range(start, len(rows))]
+    writer = ShardWriter(split_dir, split, opts, state)
+    t0, frames = time.perf_counter(), 0
+    bar = _progress(split, len(rows), start, progress)
+    for item in encode_all(jobs, workers):
+        if item.members is None:
+            _warn_skip(split, rows[item.index], item.reason)
+            state["skipped"].append({"name": rows[item.index].name, "row": rows[item.index].row,
+                                     "table": rows[item.index].table, "reason": item.reason})
+        else:
+            writer.add(item, next_row=item.index)
+            frames += item.frames
+        _tick(bar, frames, t0)
+    writer.flush(next_row=len(rows))
+    if bar is not None:
+        bar.close()
+    manifest = build_manifest(split, state, opts)
+    write_json(split_dir / "manifest.json", manifest)
+    write_json(split_dir / "pack-stats.json", _stats(frames, len(jobs), time.perf_counter() - t0, workers))
+    (split_dir / STATE_FILE).unlink(missing_ok=True)
+    return manifest
+
+
+def _warn_skip(split: str, row: Row, reason: str) -> None:
+    print(f"warning: skipped {split} row {row.row} ({row.name}): {reason}", file=sys.stderr)
+
+
+def _progress(split: str, total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"pack {split}", unit="video", dynamic_ncols=True)
+
+
+def _tick(bar, frames: int, t0: float) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.0f} frames/s", refresh=False)
+
+
+def _stats(frames: int, videos: int, seconds: float, workers: int) -> dict:
+    return {"videos_encoded": videos, "frames_encoded": frames, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / seconds, 1) if seconds > 0 else None, "workers": workers,
+            "finished_unix": round(time.time(), 3)}
+
+
+def build_manifest(split: str, state: dict, opts: PackOptions) -> dict:
+    """The split's manifest: shards, totals, skipped rows, options and versions."""
+    codec = enc.get_codec(opts.codec)
+    shards = state["shards"]
+    return {
+        "format": FORMAT, "split": split, "codec": codec.name, "video_ext": codec.ext,
+        "fingerprint": state["fingerprint"],
+        "options": {**asdict(opts), "quality": opts.quality if opts.quality is not None
+                    else codec.default_quality},
+        "shards": shards,
+        "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
+                   "frames": sum(s["frames"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
+                   "png_bytes": state["png_bytes"]},
+        "skipped": state["skipped"],
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict:
+    import av
+    import cv2
+    import numpy
+
+    return {"signstream": __version__, "av": av.__version__, "ffmpeg": _ffmpeg_version(),
+            "numpy": numpy.__version__, "opencv": cv2.__version__}
+
+
+def _ffmpeg_version() -> str:
+    import av
+
+    lib = av.library_versions.get("libavcodec")
+    return ".".join(map(str, lib)) if lib else "unknown"
+
+
+# ---------------------------------------------------------------------- whole corpus
+def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, splits=None,
+                workers: int | None = None, overwrite: bool = False, progress: bool = True,
+                **options) -> dict:
+    """Pack a whole corpus; returns ``{"splits": {split: manifest}, "vocab": [...]}``.
+
+    Args:
+        adapter: ``phoenix2014``, ``phoenix2014t`` or ``csv``.
+        out: output directory.
+        root: corpus root (PHOENIX adapters).
+        table: table file (``csv`` adapter).
+        splits: restrict to these splits (default: all in the table).
+        workers: encoding processes (default: all cores); output does not depend on it.
+        overwrite: replace shards packed with other options.
+        progress: show a progress bar.
+        **options: fields of :class:`PackOptions`.
+
+    Raises:
+        SignstreamError: bad root/table, bad options, or nothing packed at all.
+    """
+    opts = PackOptions(**options)
+    _check_options(opts)
+    rows = _list_rows(adapter, root, table, splits)
+    out = Path(out)
+    workers = workers or os.cpu_count() or 1
+    by_split: dict[str, list[Row]] = {}
+    for row in rows:
+        by_split.setdefault(row.split, []).append(row)
+    manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress) for s, r in by_split.items()}
+    if not any(m["totals"]["samples"] for m in manifests.values()):
+        raise SignstreamError(f"nothing packed: all {len(rows)} rows were skipped (see warnings above)")
+    vocab = write_vocab(out, manifests, by_split)
+    return {"splits": manifests, "vocab": vocab}
+
+
+def _list_rows(adapter: str, root, table, splits) -> list[Row]:
+    fn = get_adapter(adapter)
+    if adapter == "csv":
+        if table is None:
+            raise SignstreamError("the csv adapter needs --table FILE")
+        rows = fn(table)
+    else:
+        if root is None:
+            raise SignstreamError(f"the {adapter} adapter needs --root DIR")
+        rows = fn(root)
+    if splits:
+        rows = [r for r in rows if r.split in set(splits)]
+    if not rows:
+        raise SignstreamError("the corpus table lists no videos" + (f" for splits {splits}" if splits else ""))
+    return rows
+
+
+def _check_options(opts: PackOptions) -> None:
+    try:
+        enc.get_codec(opts.codec)
+    except KeyError as exc:
+        raise SignstreamError(str(exc.args[0])) from None
+    if opts.max_samples < 1 or opts.max_bytes < 4096:
+        raise SignstreamError("--max-samples must be >= 1 and --max-bytes >= 4096")
+    if opts.resize and (opts.resize[0] < 2 or opts.resize[1] < 2):
+        raise SignstreamError(f"--resize too small: {opts.resize}")
+
+
+def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]]) -> list[str]:
+    """Write ``glosses.txt``: sorted glosses of the packed train videos (all splits if none)."""
+    source = "train" if "train" in manifests else None
+    skipped = {(s, k["name"]) for s, m in manifests.items() for k in m["skipped"]}
+    glosses = set()
+    for split, rows in by_split.items():
+        if source is None or split == source:
+            for row in rows:
+                if (split, row.name) not in skipped:
+                    glosses.update(row.gloss.split())
+    vocab = sorted(glosses)
+    from signstream.loaders.fileio import atomic_write
+
+    with atomic_write(out / "glosses.txt", "w") as f:
+        f.write("".join(f"{g}\n" for g in vocab))
+    return vocab
+
+
+# ------------------------------------------------------------------------------- CLI
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)), int(m.group(2))
+
+
+def _bytes(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)B?", text.upper())
+    if not m:
+        raise ValueError(text)
+    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)])
+
+
+def add_arguments(p) -> None:
+    """Register ``signstream pack`` options."""
+    p.add_argument("adapter", choices=["phoenix2014", "phoenix2014t", "csv"], help="corpus layout")
+    p.add_argument("--root", help="corpus root directory (phoenix2014, phoenix2014t)")
+    p.add_argument("--table", help="CSV/TSV with name, path, gloss[, signer, text, split] (csv)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--splits", help="comma-separated splits to pack (default: all)")
+    p.add_argument("--codec", default="vp9", choices=sorted(enc.CODECS),
+                   help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg")
+    p.add_argument("--quality", type=int, help="CRF for vp9 (default 30) / h264 (18); q-scale for mjpeg (3)")
+    p.add_argument("--speed", help="encoder speed: vp9 cpu-used (default 8), h264 preset (veryfast)")
+    p.add_argument("--gop", type=int, help="keyframe interval in frames (default: encoder's)")
+    p.add_argument("--resize", type=_size, metavar="HxW", help="resize frames (default: keep size)")
+    p.add_argument("--max-samples", type=int, default=1000, help="videos per shard (default 1000)")
+    p.add_argument("--max-bytes", type=_bytes, default=1 << 30, help="bytes per shard, e.g. 512M (default 1G)")
+    p.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards packed with other options")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """Run ``signstream pack``."""
+    t0 = time.perf_counter()
+    result = pack_corpus(
+        args.adapter, args.out, root=args.root, table=args.table,
+        splits=args.splits.split(",") if args.splits else None, workers=args.workers,
+        overwrite=args.overwrite, progress=not args.quiet, codec=args.codec, quality=args.quality,
+        speed=args.speed, gop=args.gop, resize=args.resize, max_samples=args.max_samples,
+        max_bytes=args.max_bytes)
+    seconds = time.perf_counter() - t0
+    for split, m in result["splits"].items():
+        t = m["totals"]
+        ratio = t["png_bytes"] / t["bytes"] if t["bytes"] else float("nan")
+        print(f"{split}: {t['samples']} videos, {t['frames']} frames, {t['shards']} shard(s), "
+              f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
+              f"{len(m['skipped'])} skipped")
+    print(f"vocabulary: {len(result['vocab'])} glosses -> {Path(args.out) / 'glosses.txt'} "
+          f"({seconds:.1f} s)")
+    return 0
