@@ -21,6 +21,12 @@ SUBCOMMANDS = {
     "verify": "signstream.tools.verify",
     "wer": "signstream.tools.wer",
 }
+# Recipes take `--config PRESET.yaml key=value ...` themselves (see recipes/config.py).
+RECIPES = {
+    "extract_features": "signstream.recipes.extract_features",
+    "finetune_ctc": "signstream.recipes.finetune_ctc",
+    "train_head": "signstream.recipes.train_head",
+}
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
@@ -37,6 +43,8 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
             module.add_arguments(p)
         else:
             sub.add_parser(name, help=_lazy_help(name), add_help=False)
+    for name in RECIPES:
+        sub.add_parser(name, help=f"recipe: --config PRESET.yaml key=value ... (see `signstream {name} --help`)")
     return parser, module
 
 
@@ -47,6 +55,10 @@ def _lazy_help(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RECIPES:
+        from signstream.recipes.config import main_guard
+
+        return main_guard(importlib.import_module(RECIPES[argv[0]]).main, argv[1:])
     parser, module = build_parser(argv)
     args = parser.parse_args(argv)
     if module is None:

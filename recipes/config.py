@@ -1,0 +1,141 @@
+"""Typed recipe configs: a dataclass per recipe, YAML presets, ``key=value`` overrides.
+
+Every recipe declares its config as a dataclass. :func:`parse_config` reads
+``--config PRESET.yaml`` (optional) then ``key=value`` overrides from the
+command line, coerces each value to the field's type, and rejects unknown keys
+with a one-line :class:`signstream.SignstreamError`. The resolved config is
+saved beside the outputs with :func:`save_config`. Lists are written
+comma-separated on the command line (``writers=npy,signjoey``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from signstream import SignstreamError
+from signstream.loaders.fileio import atomic_write
+
+C = TypeVar("C")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML or command-line value to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(name, value, args[0])
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return [_coerce(name, v.strip() if isinstance(v, str) else v, item) for v in items if v != ""]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp in (int, float, str):
+            return tp(value)
+    except (TypeError, ValueError):
+        raise SignstreamError(f"config key {name!r}: cannot read {value!r} as {tp.__name__}") from None
+    return value
+
+
+def _apply(cfg: C, values: dict, source: str) -> C:
+    hints = typing.get_type_hints(type(cfg))
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SignstreamError(f"unknown config key(s) {', '.join(unknown)} in {source} "
+                              f"(known: {', '.join(sorted(known))})")
+    return dataclasses.replace(cfg, **{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def parse_config(cls: type[C], argv: list[str] | None = None) -> C:
+    """Build a ``cls`` config from ``--config FILE`` and ``key=value`` arguments.
+
+    Raises:
+        SignstreamError: unreadable preset, unknown key, bad value, stray argument.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = cls()
+    if "--help" in argv or "-h" in argv:
+        print(describe(cls))
+        raise SystemExit(0)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SignstreamError("--config needs a YAML file")
+        path = Path(argv[i + 1])
+        del argv[i : i + 2]
+        cfg = _apply(cfg, load_yaml(path), str(path))
+    overrides = {}
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            raise SignstreamError(f"expected key=value, got {arg!r}")
+        key, value = arg.split("=", 1)
+        overrides[key.strip()] = value
+    return _apply(cfg, overrides, "the command line")
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a YAML preset (a mapping); missing or malformed files are one-line errors."""
+    if not path.is_file():
+        raise SignstreamError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SignstreamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SignstreamError(f"{path}: expected a mapping of config keys")
+    return data
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    with atomic_write(path, "w") as f:
+        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+
+
+def describe(cls: type) -> str:
+    """A ``--help`` text listing the config keys, types and defaults."""
+    hints = typing.get_type_hints(cls)
+    lines = [f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}",
+             "usage: --config PRESET.yaml key=value ...", ""]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  {f.name:<18} {tp:<14} default {default!r}")
+    return "\n".join(lines)
+
+
+def peak_memory() -> dict:
+    """Peak RSS of this process (MB) and, with CUDA, max allocated (MB)."""
+    import torch
+
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def main_guard(fn, argv: list[str] | None = None) -> int:
+    """Run a recipe's ``main``; user errors become one line on stderr and exit 2."""
+    try:
+        return int(fn(argv) or 0)
+    except SignstreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

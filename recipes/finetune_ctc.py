@@ -1,0 +1,236 @@
+"""Fine-tune a video backbone end to end with CTC on gloss sequences.
+
+    accelerate launch recipes/finetune_ctc.py --config recipes/configs/finetune_ctc-phoenix2014t-s3d.yaml
+    signstream finetune_ctc --config ... key=value ...
+
+Backbone (S3D, I3D or the 2D ResNet) + gloss classifier (``linear`` as in the
+seed, or a sequence head) trained with CTC (blank 0) on packed shards. What the
+seed toggled by commenting code in and out is config here: ``freeze=none``
+(train everything), ``freeze=all`` (classifier only), ``freeze=K`` (first K
+backbone blocks frozen). AdamW with linear warm-up and cosine decay, mixed
+precision and gradient accumulation through Accelerate, gradient clipping, dev
+WER after every epoch, the best epoch kept.
+
+Outputs in ``out``: ``config.yaml``, ``glosses.txt``, ``checkpoints/epoch_NNN``
+(``accelerator.save_state``: rerunning the same command resumes exactly),
+``model.safetensors`` (last epoch) and ``best.safetensors`` (best dev WER) —
+both accepted by ``extract_features`` as ``checkpoint=`` — and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from signstream import SignstreamError
+from signstream.loaders import Transform, make_loader
+from signstream.loaders.fileio import write_json
+from signstream.models import create_model
+from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
+from signstream.models.head import ctc_loss
+from signstream.models.vocab import Vocabulary
+from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
+from signstream.recipes.evaluation import decode_batch
+from signstream.tools.wer import wer_score
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a backbone + gloss classifier with CTC on packed shards."""
+
+    shards: str = ""
+    train_split: str = "train"
+    dev_split: str = "dev"
+    backbone: str = "s3d"
+    weights: str | None = None
+    stop_after: int | None = None
+    head: str = "linear"
+    hidden: int = 256
+    dropout: float = 0.1
+    freeze: str = "none"
+    grad_checkpointing: bool = False
+    image_size: int = 112
+    max_frames: int = 64
+    frame_stride: int = 1
+    batch_size: int = 2
+    grad_accum: int = 1
+    epochs: int = 10
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    clip_grad: float = 1.0
+    precision: str = "no"
+    backend: str = "pyav"
+    num_workers: int = 1
+    decoder: str = "greedy"
+    cleanup: str = "phoenix2014"
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    out: str = "runs/finetune"
+    resume: bool = True
+
+
+def backbone_options(cfg: FinetuneConfig) -> dict:
+    """Architecture options of the backbone (saved in the checkpoint metadata)."""
+    return {"stop_after": cfg.stop_after} if cfg.stop_after is not None else {}
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> VideoCTC:
+    """Backbone (seeded random init or ``weights``) + head, with ``freeze`` applied."""
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+    backbone = create_model(cfg.backbone, weights=cfg.weights, grad_checkpointing=cfg.grad_checkpointing,
+                            **backbone_options(cfg))
+    if cfg.freeze == "all":
+        backbone.freeze(len(backbone.blocks()))
+    elif cfg.freeze != "none":
+        if not cfg.freeze.isdigit():
+            raise SignstreamError(f"freeze must be none, all or a number of blocks, got {cfg.freeze!r}")
+        backbone.freeze(int(cfg.freeze))
+    return VideoCTC(backbone, num_classes, head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
+
+
+def optimizer_for(model: VideoCTC, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW with a smaller learning rate on the pretrained backbone than on the head."""
+    groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.lr}]
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.backbone_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine(total: int, warmup: int):
+    """LambdaLR factor: linear warm-up then cosine decay to 0."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return factor
+
+
+def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated gloss ids and their lengths for a batch."""
+    ids = [vocab.encode(m["gloss"]) for m in batch.meta]
+    return torch.tensor([i for seq in ids for i in seq]), torch.tensor([len(s) for s in ids])
+
+
+def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
+    """Dev WER over a split that every rank reads its own part of (exactly once)."""
+    model.eval()
+    pairs = []
+    with torch.no_grad():
+        for batch in loader:
+            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
+            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
+            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
+    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+    refs = {n: r for n, r, _ in pairs}
+    return wer_score(refs, {n: h for n, _, h in pairs}, cleanup=cfg.cleanup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(FinetuneConfig, argv)
+    shards, out = Path(cfg.shards), Path(cfg.out)
+    if not (shards / "glosses.txt").exists():
+        raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
+    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+    vocab = Vocabulary.from_file(shards / "glosses.txt")
+    model = build_model(cfg, len(vocab))
+    spec = model.backbone.input_spec
+    device = "cuda" if accelerator.device.type == "cuda" else "cpu"
+    train_tf = Transform.from_spec(spec, size=cfg.image_size, train=True, max_frames=cfg.max_frames,
+                                   frame_stride=cfg.frame_stride)
+    eval_tf = Transform.from_spec(spec, size=cfg.image_size, train=False, max_frames=None,
+                                  frame_stride=cfg.frame_stride)
+    train_loader = make_loader(shards / cfg.train_split, backend=cfg.backend, device=device, mode="train",
+                               batch_size=cfg.batch_size, transform=train_tf, shuffle=True, seed=cfg.seed,
+                               num_workers=cfg.num_workers)
+    dev_loader = make_loader(shards / cfg.dev_split, backend=cfg.backend, device=device, mode="eval",
+                             batch_size=cfg.batch_size, transform=eval_tf, shuffle=False,
+                             num_workers=cfg.num_workers)
+    steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
+        len(train_loader), cfg.max_steps_per_epoch)
+    optimizer = optimizer_for(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * math.ceil(steps_per_epoch / cfg.grad_accum), cfg.warmup_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        vocab.save(out / "glosses.txt")
+    start, history = resume(accelerator, out, cfg)
+    meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
+                               {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, vocab, cfg, epoch,
+                             steps_per_epoch)
+        record["dev_wer"] = evaluate(accelerator, model, dev_loader, vocab, cfg)["wer"]
+        history.append(record)
+        accelerator.print(json.dumps(record))
+        save_epoch(accelerator, model, out, epoch, history, meta)
+    metrics = {"history": history, "best_dev_wer": min((h["dev_wer"] for h in history), default=None),
+               "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
+               **peak_memory()}
+    if accelerator.is_main_process:
+        write_json(out / "metrics.json", metrics)
+    accelerator.end_training()
+    return 0
+
+
+def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, epoch, steps) -> dict:
+    """One pass over the train split; returns the epoch's loss and timing."""
+    model.train()
+    loader.set_epoch(epoch)
+    total, count, frames, t0 = 0.0, 0, 0, time.perf_counter()
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        ys, ylens = targets(batch, vocab)
+        with accelerator.accumulate(model):
+            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
+            loss = ctc_loss(log_probs, ys, out_lengths, ylens)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        total, count, frames = total + loss.item(), count + 1, frames + int(batch.lengths.sum())
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count,
+            "frames_per_s": round(frames / seconds, 1) if seconds else None}
+
+
+def resume(accelerator, out: Path, cfg) -> tuple[int, list[dict]]:
+    """Load the newest complete checkpoint; returns (first epoch to run, history)."""
+    done = sorted(p for p in (out / "checkpoints").glob("epoch_*") if (p / "DONE").exists())
+    if not cfg.resume or not done:
+        return 0, []
+    accelerator.load_state(str(done[-1]))
+    accelerator.print(f"resumed from {done[-1]}")
+    return int(done[-1].name.split("_")[1]) + 1, json.loads((done[-1] / "history.json").read_text())
+
+
+def save_epoch(accelerator, model, out: Path, epoch: int, history: list[dict], meta: dict) -> None:
+    """Exact-resume state, the last model file, and the best one by dev WER."""
+    ckpt = out / "checkpoints" / f"epoch_{epoch:03d}"
+    accelerator.save_state(str(ckpt))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_checkpoint(unwrapped, out / "model.safetensors", {**meta, "epoch": str(epoch)})
+        if history[-1]["dev_wer"] <= min(h["dev_wer"] for h in history):
+            save_checkpoint(unwrapped, out / "best.safetensors", {**meta, "epoch": str(epoch)})
+        write_json(ckpt / "history.json", history)
+        (ckpt / "DONE").write_text("complete\n")  # written last: the checkpoint is whole
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main))

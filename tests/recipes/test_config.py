@@ -1,0 +1,59 @@
+"""Tests for recipe configs: presets, overrides, type coercion, unknown keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+from signstream import SignstreamError
+from signstream.recipes.config import parse_config, save_config
+
+
+@dataclass
+class Demo:
+    """A config used by these tests."""
+
+    shards: str = ""
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    batch_size: int = 2
+    lr: float = 1e-3
+    weights: str | None = None
+    resume: bool = True
+
+
+def test_overrides_are_coerced_to_field_types():
+    cfg = parse_config(Demo, ["batch_size=8", "lr=0.5", "splits=dev,test", "resume=false", "weights=none"])
+    assert cfg == Demo(batch_size=8, lr=0.5, splits=["dev", "test"], resume=False, weights=None)
+
+
+def test_preset_then_command_line_override_wins(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("batch_size: 4\nsplits: [dev]\nshards: a/b\n")
+    cfg = parse_config(Demo, ["--config", str(preset), "batch_size=16"])
+    assert cfg.batch_size == 16 and cfg.splits == ["dev"] and cfg.shards == "a/b"
+
+
+def test_unknown_key_is_rejected_naming_the_key_and_source(tmp_path):
+    with pytest.raises(SignstreamError, match=r"unknown config key\(s\) bach_size in the command line"):
+        parse_config(Demo, ["bach_size=3"])
+    preset = tmp_path / "p.yaml"
+    preset.write_text("nope: 1\n")
+    with pytest.raises(SignstreamError, match=f"nope in {preset}"):
+        parse_config(Demo, ["--config", str(preset)])
+
+
+def test_bad_value_missing_file_and_stray_argument_are_one_line_errors(tmp_path):
+    with pytest.raises(SignstreamError, match="cannot read 'x' as int"):
+        parse_config(Demo, ["batch_size=x"])
+    with pytest.raises(SignstreamError, match="config file not found"):
+        parse_config(Demo, ["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SignstreamError, match="expected key=value"):
+        parse_config(Demo, ["--batch_size", "3"])
+
+
+def test_saved_config_reloads_to_the_same_values(tmp_path):
+    cfg = parse_config(Demo, ["splits=dev,test", "lr=0.1"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["splits"] == ["dev", "test"]
+    assert parse_config(Demo, ["--config", str(tmp_path / "config.yaml")]) == cfg
