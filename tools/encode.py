@@ -42,7 +42,8 @@ CODECS: dict[str, Codec] = {
     # H.264 decodes on NVDEC and PyAV only; x264 threads pinned for determinism.
     "h264": Codec("h264", "libx264", "mp4", "mp4", "yuv420p", "crf", 18,
                   {"x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}),
-    "mjpeg": Codec("mjpeg", "mjpeg", "matroska", "mkv", "yuvj420p", "q:v", 3, {}),
+    # Fixed JPEG q-scale: qmin = qmax = quality (the rate controller otherwise starves later frames).
+    "mjpeg": Codec("mjpeg", "mjpeg", "matroska", "mkv", "yuvj420p", "qscale", 3, {}),
 }
 SPEED_OPTION = {"vp9": ("cpu-used", "8"), "h264": ("preset", "veryfast"), "mjpeg": None}
 
@@ -121,7 +122,11 @@ def encode_video(frames: np.ndarray, codec: Codec, fps: float = 25.0, quality: i
     """
     t, h, w, _ = frames.shape
     opts = dict(codec.options, flags="+bitexact")
-    opts[codec.quality_option] = str(codec.default_quality if quality is None else quality)
+    q = str(codec.default_quality if quality is None else quality)
+    if codec.quality_option == "qscale":
+        opts.update(flags="+bitexact+qscale", qmin=q, qmax=q)
+    else:
+        opts[codec.quality_option] = q
     speed_opt = SPEED_OPTION[codec.name]
     if speed_opt:
         opts[speed_opt[0]] = speed if speed is not None else speed_opt[1]
