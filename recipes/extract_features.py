@@ -12,7 +12,9 @@ JSON sidecar, atomically. After every rank finishes, the main process merges
 the requested writers: ``npy`` (an index), ``signjoey`` (``out/<prefix>.<split>``
 gzip pickles) and ``shards`` (zstd feature shards). A rerun skips videos already
 written, so a killed job resumes and ends with the same outputs.
-``out/summary.json`` holds counts, skipped samples, frames/s and peak memory.
+A randomly initialised backbone (no ``weights``/``checkpoint``) gets its
+BatchNorm statistics calibrated on ``calibrate_bn`` videos first, identically on
+every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and peak memory.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class ExtractConfig:
     writers: list[str] = field(default_factory=lambda: ["npy", "signjoey"])
     prefix: str = "features"
     dtype: str = "float16"
+    calibrate_bn: int = 8
     seed: int = 0
     out: str = "runs/features"
     progress: bool = True
@@ -74,6 +77,26 @@ def build_backbone(cfg: ExtractConfig) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)  # identical random init on every rank
     kwargs = {"stop_after": cfg.stop_after} if cfg.stop_after is not None else {}
     return create_model(cfg.backbone, weights=cfg.weights, **kwargs)
+
+
+def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
+    """Precise-BN for a randomly initialised backbone (its eval features are ~1e-6 otherwise).
+
+    Uses the first ``calibrate_bn`` videos of the first split, read by every
+    rank in the same order (rank 0 of 1), so all ranks end with the same model.
+    """
+    from signstream.models.layers import calibrate_batchnorm
+
+    transform = Transform.from_input_spec(model.input_spec, size=cfg.image_size, max_frames=64)
+    loader = make_loader(shards / cfg.splits[0], backend="pyav", mode="eval", batch_size=1,
+                         transform=transform, shuffle=False, num_workers=0, rank=0, world_size=1)
+    clips = []
+    for batch in loader:
+        clips.append(batch.video[:, :, : int(batch.lengths[0])].to(device))
+        if len(clips) >= cfg.calibrate_bn:
+            break
+    with torch.no_grad():
+        calibrate_batchnorm(model, clips)
 
 
 def check_config(cfg: ExtractConfig) -> Path:
@@ -93,7 +116,7 @@ def check_config(cfg: ExtractConfig) -> Path:
 def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) -> dict:
     """Extract this rank's part of one split; returns the rank's counts."""
     spec = model.input_spec
-    transform = Transform.from_spec(spec, size=cfg.image_size, train=False, max_frames=None)
+    transform = Transform.from_input_spec(spec, size=cfg.image_size)
     loader = make_loader(shards / split, backend=cfg.backend, mode="eval", batch_size=cfg.batch_size,
                          transform=transform, shuffle=False, num_workers=cfg.num_workers,
                          device="cuda" if accelerator.device.type == "cuda" else "cpu")
@@ -132,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExtractConfig, argv)
     shards = check_config(cfg)
     out = Path(cfg.out)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     model = build_backbone(cfg).to(accelerator.device).eval()
+    if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
+        calibrate(model, cfg, shards, accelerator.device)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -139,15 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     shards, out = Path(cfg.shards), Path(cfg.out)
     if not (shards / "glosses.txt").exists():
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
-    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     vocab = Vocabulary.from_file(shards / "glosses.txt")
     model = build_model(cfg, len(vocab))
     spec = model.backbone.input_spec
     device = "cuda" if accelerator.device.type == "cuda" else "cpu"
-    train_tf = Transform.from_spec(spec, size=cfg.image_size, train=True, max_frames=cfg.max_frames,
-                                   frame_stride=cfg.frame_stride)
-    eval_tf = Transform.from_spec(spec, size=cfg.image_size, train=False, max_frames=None,
-                                  frame_stride=cfg.frame_stride)
+    # Train-time augmentation (random crop/scale, temporal rescale) follows mode="train".
+    train_tf = Transform.from_input_spec(spec, size=cfg.image_size, max_frames=cfg.max_frames,
+                                         frame_stride=cfg.frame_stride)
+    eval_tf = Transform.from_input_spec(spec, size=cfg.image_size, frame_stride=cfg.frame_stride)
     train_loader = make_loader(shards / cfg.train_split, backend=cfg.backend, device=device, mode="train",
                                batch_size=cfg.batch_size, transform=train_tf, shuffle=True, seed=cfg.seed,
                                num_workers=cfg.num_workers)

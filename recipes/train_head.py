@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out, features = Path(cfg.out), Path(cfg.features)
     if not features.is_dir():
         raise SignstreamError(f"features directory not found: {features}")
-    accelerator = Accelerator(mixed_precision=cfg.precision,
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed)
     vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
