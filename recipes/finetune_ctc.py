@@ -205,7 +205,7 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, ep
             optimizer.zero_grad()
         total, count, frames = total + loss.item(), count + 1, frames + int(batch.lengths.sum())
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count,
+    return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count, "frames": frames,
             "frames_per_s": round(frames / seconds, 1) if seconds else None}
 
 

@@ -1,17 +1,29 @@
 """``make demo``: the whole pipeline end to end on the built-in synthetic corpus.
 
-Stages (each a real command a user would run on PHOENIX; the demo just chains
-them at a small scale): synthesize a PHOENIX-2014 layout corpus, pack it into
-VP9 shards, verify the shards. Later stages (fine-tuning, feature extraction,
-head training) are appended as they exist. Prints a table of stage timings
-and where every output is, and writes ``<out>/summary.json``.
+Every stage is the command a user runs on PHOENIX; the demo chains them at a
+small scale on CPU:
+
+1. ``signstream synth``   — a PHOENIX-2014 layout corpus (300 / 60 / 60 videos, 210×260);
+2. ``signstream pack``    — VP9 WebDataset shards + DALI indexes + manifests;
+3. ``signstream verify``  — checksums, indexes, and a full decode;
+4. ``finetune_ctc``       — S3D (cut after block 4) + linear classifier, CTC, 48 px;
+5. ``extract_features``   — features of every split with the fine-tuned checkpoint (npy + SignJoey),
+   and, as the baseline, with the same backbone at random init;
+6. ``train_head``         — a transformer CTC head on each feature set, dev/test WER.
+
+It prints a table (WER against the random-init baseline, seconds, frames/s and
+peak memory per stage, where every output is) and writes ``<out>/summary.json``.
+Recipes run as subprocesses, exactly as ``accelerate launch`` would run them
+on one process, so each stage's peak memory is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,12 +31,12 @@ from pathlib import Path
 from signstream import SignstreamError
 from signstream.loaders.fileio import write_json
 
+CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux; children cover the packer's worker processes.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+
+def _peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
 class Stages:
@@ -33,49 +45,88 @@ class Stages:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def run(self, name: str, fn, *, frames_of=None):
+    def run(self, name: str, fn, frames_of=None, memory_of=None):
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
         frames = frames_of(result) if frames_of else None
-        self.rows.append({"stage": name, "seconds": round(seconds, 2), "frames": frames,
+        memory = memory_of(result) if memory_of else max(_peak_rss_mb(), _peak_rss_mb(children=True))
+        self.rows.append({"stage": name, "seconds": round(seconds, 1), "frames": frames,
                           "frames_per_s": round(frames / seconds, 1) if frames else None,
-                          "peak_rss_mb": round(_peak_rss_mb(), 1)})
+                          "peak_rss_mb": round(memory, 1) if memory else None})
         return result
 
 
-def synthesize(out: Path, args) -> Path:
-    from signstream.tools.synth import make_corpus
+def recipe(name: str, preset: str, *overrides: str) -> None:
+    """Run a recipe in a subprocess (what ``accelerate launch`` does with one process)."""
+    cmd = [sys.executable, "-m", "signstream.tools.cli", name, "--config", str(CONFIGS / preset), *overrides]
+    print("$ signstream " + " ".join([name, "--config", f"recipes/configs/{preset}", *overrides]), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise SignstreamError(f"stage {name} failed (command: {' '.join(cmd)})")
 
-    return make_corpus(out / "corpus", layout="phoenix2014", seed=args.seed, train=args.train,
-                       dev=args.dev, test=args.test, vocab=args.vocab, overwrite=True)
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
-def pack(root: Path, out: Path) -> dict:
+def run_pipeline(out: Path, args, stages: Stages) -> dict:
+    """All stages; returns the paths of their outputs."""
     from signstream.tools.pack import pack_corpus
+    from signstream.tools.synth import make_corpus
+    from signstream.tools.verify import verify
 
-    return pack_corpus("phoenix2014", out / "shards", root=root, progress=True)
-
-
-def verify(out: Path) -> dict:
-    from signstream.tools.verify import verify as verify_shards
-
-    report = verify_shards(out / "shards", decode=True)
+    p = {k: out / k for k in ("corpus", "shards", "finetune", "features", "features_random", "head",
+                              "head_random")}
+    root = stages.run("synth", lambda: make_corpus(p["corpus"], layout="phoenix2014", seed=args.seed,
+                                                   train=args.train, dev=args.dev, test=args.test,
+                                                   vocab=args.vocab, overwrite=True))
+    stages.run("pack", lambda: pack_corpus("phoenix2014", p["shards"], root=root, overwrite=True),
+               frames_of=lambda r: sum(m["totals"]["frames"] for m in r["splits"].values()))
+    report = stages.run("verify", lambda: verify(p["shards"], decode=True),
+                        frames_of=lambda r: sum(s["frames"] for s in r["splits"].values()))
     if not report["ok"]:
         raise SignstreamError("verify found problems: " + "; ".join(report["problems"][:3]))
-    return report
+    common = [f"shards={p['shards']}", f"seed={args.seed}"]
+    stages.run("finetune", lambda: recipe("finetune_ctc", "finetune_ctc-synthetic-s3d.yaml", *common,
+                                          f"out={p['finetune']}", f"epochs={args.epochs}", "resume=false"),
+               frames_of=lambda _: _train_frames(p["finetune"]),
+               memory_of=lambda _: _json(p["finetune"] / "metrics.json")["peak_rss_mb"])
+    for key, extra in (("features", f"checkpoint={p['finetune'] / 'best.safetensors'}"),
+                       ("features_random", "checkpoint=none")):
+        stages.run(f"extract{'' if key == 'features' else ' (random)'}",
+                   lambda key=key, extra=extra: recipe("extract_features", "extract-synthetic.yaml", *common,
+                                                       extra, f"out={p[key]}", "progress=false"),
+                   frames_of=lambda _, key=key: sum(s["frames"] for s in _json(p[key] / "summary.json")["splits"].values()),
+                   memory_of=lambda _, key=key: _json(p[key] / "summary.json")["peak_memory_per_rank"][0]["peak_rss_mb"])
+    for key, feats in (("head", "features"), ("head_random", "features_random")):
+        stages.run(f"head{'' if key == 'head' else ' (random)'}",
+                   lambda key=key, feats=feats: recipe("train_head", "train_head-synthetic.yaml",
+                                                       f"features={p[feats]}", f"out={p[key]}",
+                                                       f"seed={args.seed}", "resume=false"),
+                   memory_of=lambda _, key=key: _json(p[key] / "metrics.json")["peak_rss_mb"])
+    return {**{k: str(v) for k, v in p.items()}, "corpus": str(root)}
 
 
-def print_table(stages: Stages, outputs: dict) -> None:
-    print("\n=== summary ===")
-    print(f"{'stage':<12} {'seconds':>8} {'frames/s':>10} {'peak RSS MB':>12}")
-    for r in stages.rows:
+def _train_frames(run_dir: Path) -> int:
+    return sum(h["frames"] for h in _json(run_dir / "metrics.json")["history"])
+
+
+def print_table(summary: dict) -> None:
+    print("\n=== signstream demo: summary ===")
+    print(f"test WER {summary['test_wer']:.1f}%  (dev {summary['dev_wer']:.1f}%)   "
+          f"baseline, random-init features: test {summary['baseline_test_wer']:.1f}% "
+          f"(dev {summary['baseline_dev_wer']:.1f}%)   chance ~100%")
+    print(f"\n{'stage':<18} {'seconds':>8} {'frames/s':>10} {'peak RSS MB':>12}")
+    for r in summary["stages"]:
         fps = f"{r['frames_per_s']:.0f}" if r["frames_per_s"] else "-"
-        print(f"{r['stage']:<12} {r['seconds']:>8.1f} {fps:>10} {r['peak_rss_mb']:>12.0f}")
+        mem = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
+        print(f"{r['stage']:<18} {r['seconds']:>8.1f} {fps:>10} {mem:>12}")
+    print(f"{'total':<18} {summary['total_seconds']:>8.1f}")
     print("\noutputs:")
-    for what, where in outputs.items():
-        print(f"  {what:<14} {where}")
+    for what, where in summary["outputs"].items():
+        print(f"  {what:<16} {where}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,28 +137,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", type=int, default=60)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--vocab", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
     t0 = time.perf_counter()
     try:
-        root = stages.run("synth", lambda: synthesize(out, args))
-        packed = stages.run("pack", lambda: pack(root, out),
-                            frames_of=lambda r: sum(m["totals"]["frames"] for m in r["splits"].values()))
-        stages.run("verify", lambda: verify(out),
-                   frames_of=lambda r: sum(s["frames"] for s in r["splits"].values()))
+        outputs = run_pipeline(out, args, stages)
     except SignstreamError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    outputs = {"corpus": str(root), "shards": str(out / "shards"),
-               "vocabulary": str(out / "shards" / "glosses.txt")}
-    summary = {"stages": stages.rows, "outputs": outputs, "total_seconds": round(time.perf_counter() - t0, 1),
-               "packed": {s: m["totals"] for s, m in packed["splits"].items()}}
+    head, base = _json(out / "head" / "metrics.json"), _json(out / "head_random" / "metrics.json")
+    finetune = _json(out / "finetune" / "metrics.json")
+    summary = {"dev_wer": head["dev_wer"], "test_wer": head["test_wer"],
+               "baseline_dev_wer": base["dev_wer"], "baseline_test_wer": base["test_wer"],
+               "finetune_best_dev_wer": finetune["best_dev_wer"],
+               "stages": stages.rows, "total_seconds": round(time.perf_counter() - t0, 1),
+               "outputs": {**outputs, "signjoey_files": str(Path(outputs["features"]) / "synth.s3d.{train,dev,test}"),
+                           "hypotheses": str(Path(outputs["head"]) / "test.hyp.txt"),
+                           "summary": str(out / "summary.json")}}
     write_json(out / "summary.json", summary)
-    print_table(stages, outputs)
-    print(f"\nsummary: {out / 'summary.json'}  (total {summary['total_seconds']:.0f} s)")
-    print(json.dumps({s: m["totals"]["samples"] for s, m in packed["splits"].items()}))
+    print_table(summary)
     return 0
 
 

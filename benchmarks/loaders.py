@@ -1,0 +1,452 @@
+"""Loader benchmark: every backend against the PNG-folder baseline, side by side.
+
+On a synthetic corpus at the real PHOENIX frame size (210×260, ``make_corpus``)
+packed with the default settings, each loader delivers the same tensors —
+float32 ``[B, 3, T, 224, 224]`` (short side resized to 224, centre crop,
+ImageNet normalisation, every frame) — on the same machine and cores:
+
+* frames/s of each loader ÷ frames/s of ``pngdir`` (goal: best CPU shard loader ≥ 3×);
+* loader frames/s ÷ bare-decode frames/s of the same files (goal ≥ 0.85). Bare
+  decode = the same decoder turning every frame of the same files into
+  native-size RGB uint8 with the same number of processes/threads, and
+  nothing else: no resize, crop, normalisation, batching or transfer;
+* peak memory of the whole process tree (loader workers included; PSS, so
+  pages shared between forked workers count once), sampled every 20 ms;
+  every case runs in its own Python process so the figures do not mix;
+* bytes read from storage per delivered frame.
+
+Timing: one warm-up epoch, then the best of ``repeats`` timed epochs (other
+jobs on a shared machine only ever slow a run down). CUDA rows (DALI
+``mixed`` = NVDEC) run only where CUDA is present and are listed as skipped
+otherwise.
+
+Run: ``python -m signstream.benchmarks.loaders --out DIR [--quick]``; writes
+``loaders.json``, ``loaders.md`` and ``loaders.png`` to DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from signstream.loaders.fileio import atomic_write, write_json
+
+GOALS = {"best_cpu_vs_pngdir_min": 3.0, "loader_vs_bare_min": 0.85}
+OUTPUT_SIZE = 224
+MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------- memory
+class TreePSS:
+    """Peak memory (MiB) of this process plus its children, sampled in a thread.
+
+    Summed as PSS (proportional set size: a page shared by N processes counts
+    1/N in each), so forked workers sharing the parent's libraries are not
+    counted twice; plain RSS where PSS is not available.
+    """
+
+    def __init__(self, every: float = 0.02):
+        import psutil
+
+        self._proc, self._every = psutil.Process(), every
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                info = p.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            except psutil.Error:  # a worker that just exited
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self) -> TreePSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / MIB
+
+
+# ------------------------------------------------------------------------ cases
+def _transform():
+    from signstream.loaders import Transform
+
+    return Transform(size=OUTPUT_SIZE, normalize="imagenet")
+
+
+def _timed_epochs(epoch, repeats: int) -> tuple[float, int, float]:
+    """Run one warm-up epoch and ``repeats`` timed ones; best frames/s, frames, seconds."""
+    epoch()
+    best = (0.0, 0, 0.0)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        frames = epoch()
+        seconds = time.perf_counter() - t0
+        best = max(best, (frames / seconds, frames, seconds))
+    return best
+
+
+def loader_case(case: dict) -> dict:
+    """Frames/s, memory and bytes per frame of one loader delivering 224×224 float batches."""
+    from signstream.loaders import make_loader
+
+    extra = {"split": case["split"]} if case["backend"] == "pngdir" else {}
+    ld = make_loader(case["source"], backend=case["backend"], device=case["device"], mode="eval",
+                     batch_size=case["batch_size"], transform=_transform(), num_workers=case["workers"],
+                     rank=0, world_size=1, **extra)
+    shapes = set()
+
+    def epoch() -> int:
+        frames = 0
+        for batch in ld:
+            shapes.add((tuple(batch.video.shape[-2:]), str(batch.video.dtype), batch.video.device.type))
+            frames += int(batch.lengths.sum())
+        if case["device"] == "cuda":
+            torch.cuda.synchronize()
+        return frames
+
+    with TreePSS() as rss:
+        fps, frames, seconds = _timed_epochs(epoch, case["repeats"])
+    expected = ((OUTPUT_SIZE, OUTPUT_SIZE), "torch.float32", case["device"])
+    if shapes != {expected}:
+        raise RuntimeError(f"{case['name']}: delivered {shapes}, expected {expected}")
+    return {"fps": fps, "frames": frames, "seconds": seconds, "peak_pss_mib": rss.peak_mib,
+            "bytes_per_frame": ld.stats.bytes_read / max(1, ld.stats.frames),
+            "skipped": len(ld.stats.skipped)}
+
+
+class _BareDecode(torch.utils.data.IterableDataset):
+    """Each worker decodes its contiguous share of the videos to RGB and yields frame counts."""
+
+    def __init__(self, kind: str, source: str, split: str | None):
+        self.kind, self.source, self.split = kind, source, split
+
+    def _items(self) -> list:
+        from signstream.loaders.pngdir import corpus_items
+        from signstream.loaders.shards import resolve_shards
+
+        if self.kind == "png":
+            return corpus_items(self.source, split=self.split)
+        return resolve_shards(self.source).refs
+
+    def __iter__(self):
+        import cv2
+
+        from signstream.loaders.shards import SampleReader, rank_range, resolve_shards
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        cv2.setNumThreads(1)
+        items = self._items()
+        start, stop = rank_range(len(items), worker, workers)
+        if self.kind == "png":
+            import glob
+
+            for it in items[start:stop]:
+                files = sorted(glob.glob(it.frames))
+                for f in files:
+                    cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
+                yield len(files)
+            return
+        with SampleReader(resolve_shards(self.source)) as reader:
+            for ref in items[start:stop]:
+                data, _, _ = reader.read(ref)
+                yield _decode_all(data, to_rgb=self.kind == "rgb")
+
+
+def _decode_all(data: bytes, to_rgb: bool) -> int:
+    import io
+
+    import av
+
+    from signstream.loaders.pyav_backend import frame_to_rgb
+
+    n = 0
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        for frame in container.decode(stream):
+            if to_rgb:
+                frame_to_rgb(frame)
+            n += 1
+    return n
+
+
+def _dali_bare_epoch(case: dict):
+    """A reader -> decoder DALI pipeline (every frame, native size); returns an epoch function."""
+    from nvidia.dali import fn, pipeline_def
+
+    from signstream.loaders.shards import resolve_shards
+
+    shardset = resolve_shards(case["source"])
+    n, batch = shardset.num_samples, case["batch_size"]
+    cuda = case["device"] == "cuda"
+
+    @pipeline_def(batch_size=batch, num_threads=case["workers"], device_id=0 if cuda else None)
+    def bare():
+        video, _ = fn.readers.webdataset(
+            paths=[str(s.path) for s in shardset.shards], index_paths=[str(s.index_path) for s in shardset.shards],
+            ext=[";".join(sorted(shardset.video_exts)), "json"], dont_use_mmap=True)
+        return fn.decoders.video(video, device="mixed" if cuda else "cpu")
+
+    pipe = bare()
+    pipe.build()
+
+    def epoch() -> int:
+        frames = 0
+        for i in range(-(-n // batch)):
+            (out,) = pipe.run()
+            frames += sum(int(out[j].shape()[0]) for j in range(min(batch, n - i * batch)))
+        return frames
+
+    return epoch
+
+
+def bare_case(case: dict) -> dict:
+    """Bare-decode frames/s of the same files with the same parallelism."""
+    if case["backend"] == "dali":
+        epoch = _dali_bare_epoch(case)
+    else:
+        kind = {"pngdir": "png", "pyav": "rgb", "pyav-raw": "raw"}[case["backend"]]
+        dataset = _BareDecode(kind, case["source"], case.get("split"))
+
+        def epoch() -> int:
+            dl = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=case["workers"])
+            return sum(int(n) for n in dl)
+
+    with TreePSS() as rss:
+        fps, frames, seconds = _timed_epochs(epoch, case["repeats"])
+    return {"fps": fps, "frames": frames, "seconds": seconds, "peak_pss_mib": rss.peak_mib}
+
+
+def run_case(case: dict, isolate: bool) -> dict:
+    """Run a case here or in a fresh Python process (separate RSS); adds the load average."""
+    load = os.getloadavg()[0]
+    if not isolate:
+        result = (loader_case if case["kind"] == "loader" else bare_case)(case)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "signstream.benchmarks.loaders", "--case", json.dumps(case)],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"case {case['name']} failed:\n{proc.stderr[-4000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**case, **result, "load_avg_1min": round(load, 2)}
+
+
+# ----------------------------------------------------------------- the whole run
+def make_inputs(work: Path, quick: bool) -> dict[str, Any]:
+    """Synthetic dev split at 210×260, its PNG folders and its VP9 (and H.264) shards."""
+    from signstream.tools.pack import pack_corpus
+    from signstream.tools.synth import make_corpus
+
+    videos = 4 if quick else 48
+    root = make_corpus(work / "corpus", layout="phoenix2014", seed=2, train=1, dev=videos, test=1,
+                       vocab=20, height=210, width=260, max_glosses=3 if quick else 7)
+    inputs = {"root": str(root), "videos": videos}
+    for codec in ("vp9",) if quick else ("vp9", "h264"):
+        result = pack_corpus("phoenix2014", work / codec, root=root, splits=["dev"], progress=False, codec=codec)
+        inputs[codec] = str(work / codec / "dev")
+        inputs["frames"] = result["splits"]["dev"]["totals"]["frames"]
+        inputs[f"{codec}_bytes"] = result["splits"]["dev"]["totals"]["bytes"]
+        inputs["png_bytes"] = result["splits"]["dev"]["totals"]["png_bytes"]
+    return inputs
+
+
+def plan_cases(inputs: dict, quick: bool, cuda: bool, workers: int) -> tuple[list[dict], list[str]]:
+    """Loader and bare-decode cases for this machine, and the rows skipped (with why)."""
+    common = {"batch_size": 2, "workers": workers, "repeats": 1 if quick else 2}
+    png = {"source": inputs["root"], "split": "dev"}
+    cases = [
+        {"name": "pngdir", "kind": "loader", "backend": "pngdir", "device": "cpu", "codec": "png", **png},
+        {"name": "pyav vp9", "kind": "loader", "backend": "pyav", "device": "cpu", "codec": "vp9",
+         "source": inputs["vp9"]},
+        {"name": "dali-cpu vp9", "kind": "loader", "backend": "dali", "device": "cpu", "codec": "vp9",
+         "source": inputs["vp9"]},
+        {"name": "bare pngdir", "kind": "bare", "backend": "pngdir", "device": "cpu", "codec": "png", **png},
+        {"name": "bare pyav vp9", "kind": "bare", "backend": "pyav", "device": "cpu", "codec": "vp9",
+         "source": inputs["vp9"]},
+        {"name": "bare pyav vp9 (no RGB)", "kind": "bare", "backend": "pyav-raw", "device": "cpu",
+         "codec": "vp9", "source": inputs["vp9"]},
+        {"name": "bare dali-cpu vp9", "kind": "bare", "backend": "dali", "device": "cpu", "codec": "vp9",
+         "source": inputs["vp9"]},
+    ]
+    if "h264" in inputs:
+        cases += [{"name": "pyav h264", "kind": "loader", "backend": "pyav", "device": "cpu", "codec": "h264",
+                   "source": inputs["h264"]},
+                  {"name": "bare pyav h264", "kind": "bare", "backend": "pyav", "device": "cpu", "codec": "h264",
+                   "source": inputs["h264"]}]
+    skipped = []
+    gpu = [(codec, inputs[codec]) for codec in ("vp9", "h264") if codec in inputs]
+    if cuda:
+        for codec, source in gpu:
+            cases += [{"name": f"dali-cuda {codec}", "kind": "loader", "backend": "dali", "device": "cuda",
+                       "codec": codec, "source": source},
+                      {"name": f"bare dali-cuda {codec}", "kind": "bare", "backend": "dali", "device": "cuda",
+                       "codec": codec, "source": source}]
+    else:
+        skipped += [f"dali-cuda {codec} (NVDEC): skipped, no CUDA device" for codec, _ in gpu]
+    return [{**common, **c} for c in cases], skipped
+
+
+def summarise(rows: list[dict]) -> dict[str, Any]:
+    """Ratios: each loader ÷ pngdir and ÷ its own bare decode."""
+    bare = {(r["backend"], r["device"], r["codec"]): r for r in rows if r["kind"] == "bare"}
+    base = next(r["fps"] for r in rows if r["kind"] == "loader" and r["backend"] == "pngdir")
+    for r in rows:
+        if r["kind"] != "loader":
+            continue
+        r["vs_pngdir"] = r["fps"] / base
+        b = bare.get((r["backend"], r["device"], r["codec"]))
+        r["bare_fps"] = b["fps"] if b else None
+        r["vs_bare"] = r["fps"] / b["fps"] if b else None
+        raw = bare.get(("pyav-raw", r["device"], r["codec"])) if r["backend"] == "pyav" else None
+        r["vs_bare_no_rgb"] = r["fps"] / raw["fps"] if raw else None
+    shard_cpu = [r for r in rows if r["kind"] == "loader" and r["device"] == "cpu" and r["backend"] != "pngdir"]
+    best = max(shard_cpu, key=lambda r: r["fps"])
+    return {"pngdir_fps": base, "best_cpu_loader": best["name"], "best_cpu_vs_pngdir": best["vs_pngdir"],
+            "best_cpu_vs_bare": best["vs_bare"]}
+
+
+def run(out: str | os.PathLike, quick: bool = False, isolate: bool | None = None) -> dict:
+    """Run the loader benchmark; writes ``loaders.{json,md,png}`` to ``out`` and returns the figures.
+
+    Args:
+        out: output directory.
+        quick: 4 short videos, one timed epoch (a smoke run).
+        isolate: run each case in its own process (default: not in quick mode).
+    """
+    out = Path(out)
+    isolate = (not quick) if isolate is None else isolate
+    cuda = torch.cuda.is_available()
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="signstream-bench-") as tmp:
+        inputs = make_inputs(Path(tmp), quick)
+        cases, skipped = plan_cases(inputs, quick, cuda, workers)
+        rows = []
+        for case in cases:
+            print(f"  {case['name']} ...", flush=True)
+            rows.append(run_case(case, isolate))
+    result = {"env": _env(workers, isolate), "corpus": {k: v for k, v in inputs.items() if k not in
+                                                        ("root", "vp9", "h264")},
+              "output": f"float32 [B, 3, T, {OUTPUT_SIZE}, {OUTPUT_SIZE}], imagenet normalisation, every frame",
+              "rows": rows, "summary": summarise(rows), "goals": GOALS, "skipped": skipped}
+    for r in result["rows"]:
+        r.pop("source", None)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "loaders.json", result)
+    with atomic_write(out / "loaders.md", "w") as f:
+        f.write(markdown(result))
+    plot(result, out / "loaders.png")
+    return result
+
+
+def _env(workers: int, isolate: bool) -> dict:
+    import av
+    import nvidia.dali
+
+    return {"cpus": os.cpu_count(), "workers_or_threads": workers, "isolated_processes": isolate,
+            "torch": torch.__version__, "dali": nvidia.dali.__version__, "av": av.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# ----------------------------------------------------------------------- report
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    """The figures as a Markdown section."""
+    c, s, g = result["corpus"], result["summary"], result["goals"]
+    lines = [f"## Loaders ({c['videos']} videos, {c['frames']} frames of 210×260 → {result['output']})", "",
+             "| loader | frames/s | ÷ pngdir | bare decode frames/s | ÷ bare | ÷ bare (no RGB) "
+             "| peak PSS MiB | bytes read/frame | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if r["kind"] == "loader":
+            lines.append(f"| {r['name']} | {r['fps']:.0f} | {r['vs_pngdir']:.2f}× | {_fmt(r['bare_fps'], '.0f')} "
+                         f"| {_fmt(r['vs_bare'], '.2f')} | {_fmt(r['vs_bare_no_rgb'], '.2f')} "
+                         f"| {r['peak_pss_mib']:.0f} | {r['bytes_per_frame']:.0f} | {r['load_avg_1min']} |")
+    lines += ["", "| bare decode (same files, same processes, RGB uint8 at native size) | frames/s | peak PSS MiB |",
+              "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['fps']:.0f} | {r['peak_pss_mib']:.0f} |" for r in result["rows"]
+              if r["kind"] == "bare"]
+    met = "met" if s["best_cpu_vs_pngdir"] >= g["best_cpu_vs_pngdir_min"] else "NOT met"
+    lines += ["", f"Best CPU shard loader: **{s['best_cpu_loader']}**, {s['best_cpu_vs_pngdir']:.2f}× pngdir "
+                  f"(goal ≥ {g['best_cpu_vs_pngdir_min']}×: {met}); ÷ bare decode "
+                  f"{_fmt(s['best_cpu_vs_bare'], '.2f')} (goal ≥ {g['loader_vs_bare_min']}).",
+              f"Machine: {result['env']['cpus']} CPUs, {result['env']['workers_or_threads']} workers/threads "
+              f"per loader; the load-average column shows other jobs sharing the machine."]
+    lines += [f"- {m}" for m in result["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bar plot of loader frames/s (with the pngdir line) and of bare decode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from signstream.loaders.fileio import tmp_name
+
+    loaders = [r for r in result["rows"] if r["kind"] == "loader"]
+    bare = [r for r in result["rows"] if r["kind"] == "bare"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [len(loaders), len(bare)]})
+    axes[0].bar([r["name"] for r in loaders], [r["fps"] for r in loaders], color="tab:blue")
+    axes[0].axhline(result["summary"]["pngdir_fps"], color="grey", linestyle="--", label="pngdir")
+    for i, r in enumerate(loaders):
+        axes[0].annotate(f"{r['vs_pngdir']:.1f}×", (i, r["fps"]), ha="center", va="bottom")
+    axes[0].set_title(f"loaders → float {OUTPUT_SIZE}×{OUTPUT_SIZE}")
+    axes[1].bar([r["name"].replace("bare ", "") for r in bare], [r["fps"] for r in bare], color="tab:orange")
+    axes[1].set_title("bare decode → RGB, native size")
+    for ax in axes:
+        ax.set_ylabel("frames/s")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    tmp = tmp_name(path).with_suffix(".png")  # matplotlib picks the format from the suffix
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="4 short videos, one timed epoch (smoke run)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = parser.parse_args(argv)
+    if args.case:
+        case = json.loads(args.case)
+        print(json.dumps((loader_case if case["kind"] == "loader" else bare_case)(case)))
+        return
+    print(markdown(run(args.out, quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What every loader shares: epochs, ranks, equal train batches, stats, finalising.
+
+A backend implements one method, ``_epoch(epoch)``, yielding ``(batch, report)``
+pairs (batch ``None`` when only a report is sent); :class:`BaseLoader` turns
+that into the user-facing iterator: it folds reports into ``loader.stats``,
+moves batches to the device, normalises them, and counts them.
+
+Distributed rules, shared by all backends:
+
+* eval: rank ``r`` of ``W`` reads the contiguous samples
+  ``[N*r//W, N*(r+1)//W)`` once — every sample exactly once over all ranks;
+* train: every rank yields exactly :func:`train_batches` batches per epoch
+  (``floor(floor(N/W)/B)``, at least 1), cycling through its share if corrupt
+  samples thinned it, so no rank waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from signstream import SignstreamError
+from signstream.loaders.batch import Batch, BufferPool, finalize
+from signstream.loaders.stats import LoaderStats, Report, get_handler
+from signstream.loaders.transform import Transform
+
+MODES = ("eval", "train")
+PREFETCH = 2  # batches a DataLoader worker may run ahead (torch's prefetch_factor)
+RING_SLOTS = PREFETCH + 2  # SharedRing buffers per worker; see SharedRing for why this is safe
+
+
+def process_rank_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """This process's index and the process count, from Accelerate's state (0/1 alone).
+
+    Explicit ``rank``/``world`` win (tests, custom launchers).
+    """
+    if rank is None or world is None:
+        try:
+            from accelerate import PartialState
+
+            # cpu=True on a CUDA-less box: otherwise a torchrun-style launch
+            # (`accelerate launch --multi_gpu`) is seen as one process, not MULTI_CPU
+            # over gloo. Ignored when the state already exists (e.g. an Accelerator).
+            state = PartialState(cpu=not torch.cuda.is_available())
+            found = (state.process_index, state.num_processes)
+        except ImportError:  # accelerate is a dependency, but the loaders work without it
+            dist = torch.distributed
+            found = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank = found[0] if rank is None else rank
+        world = found[1] if world is None else world
+    if world < 1 or not 0 <= rank < world:
+        raise SignstreamError(f"bad rank/world: rank {rank} of {world}")
+    return int(rank), int(world)
+
+
+def train_batches(num_samples: int, world: int, batch_size: int) -> int:
+    """Batches every rank yields per training epoch (equal on all ranks)."""
+    return max(1, (num_samples // world) // batch_size)
+
+
+def default_workers() -> int:
+    """Worker processes/threads when the user names none: the CPU cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class BaseLoader:
+    """Common front of every backend; iterate it for :class:`Batch` es.
+
+    Attributes:
+        stats: :class:`LoaderStats` over every epoch served so far.
+        epoch: the epoch the next ``iter()`` serves (``set_epoch`` to change).
+    """
+
+    backend = "base"
+
+    def __init__(self, *, transform: Transform, device: str, mode: str, batch_size: int, seed: int,
+                 shuffle: bool, rank: int, world: int, handler: str):
+        if mode not in MODES:
+            raise SignstreamError(f"mode must be one of {MODES}, got {mode!r}")
+        if batch_size < 1:
+            raise SignstreamError(f"batch_size must be >= 1, got {batch_size}")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise SignstreamError("device='cuda' but no CUDA device is available; use device='cpu'")
+        get_handler(handler)
+        self.transform = transform
+        self.device = device
+        self.mode = mode
+        self.train = mode == "train"
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank, self.world = rank, world
+        self.handler = handler
+        self.epoch = 0
+        self.stats = LoaderStats()
+        self._pool = BufferPool()
+        # Worker batches arrive in SharedRing buffers; holding the last few keeps
+        # their shared-memory mappings alive so torch reuses them (see SharedRing).
+        self._received: deque[torch.Tensor] = deque(maxlen=1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` next (it seeds shuffling and augmentation)."""
+        self.epoch = int(epoch)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[Batch | None, Report]]:
+        raise NotImplementedError
+
+    def _keep_mapped(self, workers: int) -> None:
+        """Keep the buffers of ``workers`` workers' rings mapped in this process."""
+        self._received = deque(maxlen=max(1, workers * RING_SLOTS + 1))
+
+    def _finalize(self, batch: Batch) -> Batch:
+        if batch.video.is_shared():
+            self._received.append(batch.video)
+            if self.transform.output == "uint8" and torch.device(self.device).type == "cpu":
+                # the ring buffer will be rewritten: hand the user a copy
+                batch = Batch(batch.video.clone(), batch.lengths, batch.keys, batch.meta)
+        return finalize(batch, self.transform, self.device, self._pool)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        for batch, report in self._epoch(epoch):
+            self.stats.add_report(report)
+            if batch is None:
+                continue
+            batch = self._finalize(batch)
+            self.stats.add_batch(batch.lengths.tolist(), batch.padded_frames)
+            yield batch
+
+    def describe(self) -> dict[str, Any]:
+        """Settings of this loader (for logs and benchmark reports)."""
+        return {"backend": self.backend, "device": str(self.device), "mode": self.mode,
+                "batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed,
+                "rank": self.rank, "world": self.world, "transform": self.transform.as_dict()}

@@ -1,0 +1,316 @@
+"""Which shards and samples a loader reads: resolve, validate, split, read.
+
+``resolve_shards`` accepts what users have at hand — a split directory (with
+``manifest.json`` or just ``*.tar`` files), a manifest path, a brace pattern
+(``out/train/train-{000000..000009}.tar``) or a list of tar paths — and turns it
+into a :class:`ShardSet`: every shard with the byte offsets of every sample,
+read from the DALI index beside it (or, without one, from a scan of the tar).
+Problems the user can fix are one-line :class:`SignstreamError` s naming the
+file: a missing shard, an empty split, an index that disagrees with the
+manifest, a duplicate key.
+
+Splitting work between ranks uses DALI's own rule (:func:`rank_range`: rank
+``r`` of ``W`` reads the contiguous samples ``[N*r//W, N*(r+1)//W)``), so the
+PyAV and DALI backends hand the same samples to the same rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from signstream import SignstreamError
+
+VIDEO_EXTS = ("webm", "mp4", "mkv")
+EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "signstream-shards/1"
+
+
+class SampleError(Exception):
+    """A sample that cannot be read or decoded (skipped and counted, not fatal)."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members live inside its shard."""
+
+    shard: int
+    key: str
+    video_ext: str
+    video: tuple[int, int]
+    meta: tuple[int, int] | None
+
+
+@dataclass
+class Shard:
+    """One tar file, its index file (``None`` if it had none) and its samples in order."""
+
+    path: Path
+    index_path: Path | None
+    samples: list[SampleRef] = field(default_factory=list)
+
+
+@dataclass
+class ShardSet:
+    """The resolved input of a loader."""
+
+    shards: list[Shard]
+    origin: str
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def refs(self) -> list[SampleRef]:
+        """Every sample, shard by shard, in file order."""
+        return [ref for shard in self.shards for ref in shard.samples]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s.samples) for s in self.shards)
+
+    @property
+    def video_exts(self) -> set[str]:
+        return {ref.video_ext for shard in self.shards for ref in shard.samples}
+
+    @property
+    def codecs(self) -> set[str]:
+        """Codecs of the videos: from the manifest, else guessed from the extensions."""
+        if self.manifest and self.manifest.get("codec"):
+            return {str(self.manifest["codec"])}
+        return {EXT_CODEC.get(ext, ext) for ext in self.video_exts}
+
+    def shard_of(self, ref: SampleRef) -> str:
+        """The shard file name of a sample (for messages and stats)."""
+        return self.shards[ref.shard].path.name
+
+
+# ------------------------------------------------------------------- indexes
+def parse_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """Read a DALI v1.2 index: per sample, ``(ext, offset, size, member name)`` per member."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SignstreamError(f"cannot read index {path}: {exc.strerror}") from None
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
+        raise SignstreamError(f"{path} is not a DALI v1.2 index (first line {lines[:1]})")
+    samples = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        tokens = line.split()
+        if len(tokens) % 4:
+            raise SignstreamError(f"{path}:{lineno}: expected 'ext offset size name' groups")
+        try:
+            samples.append([(tokens[i], int(tokens[i + 1]), int(tokens[i + 2]), tokens[i + 3])
+                            for i in range(0, len(tokens), 4)])
+        except ValueError:
+            raise SignstreamError(f"{path}:{lineno}: offsets and sizes must be integers") from None
+    if len(samples) != int(head[1]):
+        raise SignstreamError(f"{path}: header says {head[1]} samples, found {len(samples)} lines")
+    return samples
+
+
+def scan_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """Index a tar without an index file (same grouping as DALI: key = name up to the first dot)."""
+    layout: list[list[tuple[str, int, int, str]]] = []
+    last = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                base = info.name.rsplit("/", 1)[-1]
+                if not info.isreg() or base.startswith(".") or "." not in base:
+                    continue
+                key = info.name[: len(info.name) - len(base) + base.index(".")]
+                entry = (base[base.index(".") + 1:], info.offset_data, info.size, info.name)
+                if key != last:
+                    layout.append([entry])
+                    last = key
+                else:
+                    layout[-1].append(entry)
+    except (tarfile.TarError, OSError) as exc:
+        raise SignstreamError(f"cannot read shard {path}: {exc}") from None
+    return layout
+
+
+def _member_key(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(base) + base.index(".")] if "." in base else name
+
+
+def _shard_from_layout(number: int, path: Path, index_path: Path | None,
+                       layout: list[list[tuple[str, int, int, str]]]) -> Shard:
+    shard = Shard(path, index_path)
+    for members in layout:
+        key = _member_key(members[0][3])
+        video = [(ext, off, size) for ext, off, size, _ in members if ext in VIDEO_EXTS]
+        meta = [(off, size) for ext, off, size, _ in members if ext == "json"]
+        if not video:
+            raise SignstreamError(f"sample {key} in {path} has no video member "
+                                  f"({'/'.join(VIDEO_EXTS)})")
+        ext, off, size = video[0]
+        shard.samples.append(SampleRef(number, key, ext, (off, size), meta[0] if meta else None))
+    return shard
+
+
+def load_shard(number: int, path: Path, index_path: Path | None = None) -> Shard:
+    """Check a shard exists and read its sample layout (index file, else a tar scan)."""
+    if not path.is_file():
+        raise SignstreamError(f"shard file not found: {path}")
+    index_path = index_path or path.with_suffix(".idx")
+    if index_path.is_file():
+        return _shard_from_layout(number, path, index_path, parse_index(index_path))
+    return _shard_from_layout(number, path, None, scan_tar(path))
+
+
+# -------------------------------------------------------------------- resolve
+def _expand(pattern: str) -> list[str]:
+    import braceexpand
+
+    return list(braceexpand.braceexpand(pattern))
+
+
+def _from_manifest(path: Path) -> ShardSet:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SignstreamError(f"cannot read manifest {path}: {exc}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise SignstreamError(f"{path}: unknown manifest format {manifest.get('format')!r} "
+                              f"(expected {MANIFEST_FORMAT!r})")
+    entries = manifest.get("shards") or []
+    if not entries:
+        raise SignstreamError(f"empty split: {path} lists no shards")
+    shards = []
+    for i, entry in enumerate(entries):
+        index = path.parent / entry["index"] if entry.get("index") else None
+        shard = load_shard(i, path.parent / entry["file"], index)
+        if "samples" in entry and entry["samples"] != len(shard.samples):
+            raise SignstreamError(f"{shard.index_path or shard.path} lists {len(shard.samples)} samples, "
+                                  f"{path} says {entry['samples']}")
+        shards.append(shard)
+    return ShardSet(shards, str(path), manifest)
+
+
+def _paths_of(spec: Any) -> tuple[list[Path], str] | Path:
+    """Tar paths for a spec, or the manifest path to read instead."""
+    if isinstance(spec, (list, tuple)):
+        paths = [Path(p) for item in spec for p in _expand(os.fspath(item))]
+        return paths, f"{len(paths)} shard paths"
+    text = os.fspath(spec)
+    if "{" in text:
+        return [Path(p) for p in _expand(text)], text
+    path = Path(text)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return path / MANIFEST
+        tars = sorted(path.glob("*.tar"))
+        if not tars:
+            raise SignstreamError(f"empty split: no {MANIFEST} and no .tar shards in {path}")
+        return tars, text
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise SignstreamError(f"manifest not found: {path}")
+        return path
+    return [path], text
+
+
+def resolve_shards(spec: Any) -> ShardSet:
+    """Resolve a split directory, manifest, brace pattern or list of tars.
+
+    Raises:
+        SignstreamError: missing shard or manifest, empty split, malformed or
+            inconsistent index, duplicate sample keys.
+    """
+    if isinstance(spec, ShardSet):
+        return spec
+    found = _paths_of(spec)
+    if isinstance(found, Path):
+        shardset = _from_manifest(found)
+    else:
+        paths, origin = found
+        if not paths:
+            raise SignstreamError(f"empty split: {origin} names no shards")
+        shardset = ShardSet([load_shard(i, p) for i, p in enumerate(paths)], origin)
+    if shardset.num_samples == 0:
+        raise SignstreamError(f"empty split: {shardset.origin} holds no samples")
+    seen: dict[str, str] = {}
+    for shard in shardset.shards:
+        for ref in shard.samples:
+            if ref.key in seen:
+                raise SignstreamError(f"duplicate sample key {ref.key} in {seen[ref.key]} and {shard.path}")
+            seen[ref.key] = str(shard.path)
+    return shardset
+
+
+# ------------------------------------------------------------------ splitting
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous share ``[start, stop)`` of ``n`` items for ``rank`` of ``world`` (DALI's rule)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+# -------------------------------------------------------------------- reading
+class SampleReader:
+    """Reads samples by offset, keeping at most one shard file open at a time.
+
+    Memory does not grow with the number of shards: a file is closed as soon
+    as the stream moves on to the next shard.
+    """
+
+    def __init__(self, shardset: ShardSet):
+        self.shardset = shardset
+        self._number: int | None = None
+        self._file = None
+
+    def _open(self, number: int):
+        if number != self._number:
+            self.close()
+            self._file = open(self.shardset.shards[number].path, "rb")  # noqa: SIM115 - kept open across reads
+            self._number = number
+        return self._file
+
+    def _read(self, number: int, span: tuple[int, int], what: str, ref: SampleRef) -> bytes:
+        f = self._open(number)
+        f.seek(span[0])
+        data = f.read(span[1])
+        if len(data) != span[1]:
+            raise SampleError(f"{what} member truncated: {len(data)} of {span[1]} bytes")
+        return data
+
+    def read(self, ref: SampleRef) -> tuple[bytes, dict[str, Any], int]:
+        """Return ``(video bytes, metadata, bytes read)``; raise :class:`SampleError` if unreadable."""
+        video = self._read(ref.shard, ref.video, ref.video_ext, ref)
+        meta: dict[str, Any] = {"key": ref.key}
+        nbytes = len(video)
+        if ref.meta is not None:
+            raw = self._read(ref.shard, ref.meta, "json", ref)
+            nbytes += len(raw)
+            meta = parse_meta(raw, ref.key)
+        return video, meta, nbytes
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._number = None, None
+
+    def __enter__(self) -> SampleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_meta(raw: bytes, key: str) -> dict[str, Any]:
+    """Parse a sample's JSON member; a bad one is a :class:`SampleError`."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SampleError(f"bad JSON metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SampleError("JSON metadata is not an object")
+    meta.setdefault("key", key)
+    return meta

@@ -1,0 +1,34 @@
+"""Smoke run of the loader benchmark (quick mode: 4 short videos, in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_quick_loader_benchmark_writes_its_report(tmp_path):
+    from signstream.benchmarks.loaders import run
+
+    result = run(tmp_path, quick=True)
+    saved = json.loads((tmp_path / "loaders.json").read_text())
+    assert saved["summary"] == pytest.approx(result["summary"])
+    loaders = {r["name"]: r for r in saved["rows"] if r["kind"] == "loader"}
+    bare = {r["name"]: r for r in saved["rows"] if r["kind"] == "bare"}
+    assert {"pngdir", "pyav vp9", "dali-cpu vp9"} <= loaders.keys()
+    assert {"bare pngdir", "bare pyav vp9", "bare dali-cpu vp9"} <= bare.keys()
+    frames = saved["corpus"]["frames"]
+    for row in loaders.values():
+        # every loader delivered every frame of the split, as 224x224 float (checked inside the case)
+        assert row["frames"] == frames and row["fps"] > 0 and row["peak_pss_mib"] > 0
+        assert row["vs_pngdir"] == pytest.approx(row["fps"] / loaders["pngdir"]["fps"])
+        assert row["vs_bare"] == pytest.approx(row["fps"] / row["bare_fps"])
+    assert loaders["pyav vp9"]["bytes_per_frame"] < loaders["pngdir"]["bytes_per_frame"] / 10
+    assert all(r["frames"] == frames for r in bare.values())
+    markdown = (tmp_path / "loaders.md").read_text()
+    assert "÷ pngdir" in markdown and "Best CPU shard loader" in markdown
+    assert (tmp_path / "loaders.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if not torch.cuda.is_available():
+        assert any("no CUDA" in m for m in saved["skipped"]) and "no CUDA" in markdown
