@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.corpora import phoenix2014
 from signstream.tools.pack import pack_corpus

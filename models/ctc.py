@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from signstream import SignstreamError
 from signstream.models.head import RecognitionHead
 from signstream.models.registry import create_model
-from torch import nn
 
 FORMAT = "signstream-videoctc/1"
 
@@ -60,6 +61,7 @@ def checkpoint_metadata(backbone: str, backbone_kwargs: dict, head: str, head_kw
 def save_checkpoint(model: VideoCTC, path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Write the model's weights and metadata as safetensors, atomically."""
     from safetensors.torch import save_file
+
     from signstream.loaders.fileio import tmp_name
 
     path = Path(path)

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
 from signstream import SignstreamError
 
 NEG_INF = float("-inf")

@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from signstream import SignstreamError
 from torch import nn
+
+from signstream import SignstreamError
 
 
 def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 

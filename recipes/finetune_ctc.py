@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+
 from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader
 from signstream.loaders.fileio import write_json

@@ -25,6 +25,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import FeatureSample, load_split
 from signstream.loaders.fileio import write_json
@@ -32,7 +34,6 @@ from signstream.models.head import RecognitionHead, ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch, score_split
-from torch.utils.data import DataLoader
 
 
 @dataclass

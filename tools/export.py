@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.shardio import write_index, write_tar

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 
 import jiwer
+
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 from signstream.tools.cleanup import CLEANUPS, get_cleanup

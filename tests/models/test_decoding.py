@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from signstream import SignstreamError
 from signstream.models.decoding import beam_decode, collapse, get_decoder, greedy_decode
 

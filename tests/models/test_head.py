@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from signstream import SignstreamError
 from signstream.models.decoding import greedy_decode
 from signstream.models.head import HEADS, RecognitionHead, conv_out_length, ctc_loss, get_head

@@ -1,6 +1,7 @@
 """Vocabulary: id layout (blank 0, file line i -> i+1, trailing <unk>), I/O and errors."""
 
 import pytest
+
 from signstream import SignstreamError
 from signstream.models.vocab import UNK, Vocabulary
 

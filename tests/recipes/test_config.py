@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
+
 from signstream import SignstreamError
 from signstream.recipes.config import parse_config, save_config
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+
 from signstream import SignstreamError
 from signstream.recipes.train_head import main
 from signstream.tools.export import get_writer, write_video

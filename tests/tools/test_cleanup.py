@@ -1,6 +1,7 @@
 """PHOENIX scoring cleanup: one test per official rule, plus the 2014-T variant."""
 
 import pytest
+
 from signstream import SignstreamError
 from signstream.tools.cleanup import clean_phoenix2014, clean_phoenix2014t, get_cleanup
 

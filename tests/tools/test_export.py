@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import detect_format, load_split
 from signstream.tools.export import get_writer, is_done, write_video

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from signstream import SignstreamError
 from signstream.tools.cli import main
 from signstream.tools.wer import read_gloss_file, wer_score, write_ctm, write_stm

@@ -1,0 +1,176 @@
+"""Pipeline benchmark: what the loader costs inside the real recipes.
+
+Measured side by side in one run, on the synthetic corpus at 210×260 packed
+as VP9, S3D cut after block 4 (the demo's backbone):
+
+* extraction: end-to-end frames/s (PyAV loader + ``extract_features``) ÷
+  backbone-only frames/s on random tensors of the same shapes and precision
+  (goal ≥ 0.9);
+* extraction with 2 processes ÷ 1 process (``accelerate launch``; both use every core);
+* fine-tuning: step time with batches from the loader ÷ with one cached batch;
+* the demo's WER and stage timings, when ``runs/demo/summary.json`` exists.
+
+Run: ``python -m signstream.benchmarks.pipeline --out DIR [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from signstream.loaders import Transform, make_loader
+from signstream.loaders.fileio import atomic_write, write_json
+from signstream.models import create_model, extract_features
+from signstream.models.ctc import VideoCTC
+from signstream.models.head import ctc_loss
+from signstream.models.layers import calibrate_batchnorm
+
+
+def _corpus(tmp: Path, n: int) -> Path:
+    from signstream.tools.pack import pack_corpus
+    from signstream.tools.synth import make_corpus
+
+    root = make_corpus(tmp / "corpus", layout="phoenix2014", seed=2, train=n, dev=2, test=2, vocab=20)
+    pack_corpus("phoenix2014", tmp / "shards", root=root, progress=False)
+    return tmp / "shards"
+
+
+def extraction_ratio(shards: Path, size: int) -> dict:
+    """End-to-end extraction frames/s ÷ backbone-only frames/s on the same shapes."""
+    model = create_model("s3d", stop_after=4).eval()
+    tf = Transform.from_input_spec(model.input_spec, size=size)
+    loader = make_loader(shards / "train", backend="pyav", batch_size=1, transform=tf, num_workers=1)
+    videos = [b.video[:, :, : int(b.lengths[0])] for b in loader]
+    calibrate_batchnorm(model, videos[:4])
+    extract_features(model, videos[0])  # warm-up
+    t0, frames = time.perf_counter(), 0
+    for batch in make_loader(shards / "train", backend="pyav", batch_size=1, transform=tf, num_workers=1):
+        extract_features(model, batch.video[0, :, : int(batch.lengths[0])])
+        frames += int(batch.lengths[0])
+    e2e = frames / (time.perf_counter() - t0)
+    synthetic = [torch.randn_like(v) for v in videos]
+    t0 = time.perf_counter()
+    for v in synthetic:
+        extract_features(model, v)
+    bare = frames / (time.perf_counter() - t0)
+    return {"extract_e2e_fps": e2e, "extract_backbone_only_fps": bare, "extract_ratio": e2e / bare,
+            "extract_size": size, "extract_frames": frames}
+
+
+def processes_ratio(shards: Path, size: int, tmp: Path) -> dict:
+    """``accelerate launch`` extraction with 2 processes ÷ 1 process (frames/s of the loop)."""
+    fps = {}
+    cores = os.cpu_count() or 1
+    for n in (1, 2):
+        out = tmp / f"extract{n}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if n > 1:
+            cmd.insert(3, "--multi_gpu")
+        cmd += ["-m", "signstream.recipes.extract_features", f"shards={shards}", f"out={out}", "splits=train",
+                "stop_after=4", f"image_size={size}", "num_workers=1", "writers=npy", "progress=false"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // n)))
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fps[n] = json.loads((out / "summary.json").read_text())["frames_per_s"]
+    return {"extract_1proc_fps": fps[1], "extract_2proc_fps": fps[2], "extract_2_vs_1": fps[2] / fps[1]}
+
+
+def finetune_ratio(shards: Path, size: int, steps: int) -> dict:
+    """Training step time from the loader ÷ with one cached batch (same shapes)."""
+    torch.manual_seed(0)
+    backbone = create_model("s3d", stop_after=4)
+    backbone.freeze(2)
+    model = VideoCTC(backbone, 30, head="linear")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    tf = Transform.from_input_spec(backbone.input_spec, size=size, max_frames=64)
+    loader = make_loader(shards / "train", backend="pyav", mode="train", batch_size=4, transform=tf,
+                         num_workers=1, seed=0)
+
+    def step(batch):
+        ys = torch.randint(1, 30, (len(batch.lengths) * 3,))
+        lp, ol = model(batch.video, batch.lengths)
+        ctc_loss(lp, ys, ol, torch.full((len(batch.lengths),), 3)).backward()
+        opt.step()
+        opt.zero_grad()
+
+    def timed(batches):
+        t0, n = time.perf_counter(), 0
+        for i, b in enumerate(batches):
+            if i == 1:
+                t0 = time.perf_counter()  # first step is warm-up
+            step(b)
+            n += 1
+            if n > steps:
+                break
+        return (time.perf_counter() - t0) / max(1, n - 1)
+
+    e2e = timed(_cycle(loader))
+    first = next(iter(loader))
+    cached = timed(first for _ in range(steps + 1))
+    return {"finetune_step_s_e2e": e2e, "finetune_step_s_cached": cached, "finetune_ratio": e2e / cached,
+            "finetune_size": size}
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def run(out: str | Path, quick: bool = False) -> dict:
+    """Run the pipeline benchmark; returns (and writes) the figures."""
+    out = Path(out)
+    size = 48
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = _corpus(tmp, 6 if quick else 24)
+        result = {**extraction_ratio(shards, size), **finetune_ratio(shards, size, 3 if quick else 12)}
+        if not quick:
+            result.update(processes_ratio(shards, size, tmp))
+    demo = Path("runs/demo/summary.json")
+    if demo.exists():
+        d = json.loads(demo.read_text())
+        result["demo"] = {k: d.get(k) for k in ("dev_wer", "test_wer", "baseline_test_wer", "total_seconds", "stages")}
+    result["goals"] = {"extract_ratio_min": 0.9}
+    write_json(out / "pipeline.json", result)
+    with atomic_write(out / "pipeline.md", "w") as f:
+        f.write(render_markdown(result))
+    return result
+
+
+def render_markdown(r: dict) -> str:
+    """Markdown table of the pipeline figures."""
+    lines = [f"## Pipeline (S3D block 4, {r['extract_size']}×{r['extract_size']}, CPU)", "",
+             "| figure | measured | goal |", "|---|---|---|",
+             f"| extraction end-to-end | {r['extract_e2e_fps']:.0f} frames/s | |",
+             f"| backbone only, same shapes | {r['extract_backbone_only_fps']:.0f} frames/s | |",
+             f"| end-to-end ÷ backbone only | {r['extract_ratio']:.2f} | ≥ 0.9 |",
+             f"| fine-tune step, loader ÷ cached batch | {r['finetune_ratio']:.2f} "
+             f"({r['finetune_step_s_e2e']:.2f} s vs {r['finetune_step_s_cached']:.2f} s) | |"]
+    if "extract_2_vs_1" in r:
+        lines.append(f"| extraction 2 processes ÷ 1 | {r['extract_2_vs_1']:.2f} "
+                     f"({r['extract_2proc_fps']:.0f} vs {r['extract_1proc_fps']:.0f} frames/s) | |")
+    if "demo" in r:
+        d = r["demo"]
+        lines.append(f"| demo test WER (random-init baseline) | {d['test_wer']:.1f} % ({d['baseline_test_wer']:.1f} %) | < baseline |")
+        lines.append(f"| demo total time | {d['total_seconds']:.0f} s | ≤ 900 s |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(render_markdown(run(args.out, quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

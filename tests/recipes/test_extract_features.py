@@ -1,0 +1,131 @@
+"""Tests for ``recipes/extract_features.py``: one vs two processes, resume after a
+kill, the SignJoey file's layout, and one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from signstream.tools.cli import main as cli
+
+BASE = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0",
+        "writers=npy,signjoey,shards", "dtype=float32", "progress=false", "seed=3"]
+
+
+def _args(packed, out, *extra):
+    return [f"shards={packed}", f"out={out}", *BASE, *extra]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _outputs(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(out)): np.load(p) for p in sorted(out.glob("*/*.npy"))}
+
+
+def _accelerate(n: int, args: list[str], **kw) -> subprocess.Popen:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if n > 1:
+        launch.insert(3, "--multi_gpu")
+    return subprocess.Popen([*launch, "-m", "signstream.recipes.extract_features", *args],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def one_process(packed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("extract1")
+    assert cli(["extract_features", *_args(packed, out)]) == 0
+    return out
+
+
+def test_every_video_of_every_split_gets_features_of_the_right_shape(packed, one_process):
+    outputs = _outputs(one_process)
+    for split in ("train", "dev", "test"):
+        manifest = json.loads((packed / split / "manifest.json").read_text())
+        names = {p.split("/")[1][:-4] for p in outputs if p.startswith(split + "/")}
+        assert len(names) == manifest["totals"]["samples"]
+    for name, feats in outputs.items():
+        meta = json.loads((one_process / name.replace(".npy", ".json")).read_text())
+        assert feats.shape == (meta["feature_frames"], 832)
+        assert feats.shape[0] == -(-meta["num_frames"] // 4)  # stop_after=4: stride 4
+    summary = json.loads((one_process / "summary.json").read_text())
+    assert summary["splits"]["train"]["videos"] == 6 and summary["feature_dim"] == 832
+
+
+def test_signjoey_file_loads_with_gzip_pickle_and_matches_npy(one_process):
+    with gzip.open(one_process / "features.dev", "rb") as f:
+        entries = pickle.load(f)
+    assert [e["name"] for e in entries] == sorted(e["name"] for e in entries) and len(entries) == 3
+    for e in entries:
+        assert {"name", "signer", "gloss", "text", "sign", "num_frames"} <= set(e)
+        assert isinstance(e["sign"], torch.Tensor) and e["sign"].ndim == 2 and e["sign"].shape[1] == 832
+        np.testing.assert_array_equal(e["sign"].numpy(), np.load(one_process / "dev" / f"{e['name']}.npy"))
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_outputs_as_one(packed, one_process, tmp_path):
+    out = tmp_path / "extract2"
+    proc = _accelerate(2, _args(packed, out))
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    one, two = _outputs(one_process), _outputs(out)
+    assert one.keys() == two.keys()
+    for k in one:
+        np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert sum(s["videos"] for s in summary["splits"].values()) == len(one)  # no duplicate work
+
+
+@pytest.mark.slow
+def test_rerun_after_a_kill_skips_finished_videos_and_ends_identical(packed, one_process, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "signstream.tools.cli", "extract_features", *_args(packed, out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("train/*.npy"))) < 2:
+        time.sleep(0.02)
+    assert proc.poll() is None, "extraction finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("*/*.json")))
+    assert cli(["extract_features", *_args(packed, out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(s["resumed"] for s in summary["splits"].values()) >= done - 1 > 0
+    one, again = _outputs(one_process), _outputs(out)
+    assert one.keys() == again.keys()
+    for k in one:
+        np.testing.assert_allclose(one[k], again[k], rtol=1e-3, atol=1e-3)  # thread counts differ
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["colour=red"], "unknown config key(s) colour"),
+    (["weights=/nonexistent/rgb_imagenet.pt"], "rgb_imagenet.pt"),
+    (["writers=npy,parquet"], "unknown feature writer 'parquet'"),
+])
+def test_bad_configs_are_one_line_errors(packed, tmp_path, capsys, extra, message):
+    assert cli(["extract_features", *_args(packed, tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_shard_directory_is_a_one_line_error(tmp_path, capsys):
+    assert cli(["extract_features", f"shards={tmp_path / 'none'}", f"out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shards directory not found" in err[0]
