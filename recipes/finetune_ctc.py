@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,9 +55,11 @@ class FinetuneConfig:
     hidden: int = 256
     dropout: float = 0.1
     freeze: str = "none"
+    bn_momentum: float | None = 0.1
     grad_checkpointing: bool = False
     image_size: int = 112
     max_frames: int = 64
+    temporal_rescale: list[float] | None = field(default_factory=lambda: [0.5, 1.5])
     frame_stride: int = 1
     batch_size: int = 2
     grad_accum: int = 1
@@ -94,6 +96,12 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> VideoCTC:
         if not cfg.freeze.isdigit():
             raise SignstreamError(f"freeze must be none, all or a number of blocks, got {cfg.freeze!r}")
         backbone.freeze(int(cfg.freeze))
+    if cfg.bn_momentum is not None:
+        # torchvision's S3D uses momentum 0.001: a few hundred steps barely move the running
+        # statistics, and eval-mode outputs (dev WER, extracted features) come out wrong.
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
     return VideoCTC(backbone, num_classes, head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
 
 
@@ -147,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = model.backbone.input_spec
     device = "cuda" if accelerator.device.type == "cuda" else "cpu"
     # Train-time augmentation (random crop/scale, temporal rescale) follows mode="train".
+    rescale = tuple(cfg.temporal_rescale) if cfg.temporal_rescale else None
+    if rescale is not None and len(rescale) != 2:
+        raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
     train_tf = Transform.from_input_spec(spec, size=cfg.image_size, max_frames=cfg.max_frames,
-                                         frame_stride=cfg.frame_stride)
+                                         frame_stride=cfg.frame_stride, temporal_rescale=rescale)
     eval_tf = Transform.from_input_spec(spec, size=cfg.image_size, frame_stride=cfg.frame_stride)
     train_loader = make_loader(shards / cfg.train_split, backend=cfg.backend, device=device, mode="train",
                                batch_size=cfg.batch_size, transform=train_tf, shuffle=True, seed=cfg.seed,
