@@ -18,16 +18,6 @@ from signstream.models.layers import MaxPool3dSame, Unit3D, calibrate_batchnorm,
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on the shared 2-core
-    # CI box two threads stall each other (10x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _video(batch: int, frames: int, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, frames, size, size, generator=g)

@@ -13,16 +13,6 @@ from signstream.models.features import frames_between, pad_frames
 from signstream.models.layers import calibrate_batchnorm
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on the shared 2-core
-    # CI box two threads stall each other (10x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _video(frames: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(3, frames, size, size, generator=torch.Generator().manual_seed(seed))
 

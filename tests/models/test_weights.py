@@ -16,16 +16,6 @@ from signstream.models import create_model, read_state_dict
 from signstream.models.s3d import kylemin_key_map, torchvision_to_kylemin_key
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on the shared 2-core
-    # CI box two threads stall each other (10x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
     # Non-default running statistics, so a test notices if they were not loaded.
     g = torch.Generator().manual_seed(seed)
