@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             status[name] = {"ok": False, "seconds": round(time.perf_counter() - t0, 1)}
             failed = True
     write_json(out / "status.json", status)
-    parts = [p.read_text() for n in names if (p := out / f"{n}.md").exists()]
+    # The report gathers every benchmark whose results are present, not only this run's.
+    parts = [p.read_text() for n in BENCHMARKS if (p := out / f"{n}.md").exists()]
     with atomic_write(out / "REPORT.md", "w") as f:
         f.write("# signstream benchmarks\n\n" + "\n".join(parts))
     print(f"report: {out / 'REPORT.md'}")
