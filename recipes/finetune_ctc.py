@@ -38,6 +38,7 @@ from signstream.models.head import ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch
+from signstream.recipes.schedules import warmup_cosine
 from signstream.tools.wer import wer_score
 
 
@@ -112,15 +113,6 @@ def optimizer_for(model: VideoCTC, cfg: FinetuneConfig) -> torch.optim.Optimizer
     if backbone:
         groups.append({"params": backbone, "lr": cfg.backbone_lr})
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-
-
-def warmup_cosine(total: int, warmup: int):
-    """LambdaLR factor: linear warm-up then cosine decay to 0."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return factor
 
 
 def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:

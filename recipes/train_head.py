@@ -34,6 +34,7 @@ from signstream.models.head import RecognitionHead, ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch, score_split
+from signstream.recipes.schedules import warmup_cosine
 
 
 @dataclass
@@ -87,16 +88,6 @@ def collate(items):
     x = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True)
     y = torch.nn.utils.rnn.pad_sequence(list(targets), batch_first=True)
     return x, lengths, y, torch.tensor([t.numel() for t in targets]), torch.tensor(idx)
-
-
-def warmup_cosine(step_total: int, warmup: int):
-    """LambdaLR factor: linear warm-up then cosine decay to 0."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, step_total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
 
 
 def evaluate(accelerator, model, loader, dataset, vocab, cfg) -> tuple[dict, dict]:

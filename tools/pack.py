@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from signstream import SignstreamError, __version__
-from signstream.loaders.fileio import write_json
+from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools import encode as enc
 from signstream.tools.corpora import Row, get_adapter
 from signstream.tools.shardio import (
@@ -386,8 +386,6 @@ def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]]) -> l
                 if (split, row.name) not in skipped:
                     glosses.update(row.gloss.split())
     vocab = sorted(glosses)
-    from signstream.loaders.fileio import atomic_write
-
     with atomic_write(out / "glosses.txt", "w") as f:
         f.write("".join(f"{g}\n" for g in vocab))
     return vocab
