@@ -248,9 +248,13 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     if bar is not None:
         bar.close()
     manifest = build_manifest(split, state, opts)
+    (split_dir / STATE_FILE).unlink(missing_ok=True)
+    if not manifest["shards"]:
+        # Nothing packed: no manifest, so a rerun after fixing the sources starts afresh
+        # instead of reporting "already packed" (the warnings above name every row).
+        return manifest
     write_json(split_dir / "manifest.json", manifest)
     write_json(split_dir / "pack-stats.json", _stats(frames, len(jobs), time.perf_counter() - t0, workers))
-    (split_dir / STATE_FILE).unlink(missing_ok=True)
     return manifest
 
 

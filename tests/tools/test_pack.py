@@ -215,6 +215,7 @@ def test_nothing_packed_exits_non_zero(synth_root, tmp_path, capsys):
     code = cli(["pack", "phoenix2014", "--root", str(root), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     assert "nothing packed" in capsys.readouterr().err
+    assert not list((tmp_path / "o").rglob("manifest.json"))  # a rerun after a fix starts afresh
 
 
 def test_csv_adapter_packs_video_files_and_frame_globs_and_reports_missing_video(synth_root, tmp_path):
