@@ -1,10 +1,13 @@
 """Strict checkpoint loading: pytorch-i3d, torchvision S3D, kylemin S3D, timm/torchvision ResNet-18.
 
-Every "foreign" file is built here from a randomly initialised model laid out
-with the foreign key names, so no download is needed.
+Every "foreign" file is built here with the foreign key names, so no download is
+needed. The pytorch-i3d file is built from a golden key/shape list transcribed from
+pytorch-i3d's published model definition (``golden/``), not from our own model.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,19 +28,48 @@ def _randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+GOLDEN_I3D = Path(__file__).parent / "golden" / "pytorch_i3d_rgb_imagenet_keys.txt"
+
+
+def _golden_i3d_shapes() -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of pytorch-i3d's rgb_imagenet.pt, from its published definition."""
+    shapes = {}
+    for line in GOLDEN_I3D.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split("\t")
+            shapes[key] = tuple(int(n) for n in shape.split(","))
+    return shapes
+
+
 def _pytorch_i3d_state_dict(classes: int = 400) -> dict[str, torch.Tensor]:
-    """An I3D state dict as pytorch-i3d's rgb_*.pt holds it: our names + logits, no BN counters."""
-    torch.manual_seed(3)
-    source = create_model("i3d")
-    _randomise_bn(source)
-    sd = {
-        k: v.clone()
-        for k, v in source.state_dict().items()
-        if not k.endswith("num_batches_tracked")
-    }
-    sd["logits.conv3d.weight"] = torch.randn(classes, 1024, 1, 1, 1)
-    sd["logits.conv3d.bias"] = torch.randn(classes)
+    """An I3D state dict laid out as pytorch-i3d's rgb_*.pt: built from the golden key list,
+    not from our model, so a drift in our names or shapes fails to load."""
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for key, shape in _golden_i3d_shapes().items():
+        if key.startswith("logits."):
+            shape = (classes, *shape[1:])
+        if key.endswith("running_var"):
+            sd[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[key] = torch.randn(shape, generator=g) * 0.1
     return sd
+
+
+def test_golden_i3d_list_matches_the_published_layer_table():
+    shapes = _golden_i3d_shapes()
+    # 3 stem units + 9 inception modules x 6 units, 5 tensors each, + the 2 logits tensors
+    assert len(shapes) == (3 + 9 * 6) * 5 + 2
+    assert shapes["Mixed_5c.b1b.conv3d.weight"] == (384, 192, 3, 3, 3)
+    assert shapes["Mixed_4b.b0.conv3d.weight"] == (192, 480, 1, 1, 1)
+    assert not any(k.endswith("num_batches_tracked") for k in shapes)
+
+
+def test_our_i3d_has_exactly_the_golden_backbone_keys_and_shapes():
+    ours = {k: tuple(v.shape) for k, v in create_model("i3d").state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+    golden = {k: v for k, v in _golden_i3d_shapes().items() if not k.startswith("logits.")}
+    assert ours == golden
 
 
 def _video(frames: int = 16, size: int = 32) -> torch.Tensor:
