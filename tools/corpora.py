@@ -57,8 +57,14 @@ def _read_table(path: Path, delimiter: str | None = None) -> tuple[list[str], li
     """Read a delimited table; returns (header, [(line_number, row_dict)])."""
     if not path.is_file():
         raise SignstreamError(f"corpus table not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        text = f.read()
+    try:
+        # utf-8-sig: a byte-order mark (common from spreadsheet exports) is not part of the header.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise SignstreamError(f"corpus table is not UTF-8 text: {path} (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise SignstreamError(f"cannot read corpus table {path}: {exc.strerror}") from None
     if not text.strip():
         raise SignstreamError(f"corpus table is empty: {path}")
     if delimiter is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -133,6 +134,19 @@ def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes
                 f.seek(m.offset)
                 data[m.ext] = f.read(m.size)
             yield members[0].key, data
+
+
+def read_json_members(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the parsed ``.json`` member of each sample of a shard (videos are not read).
+
+    Raises ``ValueError`` on a member that is not valid UTF-8 JSON.
+    """
+    with open(path, "rb") as f:
+        for members in scan_tar(path):
+            for m in members:
+                if m.ext == "json":
+                    f.seek(m.offset)
+                    yield json.loads(f.read(m.size).decode("utf-8"))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
