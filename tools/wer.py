@@ -282,13 +282,14 @@ def run(args: argparse.Namespace) -> int:
     refs, hyps = _read_inputs(args)
     score = wer_score(refs, hyps, cleanup=args.cleanup)
     clean = get_cleanup(args.cleanup)
-    try:
-        if args.ctm:
-            write_ctm(args.ctm, {name: clean(hyps.get(name, "")) for name in refs})
-        if args.stm:
-            write_stm(args.stm, {name: clean(ref) for name, ref in refs.items()})
-    except OSError as exc:
-        raise SignstreamError(f"cannot write {exc.filename or args.ctm or args.stm}: {exc.strerror}") from None
+    outputs = [("--ctm", args.ctm, write_ctm, {name: clean(hyps.get(name, "")) for name in refs}),
+               ("--stm", args.stm, write_stm, {name: clean(ref) for name, ref in refs.items()})]
+    for flag, path, write, sentences in outputs:
+        if path:
+            try:
+                write(path, sentences)
+            except OSError as exc:  # a place the checks above cannot see into (e.g. /proc)
+                raise SignstreamError(f"{flag} {path}: cannot write ({exc.strerror})") from None
     if args.json:
         print(json.dumps(score, sort_keys=True))
     else:
