@@ -92,3 +92,15 @@ def test_table_with_a_utf8_byte_order_mark_packs(synth_root, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet", "--workers", "1"]) == 0
     assert (out / "glosses.txt").read_text(encoding="utf-8") == "GRÜN\n"
+
+
+@pytest.mark.parametrize("split", ["../escape", "a/b", "."])
+def test_table_split_that_is_not_a_plain_name_cannot_leave_out(synth_root, tmp_path, capsys, split):
+    row = next(r for r in phoenix2014(synth_root) if r.split == "dev")
+    table = tmp_path / "t" / "table.csv"
+    table.parent.mkdir()
+    table.write_text(f"name,path,gloss,split\nclip,{Path(row.frames[0]).parent}/*.png,A,{split}\n")
+    out = tmp_path / "t" / "out"
+    assert _run(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet"]) == 2
+    assert "is not a plain name" in _one_line(capsys)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table.csv"]
