@@ -345,6 +345,10 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
     for row in rows:
         by_split.setdefault(row.split, []).append(row)
     _prepare_out(out, list(by_split))
+    for split, split_rows in by_split.items():  # refuse before any split is written
+        load_state(out / split, split, fingerprint(split_rows, make_keys(split_rows), opts), overwrite,
+                   apply=False)
+    _make_dirs(out, list(by_split))
     workers = workers or os.cpu_count() or 1
     remove_stale_temps(out, lambda name: name == VOCAB_FILE)
     manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress) for s, r in by_split.items()}
@@ -356,17 +360,23 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
 
 
 def _prepare_out(out: Path, splits: list[str]) -> None:
-    """Refuse an output that cannot hold the shards; create the split directories."""
+    """Refuse an output that cannot hold the shards (nothing is written)."""
     for path in (out, *(out / s for s in splits)):
         if path.exists() and not path.is_dir():
             raise SignstreamError(f"--out: {path} exists and is not a directory")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SignstreamError(f"--out: {parent} is not a writable directory")
+
+
+def _make_dirs(out: Path, splits: list[str]) -> None:
     try:
         for split in splits:
             (out / split).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SignstreamError(f"--out: cannot create {exc.filename or out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise SignstreamError(f"--out: {out} is not writable")
 
 
 def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:

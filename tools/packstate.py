@@ -23,22 +23,28 @@ STATS_FILE = "pack-stats.json"
 VOCAB_FILE = "glosses.txt"
 
 
-def load_state(split_dir: Path, split: str, fp: str, overwrite: bool) -> dict | None:
+def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: bool = True) -> dict | None:
     """Return the resume state, ``None`` if the split is already complete.
 
     Only files recorded in the split's manifest or state (and the packer's own
     temporary files) are ever removed. Raises :class:`SignstreamError` before
     anything is touched when the directory holds another run's output (without
-    ``overwrite``) or a file with a shard name that pack did not record.
+    ``overwrite``) or a file with a shard name that pack did not record. With
+    ``apply=False`` only these checks run (nothing is removed; returns ``None``),
+    so every split can be checked before any is written.
     """
+    if not split_dir.is_dir():
+        if not apply:
+            return None
+        split_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_record(split_dir / "manifest.json", "manifest")
     state = read_record(split_dir / STATE_FILE, "state")
     fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0,
              "writing": []}
     if manifest is not None and not overwrite:
         if manifest.get("fingerprint") == fp:
-            # A kill between writing the manifest and removing the state leaves the state behind.
-            (split_dir / STATE_FILE).unlink(missing_ok=True)
+            if apply:  # a kill between writing the manifest and removing the state leaves it behind
+                (split_dir / STATE_FILE).unlink(missing_ok=True)
             return None
         raise SignstreamError(f"{split_dir} holds shards packed from other rows or options; "
                               "pass --overwrite to replace them")
@@ -52,6 +58,8 @@ def load_state(split_dir: Path, split: str, fp: str, overwrite: bool) -> dict | 
         more = f" (and {len(strangers) - 1} more)" if len(strangers) > 1 else ""
         raise SignstreamError(f"{split_dir / strangers[0]}{more} was not written by pack (not in its "
                               "manifest or state); move it away or choose another --out")
+    if not apply:
+        return None
     if manifest is None and state is not None and not overwrite and _shards_intact(split_dir, state):
         for name in _recorded_names(split, {"writing": state.get("writing", [])}):
             (split_dir / name).unlink(missing_ok=True)

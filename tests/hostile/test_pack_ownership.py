@@ -70,6 +70,16 @@ def test_file_with_a_shard_name_pack_did_not_record_stops_the_run_untouched(
     assert sorted(p.name for p in (out / "dev").iterdir()) == ["dev-000000.tar"]
 
 
+def test_a_stranger_in_one_split_stops_the_run_before_any_split_is_written(synth_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "test").mkdir(parents=True)
+    (out / "test" / "test-000003.idx").write_text("not ours\n")
+    code = _run(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--workers", "1",
+                 "--quiet"])
+    assert code == 2 and "test-000003.idx" in _one_line(capsys)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["test", "test/test-000003.idx"]
+
+
 def test_overwrite_replaces_recorded_shards_and_leaves_foreign_files(packed, synth_root, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(packed, out)
