@@ -472,14 +472,14 @@ def _existing_vocab(path: Path) -> list[str] | None:
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 224x224, got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
 def _bytes(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)B?", text.upper())
     if not m:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 1G, got {text!r}")
     return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)])
 
 

@@ -43,6 +43,8 @@ def _pack(root: Path, out: Path, *extra: str) -> list[str]:
     (["--gop", "-1"], "--gop: must be at least 1, got -1"),
     (["--gop", "two"], "--gop: expected a whole number"),
     (["--max-samples", "0"], "--max-samples: must be at least 1"),
+    (["--resize", "big"], "--resize: expected HEIGHTxWIDTH"),
+    (["--max-bytes", "lots"], "--max-bytes: expected a size"),
 ])
 def test_bad_encoder_and_worker_options_are_one_line_before_anything_is_written(
         synth_root, tmp_path, capsys, extra, says):
