@@ -29,9 +29,20 @@ RECIPES = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit code 2).
+
+    argparse prints the whole usage block before the message; for a command
+    with many options that buries the one line that matters.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     """Build the parser; only the chosen subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog="signstream", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="signstream", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"signstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)

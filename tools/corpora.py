@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,14 @@ def _read_table(path: Path, delimiter: str | None = None) -> tuple[list[str], li
     """Read a delimited table; returns (header, [(line_number, row_dict)])."""
     if not path.is_file():
         raise SignstreamError(f"corpus table not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        text = f.read()
+    try:
+        # utf-8-sig: a byte-order mark (common from spreadsheet exports) is not part of the header.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise SignstreamError(f"corpus table is not UTF-8 text: {path} (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise SignstreamError(f"cannot read corpus table {path}: {exc.strerror}") from None
     if not text.strip():
         raise SignstreamError(f"corpus table is empty: {path}")
     if delimiter is None:
@@ -177,6 +184,10 @@ def csv_table(table: str | os.PathLike, split_column: str = "split", default_spl
             out.append(Row(default_split, f"<row {lineno}>", lineno, str(table), problem=r["__error__"]))
             continue
         split = r.get(split_column) or default_split
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+            # The split names a directory under --out: nothing that could leave it.
+            raise SignstreamError(f"{table}:{lineno}: split {split!r} is not a plain name "
+                                  "(letters, digits, '_' and '-' only)")
         meta = dict(signer=r.get("signer", ""), gloss=r["gloss"], text=r.get("text", ""))
         path = Path(r["path"]) if os.path.isabs(r["path"]) else table.parent / r["path"]
         if path.suffix.lower() in VIDEO_SUFFIXES and not any(ch in r["path"] for ch in "*?["):

@@ -10,6 +10,7 @@ writes it.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 
 import av
@@ -33,19 +34,46 @@ class Codec:
     quality_option: str
     default_quality: int
     options: dict = field(default_factory=dict)
+    quality_range: tuple[int, int] = (0, 63)
 
 
 CODECS: dict[str, Codec] = {
     # VP9 is the one codec every backend decodes (DALI CPU, NVDEC, PyAV).
     "vp9": Codec("vp9", "libvpx-vp9", "webm", "webm", "yuv420p", "crf", 30,
-                 {"b": "0", "deadline": "realtime", "row-mt": "0", "threads": "1"}),
+                 {"b": "0", "deadline": "realtime", "row-mt": "0", "threads": "1"}, (0, 63)),
     # H.264 decodes on NVDEC and PyAV only; x264 threads pinned for determinism.
     "h264": Codec("h264", "libx264", "mp4", "mp4", "yuv420p", "crf", 18,
-                  {"x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}),
+                  {"x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}, (0, 51)),
     # Fixed JPEG q-scale: qmin = qmax = quality (the rate controller otherwise starves later frames).
-    "mjpeg": Codec("mjpeg", "mjpeg", "matroska", "mkv", "yuvj420p", "qscale", 3, {}),
+    "mjpeg": Codec("mjpeg", "mjpeg", "matroska", "mkv", "yuvj420p", "qscale", 3, {}, (1, 31)),
 }
 SPEED_OPTION = {"vp9": ("cpu-used", "8"), "h264": ("preset", "veryfast"), "mjpeg": None}
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")
+
+
+def check_settings(codec: Codec, quality: int | None, speed: str | None, gop: int | None) -> None:
+    """Refuse encoder settings the encoder would reject (or silently clamp).
+
+    Checked before any row is read, so a typo fails at once with a message that
+    says what is allowed, instead of every row failing inside a worker.
+
+    Raises:
+        ValueError: naming the option and its allowed values.
+    """
+    lo, hi = codec.quality_range
+    if quality is not None and not lo <= quality <= hi:
+        raise ValueError(f"--quality {quality} is out of range for {codec.name} ({lo}-{hi})")
+    if gop is not None and gop < 1:
+        raise ValueError(f"--gop must be a positive number of frames, got {gop}")
+    if speed is None:
+        return
+    if codec.name == "vp9" and not re.fullmatch(r"-?[0-8]", speed):
+        raise ValueError(f"--speed {speed!r} is not a vp9 speed (an integer from -8 to 8)")
+    if codec.name == "h264" and speed not in X264_PRESETS:
+        raise ValueError(f"--speed {speed!r} is not an h264 preset ({', '.join(X264_PRESETS)})")
+    if SPEED_OPTION[codec.name] is None:
+        raise ValueError(f"{codec.name} has no speed setting; drop --speed")
 
 
 def get_codec(name: str) -> Codec:

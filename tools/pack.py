@@ -8,8 +8,12 @@ output root. The run is
   and manifests whatever ``--workers`` is (rows are encoded in parallel but
   written in table order; encoders are single-threaded and bit-exact);
 * atomic and resumable: a shard is written under a temporary name and renamed
-  when complete; ``.pack-state.json`` records the finished shards, so a rerun
-  after a kill redoes only the shard that was in progress;
+  when complete; ``.pack-state.json`` records the finished shards (and, before
+  it is written, the shard in progress), so a rerun after a kill redoes only
+  the shard that was in progress;
+* careful with what it did not write: it deletes or replaces only files its
+  manifest or state records, and its own temporary files; a file with a shard
+  name that neither records stops the run before anything is written;
 * checked: each video is decoded back once before it is written, and a row
   whose frames are missing, unreadable, empty or of mixed sizes is skipped with
   a warning and listed in ``manifest.json["skipped"]``.
@@ -20,23 +24,38 @@ manifest itself stays byte-identical between runs.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import re
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import av
+
 from signstream import SignstreamError, __version__
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools import encode as enc
 from signstream.tools.corpora import Row, get_adapter
+from signstream.tools.packstate import (
+    FORMAT,
+    STATE_FILE,
+    STATS_FILE,
+    VOCAB_FILE,
+    load_state,
+    owned_in_split,
+    read_record,
+    remove_stale_temps,
+)
 from signstream.tools.shardio import (
     index_path_for,
+    read_json_members,
     sha256_file,
     tar_member_size,
     write_index,
@@ -44,8 +63,6 @@ from signstream.tools.shardio import (
 )
 
 HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
-FORMAT = "signstream-shards/1"
-STATE_FILE = ".pack-state.json"
 KEY_MAX = 80
 
 
@@ -114,6 +131,8 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
         return Encoded(index, None, reason=str(exc))
     except FileNotFoundError as exc:
         return Encoded(index, None, reason=f"missing file {exc.filename}")
+    except av.FFmpegError as exc:  # the options were checked up front; this is the source's fault
+        return Encoded(index, None, reason=f"encoder failed: {exc}")
     meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
             "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": fps,
             "height": h, "width": w, "codec": codec.name}
@@ -164,6 +183,10 @@ class ShardWriter:
             return
         number = len(self.state["shards"])
         tar = self.dir / f"{self.split}-{number:06d}.tar"
+        # Claim the names first: a kill after the rename but before the shard is
+        # recorded must still leave a file the rerun knows it wrote.
+        self.state["writing"] = [tar.name, index_path_for(tar).name]
+        write_json(self.dir / STATE_FILE, self.state)
         layout = write_tar(tar, ([m for m in item.members] for item in self.pending))
         write_index(index_path_for(tar), layout)
         self.state["shards"].append({
@@ -173,6 +196,7 @@ class ShardWriter:
         })
         self.state["png_bytes"] += sum(i.png_bytes for i in self.pending)
         self.state["next_row"] = next_row
+        self.state["writing"] = []
         write_json(self.dir / STATE_FILE, self.state)
         self.pending, self.pending_bytes = [], 1024
 
@@ -186,37 +210,6 @@ def fingerprint(rows: list[Row], keys: list[str], opts: PackOptions) -> str:
     return h.hexdigest()
 
 
-def load_state(split_dir: Path, fp: str, overwrite: bool) -> dict | None:
-    """Return the resume state, ``None`` if the split is already complete."""
-    manifest, state_file = split_dir / "manifest.json", split_dir / STATE_FILE
-    fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0}
-    if overwrite:
-        _clear_split(split_dir)
-        return fresh
-    if manifest.exists():
-        if json.loads(manifest.read_text()).get("fingerprint") == fp:
-            return None
-        raise SignstreamError(f"{split_dir} holds shards packed from other rows or options; "
-                              "pass --overwrite to replace them")
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") == fp and _shards_intact(split_dir, state["shards"]):
-            return state
-    _clear_split(split_dir)
-    return fresh
-
-
-def _shards_intact(split_dir: Path, shards: list[dict]) -> bool:
-    return all((split_dir / s["file"]).exists() and sha256_file(split_dir / s["file"]) == s["sha256"]
-               and (split_dir / s["index"]).exists() for s in shards)
-
-
-def _clear_split(split_dir: Path) -> None:
-    for p in split_dir.glob("*"):
-        if p.is_file() and (p.suffix in (".tar", ".idx", ".tmp") or p.name in ("manifest.json", STATE_FILE)):
-            p.unlink()
-
-
 def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, workers: int,
                overwrite: bool = False, progress: bool = True) -> dict:
     """Pack one split's rows into ``out/<split>``; returns its manifest."""
@@ -224,12 +217,11 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     split_dir.mkdir(parents=True, exist_ok=True)
     keys = make_keys(rows)
     fp = fingerprint(rows, keys, opts)
-    state = load_state(split_dir, fp, overwrite)
+    state = load_state(split_dir, split, fp, overwrite)
+    remove_stale_temps(split_dir, owned_in_split(split))
     if state is None:
         print(f"{split}: already packed ({split_dir / 'manifest.json'})", file=sys.stderr)
         return json.loads((split_dir / "manifest.json").read_text())
-    for stray in split_dir.glob(".*.tmp"):
-        stray.unlink()
     start = state["next_row"]
     jobs = [(i, rows[i], keys[i], opts) for i in range(start, len(rows))]
     writer = ShardWriter(split_dir, split, opts, state)
@@ -248,13 +240,15 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     if bar is not None:
         bar.close()
     manifest = build_manifest(split, state, opts)
-    (split_dir / STATE_FILE).unlink(missing_ok=True)
     if not manifest["shards"]:
         # Nothing packed: no manifest, so a rerun after fixing the sources starts afresh
         # instead of reporting "already packed" (the warnings above name every row).
+        (split_dir / STATE_FILE).unlink(missing_ok=True)
         return manifest
+    # Manifest before removing the state: at no moment are written shards unrecorded.
     write_json(split_dir / "manifest.json", manifest)
-    write_json(split_dir / "pack-stats.json", _stats(frames, len(jobs), time.perf_counter() - t0, workers))
+    (split_dir / STATE_FILE).unlink(missing_ok=True)
+    write_json(split_dir / STATS_FILE, _stats(frames, len(jobs), time.perf_counter() - t0, workers))
     return manifest
 
 
@@ -333,25 +327,60 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
         progress: show a progress bar.
         **options: fields of :class:`PackOptions`.
 
+    Returns:
+        ``vocab`` is the vocabulary in ``glosses.txt`` after the run, or ``None``
+        when no vocabulary could be derived (see :func:`write_vocab`).
+
     Raises:
-        SignstreamError: bad root/table, bad options, or nothing packed at all.
+        SignstreamError: bad root/table, bad options, an output that is not a
+            directory or holds files pack did not write, or nothing packed at all.
     """
     opts = PackOptions(**options)
     _check_options(opts)
-    rows = _list_rows(adapter, root, table, splits)
+    if workers is not None and workers < 1:
+        raise SignstreamError(f"--workers must be at least 1, got {workers}")
+    rows, table_splits = _list_rows(adapter, root, table, splits)
     out = Path(out)
-    workers = workers or os.cpu_count() or 1
     by_split: dict[str, list[Row]] = {}
     for row in rows:
         by_split.setdefault(row.split, []).append(row)
+    _prepare_out(out, list(by_split))
+    for split, split_rows in by_split.items():  # refuse before any split is written
+        load_state(out / split, split, fingerprint(split_rows, make_keys(split_rows), opts), overwrite,
+                   apply=False)
+    _make_dirs(out, list(by_split))
+    workers = workers or os.cpu_count() or 1
+    remove_stale_temps(out, lambda name: name == VOCAB_FILE)
     manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress) for s, r in by_split.items()}
     if not any(m["totals"]["samples"] for m in manifests.values()):
         raise SignstreamError(f"nothing packed: all {len(rows)} rows were skipped (see warnings above)")
-    vocab = write_vocab(out, manifests, by_split)
+    vocab = write_vocab(out, manifests, by_split,
+                        source_splits={"train"} if "train" in table_splits else table_splits)
     return {"splits": manifests, "vocab": vocab}
 
 
-def _list_rows(adapter: str, root, table, splits) -> list[Row]:
+def _prepare_out(out: Path, splits: list[str]) -> None:
+    """Refuse an output that cannot hold the shards (nothing is written)."""
+    for path in (out, *(out / s for s in splits)):
+        if path.exists() and not path.is_dir():
+            raise SignstreamError(f"--out: {path} exists and is not a directory")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SignstreamError(f"--out: {parent} is not a writable directory")
+
+
+def _make_dirs(out: Path, splits: list[str]) -> None:
+    try:
+        for split in splits:
+            (out / split).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SignstreamError(f"--out: cannot create {exc.filename or out}: {exc.strerror}") from None
+
+
+def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:
+    """The rows to pack and the set of splits the whole table has."""
     fn = get_adapter(adapter)
     if adapter == "csv":
         if table is None:
@@ -361,53 +390,107 @@ def _list_rows(adapter: str, root, table, splits) -> list[Row]:
         if root is None:
             raise SignstreamError(f"the {adapter} adapter needs --root DIR")
         rows = fn(root)
+    table_splits = {r.split for r in rows}
     if splits:
         rows = [r for r in rows if r.split in set(splits)]
     if not rows:
         raise SignstreamError("the corpus table lists no videos" + (f" for splits {splits}" if splits else ""))
-    return rows
+    return rows, table_splits
 
 
 def _check_options(opts: PackOptions) -> None:
     try:
-        enc.get_codec(opts.codec)
+        enc.check_settings(enc.get_codec(opts.codec), opts.quality, opts.speed, opts.gop)
     except KeyError as exc:
         raise SignstreamError(str(exc.args[0])) from None
+    except ValueError as exc:
+        raise SignstreamError(str(exc)) from None
     if opts.max_samples < 1 or opts.max_bytes < 4096:
         raise SignstreamError("--max-samples must be >= 1 and --max-bytes >= 4096")
     if opts.resize and (opts.resize[0] < 2 or opts.resize[1] < 2):
         raise SignstreamError(f"--resize too small: {opts.resize}")
 
 
-def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]]) -> list[str]:
-    """Write ``glosses.txt``: sorted glosses of the packed train videos (all splits if none)."""
-    source = "train" if "train" in manifests else None
-    skipped = {(s, k["name"]) for s, m in manifests.items() for k in m["skipped"]}
-    glosses = set()
-    for split, rows in by_split.items():
-        if source is None or split == source:
-            for row in rows:
-                if (split, row.name) not in skipped:
+def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]],
+                source_splits: set[str] | None = None) -> list[str] | None:
+    """Write ``glosses.txt``, the sorted glosses of the packed train videos.
+
+    Args:
+        out: the pack output root.
+        manifests: this run's manifests, by split.
+        by_split: this run's rows, by split.
+        source_splits: the splits the vocabulary comes from: ``{"train"}`` when
+            the corpus has one (default), else every split of the corpus table.
+
+    A source split packed in this run contributes its packed rows; one packed
+    earlier contributes the glosses in its shards. When a source split is
+    neither, an existing ``glosses.txt`` is kept as it is (packing dev alone
+    must not shrink the vocabulary), and ``None`` is returned if there is none.
+    """
+    source_splits = source_splits or {"train"}
+    glosses: set[str] = set()
+    for split in sorted(source_splits):
+        if split in manifests:
+            skipped = {k["name"] for k in manifests[split]["skipped"]}
+            for row in by_split[split]:
+                if row.name not in skipped:
                     glosses.update(row.gloss.split())
+            continue
+        earlier = _packed_glosses(out / split)
+        if earlier is None:
+            return _existing_vocab(out / VOCAB_FILE)
+        glosses |= earlier
     vocab = sorted(glosses)
-    with atomic_write(out / "glosses.txt", "w") as f:
+    with atomic_write(out / VOCAB_FILE, "w") as f:
         f.write("".join(f"{g}\n" for g in vocab))
     return vocab
+
+
+def _packed_glosses(split_dir: Path) -> set[str] | None:
+    """Glosses of every sample in a complete split's shards (``None`` if it cannot be read)."""
+    try:
+        manifest = read_record(split_dir / "manifest.json", "manifest")
+        if manifest is None:
+            return None
+        glosses = set()
+        for shard in manifest["shards"]:
+            for meta in read_json_members(split_dir / shard["file"]):
+                glosses.update(str(meta.get("gloss", "")).split())
+        return glosses
+    except (SignstreamError, OSError, KeyError, TypeError, ValueError, tarfile.TarError) as exc:
+        print(f"warning: cannot read the train vocabulary from {split_dir}: {exc}", file=sys.stderr)
+        return None
+
+
+def _existing_vocab(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 # ------------------------------------------------------------------------------- CLI
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 224x224, got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
 def _bytes(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)B?", text.upper())
     if not m:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 1G, got {text!r}")
     return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_arguments(p) -> None:
@@ -421,11 +504,11 @@ def add_arguments(p) -> None:
                    help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg")
     p.add_argument("--quality", type=int, help="CRF for vp9 (default 30) / h264 (18); q-scale for mjpeg (3)")
     p.add_argument("--speed", help="encoder speed: vp9 cpu-used (default 8), h264 preset (veryfast)")
-    p.add_argument("--gop", type=int, help="keyframe interval in frames (default: encoder's)")
+    p.add_argument("--gop", type=_positive_int, help="keyframe interval in frames (default: encoder's)")
     p.add_argument("--resize", type=_size, metavar="HxW", help="resize frames (default: keep size)")
-    p.add_argument("--max-samples", type=int, default=1000, help="videos per shard (default 1000)")
+    p.add_argument("--max-samples", type=_positive_int, default=1000, help="videos per shard (default 1000)")
     p.add_argument("--max-bytes", type=_bytes, default=1 << 30, help="bytes per shard, e.g. 512M (default 1G)")
-    p.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, help="encoding processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace shards packed with other options")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -446,6 +529,10 @@ def run(args) -> int:
         print(f"{split}: {t['samples']} videos, {t['frames']} frames, {t['shards']} shard(s), "
               f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
               f"{len(m['skipped'])} skipped")
-    print(f"vocabulary: {len(result['vocab'])} glosses -> {Path(args.out) / 'glosses.txt'} "
-          f"({seconds:.1f} s)")
+    if result["vocab"] is None:
+        print(f"vocabulary: not written ({VOCAB_FILE} comes from the train split; pack it too) "
+              f"({seconds:.1f} s)")
+    else:
+        print(f"vocabulary: {len(result['vocab'])} glosses -> {Path(args.out) / VOCAB_FILE} "
+              f"({seconds:.1f} s)")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -107,21 +108,37 @@ def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
     is what the index beside ``p`` must contain. Raises ``tarfile.TarError`` on
     a damaged archive.
     """
+    layout, error = read_layout(path)
+    if error is not None:
+        raise error
+    return layout
+
+
+def read_layout(path: str | os.PathLike) -> tuple[list[list[Member]], tarfile.TarError | None]:
+    """Like :func:`scan_tar`, but a damaged archive gives what was read before the damage.
+
+    Returns:
+        ``(layout, error)``: the samples found, and the ``tarfile`` error that
+        stopped the scan (``None`` when the whole archive read cleanly).
+    """
     layout: list[list[Member]] = []
     last_key = None
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            member = Member(info.name, info.offset_data, info.size)
-            if not member.key or member.key.endswith("/"):
-                continue
-            if member.key != last_key:
-                layout.append([member])
-                last_key = member.key
-            else:
-                layout[-1].append(member)
-    return layout
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                member = Member(info.name, info.offset_data, info.size)
+                if not member.key or member.key.endswith("/"):
+                    continue
+                if member.key != last_key:
+                    layout.append([member])
+                    last_key = member.key
+                else:
+                    layout[-1].append(member)
+    except tarfile.TarError as exc:
+        return layout, exc
+    return layout, None
 
 
 def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -133,6 +150,19 @@ def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes
                 f.seek(m.offset)
                 data[m.ext] = f.read(m.size)
             yield members[0].key, data
+
+
+def read_json_members(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the parsed ``.json`` member of each sample of a shard (videos are not read).
+
+    Raises ``ValueError`` on a member that is not valid UTF-8 JSON.
+    """
+    with open(path, "rb") as f:
+        for members in scan_tar(path):
+            for m in members:
+                if m.ext == "json":
+                    f.seek(m.offset)
+                    yield json.loads(f.read(m.size).decode("utf-8"))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -4,21 +4,29 @@ For every split directory under OUT (or OUT itself when it is one): each shard
 listed in ``manifest.json`` exists, has the recorded SHA-256, reads as a tar
 with the recorded sample count and keys, and its DALI index describes it
 exactly (the index a fresh scan would give, in DALI's ``wds2idx`` v1.2 format).
-With ``--decode`` every video is decoded and its frame count compared with the
-sample's JSON. Exit 0 only when every check passes.
+With ``--decode`` every sample's JSON is parsed and checked, and every video is
+decoded and compared with it (frame count, frame size, codec).
+
+Damage is a finding, not a crash: a broken manifest, shard entry, JSON or video
+is reported on one line naming where it is (shard, sample key) and why, every
+other sample is still checked, and the exit code is 1 at the end.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 from signstream import SignstreamError
-from signstream.tools.shardio import index_text, iter_samples, scan_tar, sha256_file
+from signstream.tools.shardio import index_text, read_layout, sha256_file
 
 HELP = "check packed shards against their manifests (checksums, tar, DALI index, optionally decode)"
+
+SHARD_FIELDS = ("file", "index", "sha256", "samples")
+META_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height",
+               "width", "codec")
+META_INTS = ("num_frames", "height", "width")
 
 
 def find_split_dirs(out: Path) -> list[Path]:
@@ -33,71 +41,172 @@ def find_split_dirs(out: Path) -> list[Path]:
     return dirs
 
 
+def read_manifest(path: Path) -> tuple[dict, list[str]]:
+    """Parse a manifest; returns ``(manifest, problems)`` with whatever could be read."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, [f"{path}: not a readable JSON manifest ({exc})"]
+    if not isinstance(manifest, dict):
+        return {}, [f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object)"]
+    problems = [f"{path}: missing key {key!r}" for key in ("shards", "totals") if key not in manifest]
+    if not isinstance(manifest.get("shards", []), list):
+        problems.append(f"{path}: 'shards' is not a list")
+        manifest["shards"] = []
+    return manifest, problems
+
+
+def _shard_entry_problems(path: Path, i: int, shard) -> list[str]:
+    if not isinstance(shard, dict):
+        return [f"{path}: shard entry {i} is not an object"]
+    missing = [k for k in SHARD_FIELDS if k not in shard]
+    bad = [k for k in ("file", "index") if k in shard and not _plain_name(shard[k])]
+    problems = [f"{path}: shard entry {i} lacks {', '.join(missing)}"] if missing else []
+    return problems + [f"{path}: shard entry {i} has an unusable {k!r}: {shard[k]!r}" for k in bad]
+
+
+def _plain_name(value) -> bool:
+    # A shard lives in its split directory: no paths, no parent references.
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
 def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
-    """Check one shard; returns a list of problems (empty = fine)."""
+    """Check one shard entry of a manifest; returns a list of problems (empty = fine)."""
+    if not _plain_name(shard.get("file")):
+        return []  # already reported as a bad entry; nothing to open
     tar = split_dir / shard["file"]
-    if not tar.exists():
+    if not tar.is_file():
         return [f"{tar}: missing"]
     problems = []
-    if sha256_file(tar) != shard["sha256"]:
+    if "sha256" in shard and sha256_file(tar) != shard["sha256"]:
         problems.append(f"{tar}: sha256 differs from the manifest")
-    try:
-        layout = scan_tar(tar)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        return problems + [f"{tar}: not a readable tar ({exc})"]
+    layout, error = read_layout(tar)
+    if error is not None:
+        problems.append(f"{tar}: not a readable tar ({error}); {len(layout)} sample(s) before the damage")
     keys = [m[0].key for m in layout]
-    if len(layout) != shard["samples"]:
+    if error is None and "samples" in shard and len(layout) != shard["samples"]:
         problems.append(f"{tar}: {len(layout)} samples, manifest says {shard['samples']}")
-    if keys != shard.get("keys", keys):
+    if error is None and keys != shard.get("keys", keys):
         problems.append(f"{tar}: sample keys differ from the manifest")
-    idx = split_dir / shard["index"]
-    if not idx.exists():
-        problems.append(f"{idx}: missing")
-    elif idx.read_text() != index_text(layout):
-        problems.append(f"{idx}: does not describe {tar.name} exactly")
+    if _plain_name(shard.get("index")):
+        idx = split_dir / shard["index"]
+        if not idx.is_file():
+            problems.append(f"{idx}: missing")
+        elif error is None and idx.read_text(encoding="utf-8", errors="replace") != index_text(layout):
+            problems.append(f"{idx}: does not describe {tar.name} exactly")
     if decode:
-        problems += _decode_check(tar)
+        problems += _decode_check(tar, layout)
     return problems
 
 
-def _decode_check(tar: Path) -> list[str]:
+def _decode_check(tar: Path, layout) -> list[str]:
+    """Check every sample's JSON and video; one line per problem, every sample visited."""
+    problems = []
+    with open(tar, "rb") as f:
+        for members in layout:
+            key = members[0].key
+            data = {}
+            for m in members:
+                f.seek(m.offset)
+                data[m.ext] = f.read(m.size)
+                if len(data[m.ext]) != m.size:
+                    problems.append(f"{tar}: sample {key}: member {m.name} is cut short")
+            problems += [f"{tar}: sample {key}: {reason}" for reason in check_sample(key, data)]
+    return problems
+
+
+def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
+    """Reasons why one sample (``{ext: bytes}``) is broken; empty when it is sound."""
+    reasons = []
+    meta, why = _parse_meta(members.get("json"))
+    if why:
+        reasons.append(why)
+    videos = [ext for ext in members if ext != "json"]
+    if not videos:
+        return reasons + ["no video member"]
+    if len(videos) > 1:
+        reasons.append(f"more than one video member ({', '.join(sorted(videos))})")
     import av
 
-    problems = []
-    for key, members in iter_samples(tar):
-        meta = json.loads(members.get("json", b"{}"))
-        video = next((d for ext, d in members.items() if ext != "json"), None)
-        if video is None:
-            problems.append(f"{tar}: sample {key} has no video member")
-            continue
-        try:
-            with av.open(io.BytesIO(video)) as container:
-                count = sum(1 for _ in container.decode(video=0))
-        except av.FFmpegError as exc:
-            problems.append(f"{tar}: sample {key} does not decode ({exc})")
-            continue
-        if count != meta.get("num_frames"):
-            problems.append(f"{tar}: sample {key} decodes to {count} frames, JSON says {meta.get('num_frames')}")
-    return problems
+    try:
+        count, size, codec = _decode(members[videos[0]])
+    except (av.FFmpegError, ValueError, OSError, EOFError, IndexError) as exc:
+        return reasons + [f"{videos[0]} does not decode ({type(exc).__name__}: {exc})"]
+    if meta is None:
+        return reasons
+    if meta.get("key", key) != key:
+        reasons.append(f"JSON key {meta['key']!r} differs from the member key")
+    if "num_frames" in meta and count != meta["num_frames"]:
+        reasons.append(f"decodes to {count} frames, JSON says {meta['num_frames']}")
+    claimed = (meta.get("height"), meta.get("width"))
+    if size is not None and None not in claimed and size != claimed:
+        reasons.append(f"frames are {size[0]}x{size[1]} (HxW), JSON says {claimed[0]}x{claimed[1]}")
+    if meta.get("codec") not in (None, codec):
+        reasons.append(f"video is {codec}, JSON says {meta['codec']}")
+    return reasons
+
+
+def _parse_meta(raw: bytes | None) -> tuple[dict | None, str | None]:
+    if raw is None:
+        return None, "no JSON member"
+    if not raw.strip():
+        return None, "JSON member is empty"
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"JSON is not valid ({exc})"
+    if not isinstance(meta, dict):
+        return None, f"JSON is a {type(meta).__name__}, not an object"
+    missing = [k for k in META_FIELDS if k not in meta]
+    bad = [k for k in META_INTS if k in meta and (type(meta[k]) is not int or meta[k] < 0)]
+    for k in bad:
+        del meta[k]  # not comparable with what the video holds
+    why = "; ".join(filter(None, [
+        f"JSON lacks {', '.join(missing)}" if missing else None,
+        f"JSON {', '.join(bad)} not a whole number" if bad else None]))
+    return meta, why or None
+
+
+def _decode(video: bytes) -> tuple[int, tuple[int, int] | None, str]:
+    """Frame count, first frame's (height, width), codec name of a video's first stream."""
+    import av
+
+    count, size = 0, None
+    with av.open(io.BytesIO(video)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        codec = container.streams.video[0].codec_context.name
+        for frame in container.decode(video=0):
+            if size is None:
+                size = (frame.height, frame.width)
+            count += 1
+    return count, size, codec
+
+
+def verify_split(split_dir: Path, decode: bool) -> tuple[dict, list[str]]:
+    """Verify one split directory; returns its summary and its problems."""
+    path = split_dir / "manifest.json"
+    manifest, problems = read_manifest(path)
+    shards = manifest.get("shards", [])
+    for i, shard in enumerate(shards):
+        problems += _shard_entry_problems(path, i, shard)
+        if isinstance(shard, dict):
+            problems += verify_shard(split_dir, shard, decode)
+    listed = {s.get("file") for s in shards if isinstance(s, dict)}
+    extra = sorted({p.name for p in split_dir.glob("*.tar")} - listed)
+    problems += [f"{split_dir / name}: not listed in the manifest" for name in extra]
+    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
+    summary = {"shards": len(shards), "samples": totals.get("samples"), "frames": totals.get("frames"),
+               "skipped": len(manifest.get("skipped", []) or []), "problems": len(problems)}
+    return summary, problems
 
 
 def verify(out: str | Path, decode: bool = False) -> dict:
     """Verify every split under ``out``; returns ``{"ok", "splits": {...}, "problems": [...]}``."""
     report = {"ok": True, "splits": {}, "problems": []}
     for split_dir in find_split_dirs(Path(out)):
-        try:
-            manifest = json.loads((split_dir / "manifest.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise SignstreamError(f"{split_dir / 'manifest.json'}: not valid JSON ({exc})") from None
-        problems = []
-        for shard in manifest.get("shards", []):
-            problems += verify_shard(split_dir, shard, decode)
-        extra = sorted({p.name for p in split_dir.glob("*.tar")} - {s["file"] for s in manifest["shards"]})
-        problems += [f"{split_dir / name}: not listed in the manifest" for name in extra]
-        report["splits"][split_dir.name] = {
-            "shards": len(manifest.get("shards", [])), "samples": manifest["totals"]["samples"],
-            "frames": manifest["totals"]["frames"], "skipped": len(manifest.get("skipped", [])),
-            "problems": len(problems)}
+        summary, problems = verify_split(split_dir, decode)
+        report["splits"][split_dir.name] = summary
         report["problems"] += problems
     report["ok"] = not report["problems"]
     return report
@@ -106,7 +215,8 @@ def verify(out: str | Path, decode: bool = False) -> dict:
 def add_arguments(p) -> None:
     """Register ``signstream verify`` options."""
     p.add_argument("out", help="a pack output directory (or one split directory)")
-    p.add_argument("--decode", action="store_true", help="also decode every video and check frame counts")
+    p.add_argument("--decode", action="store_true",
+                   help="also check every sample's JSON and decode every video (frames, size, codec)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -118,9 +228,13 @@ def run(args) -> int:
         return 0 if report["ok"] else 1
     for name, s in report["splits"].items():
         status = "ok" if not s["problems"] else f"{s['problems']} problem(s)"
-        print(f"{name}: {s['shards']} shard(s), {s['samples']} videos, {s['frames']} frames, "
+        print(f"{name}: {s['shards']} shard(s), {_n(s['samples'])} videos, {_n(s['frames'])} frames, "
               f"{s['skipped']} skipped at pack time: {status}")
     for problem in report["problems"]:
         print(f"  {problem}")
     print("verify: OK" + (" (decoded)" if args.decode else "") if report["ok"] else "verify: FAILED")
     return 0 if report["ok"] else 1
+
+
+def _n(value) -> str:
+    return "?" if value is None else str(value)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import jiwer
 
@@ -35,7 +37,7 @@ def read_gloss_file(path: str | os.PathLike) -> dict[str, str]:
     """Read ``name<TAB>glosses`` lines (one sentence per line).
 
     Blank lines are skipped; ``name<TAB>`` with nothing after the tab is an
-    empty sentence.
+    empty sentence. A UTF-8 byte-order mark at the start is ignored.
 
     Args:
         path: the text file.
@@ -44,16 +46,22 @@ def read_gloss_file(path: str | os.PathLike) -> dict[str, str]:
         ``{name: gloss sentence}`` in file order.
 
     Raises:
-        SignstreamError: missing file, a line without a tab or with an empty
-            name, or a duplicate name (the message gives ``file:line``).
+        SignstreamError: missing or unreadable file, a line without a tab or
+            with an empty name, or a duplicate name (the message gives
+            ``file:line``).
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: editors on Windows start files with a BOM, which is not part of the first name.
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise SignstreamError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SignstreamError(f"{path}: is a directory, not a gloss file") from None
     except UnicodeDecodeError as exc:
         raise SignstreamError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise SignstreamError(f"{path}: cannot read ({exc.strerror})") from None
     out: dict[str, str] = {}
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -120,10 +128,7 @@ def wer_score(
             references, or no reference tokens left after cleanup.
     """
     clean = get_cleanup(cleanup)
-    extra = [name for name in hyps if name not in refs]
-    if extra:
-        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise SignstreamError(f"hypothesis {extra[0]!r} has no reference{more}")
+    _check_no_extra(refs, hyps)
     if not refs:
         raise SignstreamError("no reference sentences to score")
     pairs = [(clean(ref).split(), clean(hyps.get(name, "")).split()) for name, ref in refs.items()]
@@ -140,6 +145,13 @@ def wer_score(
         "missing": sum(1 for name in refs if name not in hyps),
         "cleanup": cleanup,
     }
+
+
+def _check_no_extra(refs: Mapping[str, str], hyps: Mapping[str, str]) -> None:
+    extra = [name for name in hyps if name not in refs]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise SignstreamError(f"hypothesis {extra[0]!r} has no reference{more}")
 
 
 def _check_ctm_name(name: str) -> None:
@@ -211,18 +223,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the score as a JSON object")
     parser.add_argument("--ctm", help="also write the cleaned hypotheses as an sclite CTM file")
     parser.add_argument("--stm", help="also write the cleaned references as an sclite STM file")
+    parser.add_argument(
+        "--allow-missing", action="store_true",
+        help="score reference sentences that have no hypothesis as empty (all deletions) "
+             "instead of refusing; a warning says how many",
+    )
+
+
+def check_output_path(path: str | os.PathLike, flag: str, inputs=()) -> None:
+    """Refuse an output path that cannot be written, before anything is written.
+
+    Raises:
+        SignstreamError: the path is a directory or one of ``inputs``, or its
+            nearest existing parent is not a writable directory.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise SignstreamError(f"{flag} {path}: is a directory")
+    if p.exists() and any(p.resolve() == Path(i).resolve() for i in inputs):
+        raise SignstreamError(f"{flag} {path}: would overwrite an input file")
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SignstreamError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SignstreamError(f"{flag} {path}: {parent} is not writable")
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """Read ``--ref`` and ``--hyp``; refuse a file with no sentences and, unless
+    ``--allow-missing``, a hypothesis file that leaves reference sentences out."""
+    refs = read_gloss_file(args.ref)
+    hyps = read_gloss_file(args.hyp)
+    if not refs:
+        raise SignstreamError(f"{args.ref}: no reference sentences (the file has no lines)")
+    if not hyps:
+        raise SignstreamError(f"{args.hyp}: no hypotheses (the file has no lines); every sentence "
+                              "would score as deleted")
+    _check_no_extra(refs, hyps)  # a hypothesis with no reference is the worse mistake: first
+    missing = [name for name in refs if name not in hyps]
+    if missing:
+        what = (f"{len(missing)} of {len(refs)} reference sentences have no hypothesis in {args.hyp} "
+                f"(first: {missing[0]!r})")
+        if not args.allow_missing:
+            raise SignstreamError(f"{what}; pass --allow-missing to score them as all deletions")
+        print(f"signstream wer: warning: {what}; scored as all deletions", file=sys.stderr)
+    return refs, hyps
 
 
 def run(args: argparse.Namespace) -> int:
     """Score ``--hyp`` against ``--ref``; print one line (or JSON)."""
-    refs = read_gloss_file(args.ref)
-    hyps = read_gloss_file(args.hyp)
+    for flag, path in (("--ctm", args.ctm), ("--stm", args.stm)):
+        if path:
+            check_output_path(path, flag, inputs=(args.ref, args.hyp))
+    if args.ctm and args.stm and Path(args.ctm).absolute() == Path(args.stm).absolute():
+        raise SignstreamError("--ctm and --stm name the same file")
+    refs, hyps = _read_inputs(args)
     score = wer_score(refs, hyps, cleanup=args.cleanup)
     clean = get_cleanup(args.cleanup)
-    if args.ctm:
-        write_ctm(args.ctm, {name: clean(hyps.get(name, "")) for name in refs})
-    if args.stm:
-        write_stm(args.stm, {name: clean(ref) for name, ref in refs.items()})
+    outputs = [("--ctm", args.ctm, write_ctm, {name: clean(hyps.get(name, "")) for name in refs}),
+               ("--stm", args.stm, write_stm, {name: clean(ref) for name, ref in refs.items()})]
+    for flag, path, write, sentences in outputs:
+        if path:
+            try:
+                write(path, sentences)
+            except OSError as exc:  # a place the checks above cannot see into (e.g. /proc)
+                raise SignstreamError(f"{flag} {path}: cannot write ({exc.strerror})") from None
     if args.json:
         print(json.dumps(score, sort_keys=True))
     else:

@@ -159,7 +159,7 @@ def test_cli_json_is_parseable(ref_hyp, capsys):
 
 def test_cli_writes_cleaned_ctm_and_stm(ref_hyp, tmp_path, capsys):
     ref, hyp = ref_hyp
-    hyp.write_text("s1\tloc-REGEN SONNE\n")
+    hyp.write_text("s1\tloc-REGEN SONNE\ns2\t\n")
     ctm, stm = tmp_path / "o.ctm", tmp_path / "o.stm"
     assert main(["wer", "--ref", str(ref), "--hyp", str(hyp), "--ctm", str(ctm), "--stm", str(stm)]) == 0
     assert [line.split()[4] for line in ctm.read_text().splitlines()] == ["REGEN", "SONNE"]
