@@ -191,21 +191,24 @@ class RemotePath:
         stem = self.url[: len(self.url) - len(self.suffix)] if self.suffix else self.url
         return RemotePath(stem + suffix)
 
-    def size(self) -> int | None:
-        """Object size in bytes; ``None`` when it does not exist."""
+    def exists(self) -> bool:
+        """True when the object exists; an unreachable server is a one-line error."""
         fs = filesystem(self.url)
         try:
-            info = with_retries(str(self), lambda: fs.info(self.url))
+            try:
+                info = with_retries(str(self), lambda: fs.info(self.url))
+                return info.get("type") != "directory"
+            except FileNotFoundError:
+                if self.url.startswith("s3://"):
+                    return False
+                # fsspec's HTTP info() reports any failure, a timeout too, as "not found":
+                # one ranged GET tells a missing object from an unreachable server.
+                with_retries(str(self), lambda: fs.cat_file(self.url, start=0, end=1))
+                return True
         except FileNotFoundError:
-            return None
+            return False
         except ConnectionError as exc:
-            raise SignstreamError(f"cannot reach {self}: {exc}") from None
-        if info.get("type") == "directory":
-            return None
-        return int(info.get("size") or 0)
-
-    def exists(self) -> bool:
-        return self.size() is not None
+            raise SignstreamError(f"cannot reach {exc}") from None
 
     is_file = exists
 
