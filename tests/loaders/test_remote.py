@@ -15,7 +15,7 @@ from signstream.benchmarks.servers import http_server
 from signstream.loaders import Transform, make_loader
 from signstream.loaders.remote import RemotePath, is_remote, is_url
 from signstream.loaders.shards import resolve_shards
-from tests.remote_fixtures import FAST_FAILURE, http_packed, s3_env, s3_packed  # noqa: F401
+from tests.remote_fixtures import FAST_FAILURE
 
 T32 = Transform(size=32)
 
