@@ -31,6 +31,7 @@ Failure policy (no hang, bounded work):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -370,3 +371,33 @@ def check_dali(shardset: Any) -> None:
     if bad:
         raise SignstreamError(f"{shardset.origin}: DALI's webdataset reader cannot read {'/'.join(bad)}:// "
                               "shards (only local files and s3://); use backend='pyav', which streams them")
+
+
+# --------------------------------------------------------------- small files, local use
+def copy_file(src: Any, dst: str | os.PathLike) -> None:
+    """Copy a local or remote file to local ``dst`` (atomically for a remote source)."""
+    if not isinstance(src, RemotePath):
+        import shutil
+
+        shutil.copyfile(src, dst)
+        return
+    from signstream.loaders.fileio import atomic_write
+
+    data = src.read_bytes()
+    with atomic_write(dst, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def local_copy(src: Any) -> Iterator[Any]:
+    """A local path holding ``src``: itself when local, else a temporary copy (removed after)."""
+    if not isinstance(src, RemotePath):
+        yield src
+        return
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="signstream-") as tmp:
+        dst = Path(tmp) / src.name
+        copy_file(src, dst)
+        yield dst
