@@ -328,9 +328,10 @@ def stream_digest_and_members(path: RemotePath) -> tuple[str, list[tarfile.TarIn
         try:
             with tarfile.open(fileobj=hashing, mode="r|") as tar:
                 members = [info for info in tar if info.isreg()]
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            error = str(exc)
-        hashing.drain()
+        except (tarfile.TarError, *_transient()) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(*_transient()):
+            hashing.drain()
         return hashing.sha.hexdigest(), members, error
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from signstream import SignstreamError, __version__
+from signstream.loaders import remote
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools import encode as enc
 from signstream.tools.corpora import Row, get_adapter
@@ -415,7 +416,9 @@ def add_arguments(p) -> None:
     p.add_argument("adapter", choices=["phoenix2014", "phoenix2014t", "csv"], help="corpus layout")
     p.add_argument("--root", help="corpus root directory (phoenix2014, phoenix2014t)")
     p.add_argument("--table", help="CSV/TSV with name, path, gloss[, signer, text, split] (csv)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory, or s3://bucket/prefix (uploaded shard by shard)")
+    p.add_argument("--staging", help="with --out s3://...: local directory to pack in before upload "
+                                     "(default: under the system temporary directory)")
     p.add_argument("--splits", help="comma-separated splits to pack (default: all)")
     p.add_argument("--codec", default="vp9", choices=sorted(enc.CODECS),
                    help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg")
@@ -433,7 +436,14 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """Run ``signstream pack``."""
     t0 = time.perf_counter()
-    result = pack_corpus(
+    packer = pack_corpus
+    if remote.is_url(args.out):  # pack in a staging directory, upload each finished shard
+        from functools import partial
+
+        from signstream.tools.remote_pack import pack_to_bucket
+
+        packer = partial(pack_to_bucket, staging=args.staging)
+    result = packer(
         args.adapter, args.out, root=args.root, table=args.table,
         splits=args.splits.split(",") if args.splits else None, workers=args.workers,
         overwrite=args.overwrite, progress=not args.quiet, codec=args.codec, quality=args.quality,
@@ -446,6 +456,6 @@ def run(args) -> int:
         print(f"{split}: {t['samples']} videos, {t['frames']} frames, {t['shards']} shard(s), "
               f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
               f"{len(m['skipped'])} skipped")
-    print(f"vocabulary: {len(result['vocab'])} glosses -> {Path(args.out) / 'glosses.txt'} "
+    print(f"vocabulary: {len(result['vocab'])} glosses -> {str(args.out).rstrip('/')}/glosses.txt "
           f"({seconds:.1f} s)")
     return 0

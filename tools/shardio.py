@@ -107,20 +107,25 @@ def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
     is what the index beside ``p`` must contain. Raises ``tarfile.TarError`` on
     a damaged archive.
     """
+    with tarfile.open(path, mode="r:") as tar:
+        return group_members(tar)
+
+
+def group_members(infos: Iterable[tarfile.TarInfo]) -> list[list[Member]]:
+    """Group a tar's regular members into samples by key, as ``wds2idx`` does (see :func:`scan_tar`)."""
     layout: list[list[Member]] = []
     last_key = None
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            member = Member(info.name, info.offset_data, info.size)
-            if not member.key or member.key.endswith("/"):
-                continue
-            if member.key != last_key:
-                layout.append([member])
-                last_key = member.key
-            else:
-                layout[-1].append(member)
+    for info in infos:
+        if not info.isreg():
+            continue
+        member = Member(info.name, info.offset_data, info.size)
+        if not member.key or member.key.endswith("/"):
+            continue
+        if member.key != last_key:
+            layout.append([member])
+            last_key = member.key
+        else:
+            layout[-1].append(member)
     return layout
 
 

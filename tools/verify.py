@@ -5,7 +5,9 @@ listed in ``manifest.json`` exists, has the recorded SHA-256, reads as a tar
 with the recorded sample count and keys, and its DALI index describes it
 exactly (the index a fresh scan would give, in DALI's ``wds2idx`` v1.2 format).
 With ``--decode`` every video is decoded and its frame count compared with the
-sample's JSON. Exit 0 only when every check passes.
+sample's JSON. Exit 0 only when every check passes. OUT may be an ``http(s)://``
+or ``s3://`` URL: each tar is then streamed once for its checksum and layout
+(and once more with ``--decode``), never stored locally.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ import tarfile
 from pathlib import Path
 
 from signstream import SignstreamError
-from signstream.tools.shardio import index_text, iter_samples, scan_tar, sha256_file
+from signstream.loaders import remote
+from signstream.tools.shardio import (
+    Member,
+    group_members,
+    index_text,
+    iter_samples,
+    scan_tar,
+    sha256_file,
+)
 
 HELP = "check packed shards against their manifests (checksums, tar, DALI index, optionally decode)"
 
 
 def find_split_dirs(out: Path) -> list[Path]:
     """Split directories (holding ``manifest.json``) at or directly under ``out``."""
-    if not out.is_dir():
+    if not remote.is_url(out) and not out.is_dir():
         raise SignstreamError(f"not a directory: {out}")
     if (out / "manifest.json").exists():
         return [out]
@@ -39,12 +49,11 @@ def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
     if not tar.exists():
         return [f"{tar}: missing"]
     problems = []
-    if sha256_file(tar) != shard["sha256"]:
+    digest, layout, error = _digest_and_layout(tar)
+    if digest != shard["sha256"]:
         problems.append(f"{tar}: sha256 differs from the manifest")
-    try:
-        layout = scan_tar(tar)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        return problems + [f"{tar}: not a readable tar ({exc})"]
+    if error is not None:
+        return problems + [f"{tar}: not a readable tar ({error})"]
     keys = [m[0].key for m in layout]
     if len(layout) != shard["samples"]:
         problems.append(f"{tar}: {len(layout)} samples, manifest says {shard['samples']}")
@@ -60,11 +69,39 @@ def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
     return problems
 
 
+def _digest_and_layout(tar) -> tuple[str, list[list[Member]], str | None]:
+    """SHA-256, sample layout and read error of a local tar, or of a remote one in one streamed pass."""
+    if remote.is_url(tar):
+        digest, infos, error = remote.stream_digest_and_members(tar)
+        return digest, group_members(infos), error
+    digest = sha256_file(tar)
+    try:
+        return digest, scan_tar(tar), None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return digest, [], str(exc)
+
+
+def _samples(tar):
+    """``(key, {ext: data})`` per sample: read by offset locally, streamed from a URL."""
+    if not remote.is_url(tar):
+        yield from iter_samples(tar)
+        return
+    key, members = None, {}
+    for info, data in remote.stream_members(tar, with_data=True):
+        member = Member(info.name, info.offset_data, info.size)
+        if member.key != key and members:
+            yield key, members
+            members = {}
+        key, members[member.ext] = member.key, data
+    if members:
+        yield key, members
+
+
 def _decode_check(tar: Path) -> list[str]:
     import av
 
     problems = []
-    for key, members in iter_samples(tar):
+    for key, members in _samples(tar):
         meta = json.loads(members.get("json", b"{}"))
         video = next((d for ext, d in members.items() if ext != "json"), None)
         if video is None:
@@ -84,7 +121,7 @@ def _decode_check(tar: Path) -> list[str]:
 def verify(out: str | Path, decode: bool = False) -> dict:
     """Verify every split under ``out``; returns ``{"ok", "splits": {...}, "problems": [...]}``."""
     report = {"ok": True, "splits": {}, "problems": []}
-    for split_dir in find_split_dirs(Path(out)):
+    for split_dir in find_split_dirs(remote.location(out)):
         try:
             manifest = json.loads((split_dir / "manifest.json").read_text())
         except json.JSONDecodeError as exc:
