@@ -9,6 +9,8 @@ benchmark) reads the same shards
 * from ``http.server`` on 127.0.0.1 (with range requests), and
 * from moto's S3 server on 127.0.0.1 (``s3://``, via s3fs),
 
+each server in its own process, as a real one would be,
+
 and the figures are frames/s of each remote source ÷ frames/s from local disk
 (goal ≥ 0.9). Cases are interleaved (local, http, s3, local, ...) and each
 takes the best of ``repeats`` timed epochs after a warm-up, so load from other
@@ -39,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from signstream.benchmarks.servers import http_server, s3_server, upload_tree
+from signstream.benchmarks.servers import http_server_process, s3_server, upload_tree
 from signstream.loaders.fileio import atomic_write, write_json
 
 GOAL = 0.9
@@ -59,7 +61,7 @@ def make_shards(work: Path, quick: bool) -> dict[str, Any]:
     result = pack_corpus("phoenix2014", work / "shards", root=root, splits=["dev", "test"], progress=False,
                          max_samples=max(2, videos // 4))
     totals = result["splits"]["dev"]["totals"]
-    return {"root": str(work / "shards"), "videos": videos, "frames": totals["frames"],
+    return {"videos": videos, "frames": totals["frames"],
             "shards": totals["shards"], "bytes": totals["bytes"]}
 
 
@@ -151,21 +153,22 @@ def run(out: str | os.PathLike, quick: bool = False, extraction: bool = True) ->
     with tempfile.TemporaryDirectory(prefix="signstream-remote-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         shards = make_shards(work, quick)
-        http = stack.enter_context(http_server(shards["root"]))
+        root = work / "shards"
+        http = stack.enter_context(http_server_process(root))
         env = stack.enter_context(s3_server())
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         stack.callback(lambda: [os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
                                 for k, v in saved.items()])
-        upload_tree(shards["root"], BUCKET_URL)
-        sources = {"local": f"{shards['root']}/dev", "http": f"{http}/dev", "s3": f"{BUCKET_URL}/dev"}
+        upload_tree(root, BUCKET_URL)
+        sources = {"local": f"{root}/dev", "http": f"{http}/dev", "s3": f"{BUCKET_URL}/dev"}
         load = os.getloadavg()[0]
         result = {"corpus": shards, "workers": WORKERS, "goal_ratio_min": GOAL,
                   **loader_ratios(sources, repeats=1 if quick else 2, rounds=1 if quick else 2),
                   "load_avg_1min_at_start": round(load, 2), "cpus": os.cpu_count()}
         result["meets_goal"] = all(r >= GOAL for r in result["ratio_vs_local"].values())
         if extraction:
-            result["extraction"] = two_machine_extraction(shards["root"], http, work)
+            result["extraction"] = two_machine_extraction(str(root), http, work)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "remote.json", result)
     with atomic_write(out / "remote.md", "w") as f:

@@ -11,6 +11,9 @@
   process could never answer it.
 
 Both pick a free port and stop when their ``with`` block ends.
+:func:`http_server_process` runs the HTTP server in a child process instead
+(``python -m signstream.benchmarks.servers http DIR``), as a real web server
+would be: the benchmark's reading process then shares no interpreter with it.
 """
 
 from __future__ import annotations
@@ -95,6 +98,41 @@ def http_server(directory: str | os.PathLike, drop: tuple[str, ...] = ()) -> Ite
         thread.join(timeout=5)
 
 
+def _child_port(cmd: list[str], what: str, timeout: float) -> tuple[subprocess.Popen, int]:
+    """Start a server child that prints its port on its first line and stops when stdin closes."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    ready: list[str] = []
+    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not ready or not ready[0].strip().isdigit():
+        _stop_child(proc)
+        raise RuntimeError(f"{what} did not start")
+    return proc, int(ready[0])
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def http_server_process(directory: str | os.PathLike, timeout: float = 60.0) -> Iterator[str]:
+    """Like :func:`http_server`, in a child process; yields ``http://127.0.0.1:PORT``."""
+    proc, port = _child_port([sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory)],
+                             "the HTTP server", timeout)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop_child(proc)
+
+
 _MOTO = ("import sys\n"
          "from moto.server import ThreadedMotoServer\n"
          "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
@@ -114,24 +152,12 @@ def s3_server(timeout: float = 60.0) -> Iterator[dict[str, str]]:
     Put the yielded variables into ``os.environ`` (they include dummy
     credentials and ``AWS_ENDPOINT_URL``) before creating S3 clients.
     """
-    proc = subprocess.Popen([sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc, port = _child_port([sys.executable, "-c", _MOTO], "moto's S3 server (is moto[server] installed?)",
+                             timeout)
     try:
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not ready or not ready[0].strip().isdigit():
-            raise RuntimeError("moto's S3 server did not start (is moto[server] installed?)")
-        yield {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{int(ready[0])}"}
+        yield {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_child(proc)
 
 
 def upload_tree(local: str | os.PathLike, url: str) -> None:
@@ -143,3 +169,19 @@ def upload_tree(local: str | os.PathLike, url: str) -> None:
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     fs.put(str(local).rstrip("/") + "/", url.rstrip("/") + "/", recursive=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``servers http DIR``: serve DIR, print the port, stop when stdin closes."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "http":
+        print("usage: python -m signstream.benchmarks.servers http DIR", file=sys.stderr)
+        return 2
+    with http_server(args[1]) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

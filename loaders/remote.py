@@ -24,6 +24,11 @@ Failure policy (no hang, bounded work):
 * a sample whose bytes cannot be fetched (or come back short) is a
   :class:`~signstream.loaders.shards.SampleError`: the loader skips it and
   names it (key, shard, reason) like a corrupt video;
+* after :data:`TRIP_AFTER` failed requests in a row to one host, a process
+  stops waiting on it: further requests fail at once, except one real try
+  every :data:`PROBE_EVERY_S` seconds, and the first success resets this. A
+  server that dies mid-run thus costs one timeout per half minute, not one per
+  sample, and the samples it held are skipped by name;
 * a manifest, index or vocabulary that cannot be fetched, or a missing shard,
   is a one-line :class:`~signstream.SignstreamError`.
 """
@@ -43,6 +48,8 @@ from typing import Any, TypeVar
 from signstream import SignstreamError
 
 SCHEMES = ("http", "https", "s3")
+TRIP_AFTER = 8  # failed requests in a row before a host is treated as down
+PROBE_EVERY_S = 30.0  # while down: seconds between real tries
 READAHEAD = 8 << 20  # bytes fetched at once while samples are read in file order
 MAX_GAP = 4096  # a read starting this close after the previous one counts as sequential
 T = TypeVar("T")
@@ -137,24 +144,55 @@ class RangeIgnored(ConnectionError):
     """The server answered a range request with the whole object: not tried again."""
 
 
+class _Host:
+    """Failures in a row to one host, in this process (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.failures, self.last_try = 0, 0.0
+
+    def down(self) -> bool:
+        return self.failures >= TRIP_AFTER and time.monotonic() - self.last_try < PROBE_EVERY_S
+
+
+_HOSTS: dict[str, _Host] = {}
+
+
+def _host_of(what: str) -> str:
+    rest = what.split("://", 1)[-1]
+    return what.split("://", 1)[0] + "://" + rest.split("/", 1)[0] if "://" in what else rest
+
+
 def with_retries(what: str, call: Callable[[], T]) -> T:
     """Run ``call`` with bounded retries; missing objects and exhausted tries raise.
 
+    ``what`` is the URL (first) and what is being read, for messages.
+
     Raises:
         FileNotFoundError: the object does not exist (not retried).
-        ConnectionError: every try failed; the message names ``what`` and the last error.
+        ConnectionError: every try failed (or the host is down, see the module
+            doc); the message names ``what`` and the last error.
     """
     transient = _transient()
-    tries = attempts()
+    host = _HOSTS.setdefault(_host_of(what), _Host())
+    if host.down():
+        raise ConnectionError(f"{what}: host unreachable ({host.failures} failed requests in a row; "
+                              f"next try within {PROBE_EVERY_S:.0f} s)")
+    tries = 1 if host.failures >= TRIP_AFTER else attempts()
     for attempt in range(tries):
+        host.last_try = time.monotonic()
         try:
-            return call()
+            result = call()
         except (FileNotFoundError, PermissionError, RangeIgnored):
+            host.failures = 0  # the server answered
             raise
         except transient as exc:
             last = exc
             if attempt + 1 < tries:
                 time.sleep(0.25 * 2 ** attempt)
+            continue
+        host.failures = 0
+        return result
+    host.failures += 1
     reason = f"{type(last).__name__}: {last}".strip().splitlines()[0][:200]
     raise ConnectionError(f"{what}: {reason} (after {tries} tries)")
 

@@ -132,3 +132,28 @@ def test_a_server_that_never_answers_times_out_with_one_line(monkeypatch):
             resolve_shards(f"http://127.0.0.1:{silent.getsockname()[1]}/dev")
         assert time.perf_counter() - t0 < 15
     assert "after 2 tries" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_after_repeated_failures_a_dead_host_fails_fast_until_its_next_probe(monkeypatch):
+    from signstream.loaders import remote
+
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_ATTEMPTS", "2")
+    calls = []
+
+    def refuse():
+        calls.append(time.monotonic())
+        raise ConnectionRefusedError("refused")
+
+    what = "http://10.255.255.1:9/dev/x.tar bytes 0-10"
+    monkeypatch.setattr(remote, "_HOSTS", {})
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    for _ in range(remote.TRIP_AFTER):
+        with pytest.raises(ConnectionError, match="after 2 tries"):
+            remote.with_retries(what, refuse)
+    assert len(calls) == 2 * remote.TRIP_AFTER
+    with pytest.raises(ConnectionError, match="host unreachable"):
+        remote.with_retries(what, refuse)
+    assert len(calls) == 2 * remote.TRIP_AFTER  # no request made while the host is down
+    remote._HOSTS["http://10.255.255.1:9"].last_try -= remote.PROBE_EVERY_S  # time for a probe
+    assert remote.with_retries(what, lambda: b"ok") == b"ok"  # one success: back to normal
+    assert remote._HOSTS["http://10.255.255.1:9"].failures == 0
