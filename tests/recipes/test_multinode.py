@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,14 @@ def one_process(module: str, args: list[str], timeout: float = 600) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-def two_machines(module: str, args: list[str], timeout: float = 600) -> list[str]:
-    """Run ``module`` as 2 machines x 1 process on 127.0.0.1; returns both logs (asserts success)."""
+def two_machines(module: str, args: list[str], logs: Path, timeout: float = 600) -> None:
+    """Run ``module`` as 2 machines x 1 process on 127.0.0.1 (asserts both succeed).
+
+    If one machine fails, the other is stopped at once instead of waiting for
+    its peer until the timeout.
+    """
     port = _free_port()
-    env = _env()
+    logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in (0, 1):
         # --multi_gpu picks torchrun; without CUDA the recipes' Accelerator(cpu=True) joins over gloo
@@ -56,19 +61,22 @@ def two_machines(module: str, args: list[str], timeout: float = 600) -> list[str
                "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", module, *args]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
+        with open(logs / f"machine{rank}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
     try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=timeout)[0])
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for rank, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"machine {rank}:\n{log[-3000:]}"
-    return logs
+    for rank, proc in enumerate(procs):
+        tail = (logs / f"machine{rank}.log").read_text()[-3000:]
+        assert proc.returncode == 0, f"machine {rank} (exit {proc.returncode}):\n{tail}"
 
 
 def _outputs(out: Path) -> dict[str, np.ndarray]:
@@ -80,7 +88,8 @@ def test_two_machine_extraction_equals_one_process_with_every_video_once(packed,
     one = tmp_path / "one"
     one_process("signstream.recipes.extract_features", [f"shards={packed}", f"out={one}", *EXTRACT])
     two = tmp_path / "two"
-    two_machines("signstream.recipes.extract_features", [f"shards={http_packed}", f"out={two}", *EXTRACT])
+    two_machines("signstream.recipes.extract_features", [f"shards={http_packed}", f"out={two}", *EXTRACT],
+                 tmp_path / "logs")
     a, b = _outputs(one), _outputs(two)
     expected = sum(json.loads((packed / split / "manifest.json").read_text())["totals"]["samples"]
                    for split in ("dev", "test"))
@@ -97,7 +106,8 @@ def test_two_machine_extraction_equals_one_process_with_every_video_once(packed,
 @pytest.mark.slow
 def test_two_machine_finetuning_runs_equal_steps_to_identical_weights(http_packed, tmp_path):
     out = tmp_path / "ft"
-    two_machines("signstream.recipes.finetune_ctc", [f"shards={http_packed}", f"out={out}", *FINETUNE])
+    two_machines("signstream.recipes.finetune_ctc", [f"shards={http_packed}", f"out={out}", *FINETUNE],
+                 tmp_path / "logs")
     metrics = json.loads((out / "metrics.json").read_text())
     replicas = metrics["replicas"]
     assert [r["rank"] for r in replicas] == [0, 1]
@@ -105,6 +115,21 @@ def test_two_machine_finetuning_runs_equal_steps_to_identical_weights(http_packe
     assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]
     saved = load_file(str(out / "model.safetensors"))
     assert saved and _digest_of(saved) == replicas[0]["weights_sha256"]
+
+
+def test_weights_digest_is_equal_for_equal_weights_and_changes_with_one_value():
+    import torch
+
+    from signstream.recipes.replicas import weights_digest
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        b[0].weight[0, 0] += 1e-6
+    assert weights_digest(a) != weights_digest(b)
 
 
 def _digest_of(state: dict) -> str:
