@@ -162,9 +162,9 @@ def s3_server(timeout: float = 60.0) -> Iterator[dict[str, str]]:
 
 def upload_tree(local: str | os.PathLike, url: str) -> None:
     """Copy a local directory tree to ``s3://bucket/prefix`` (creating the bucket)."""
-    import s3fs
+    from signstream.loaders.remote import filesystem
 
-    fs = s3fs.S3FileSystem()
+    fs = filesystem(url)  # keyed by the current endpoint (a plain S3FileSystem() may be a stale cached one)
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if not fs.exists(bucket):
         fs.mkdir(bucket)
