@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from signstream import SignstreamError
+from signstream.loaders import remote
 from signstream.loaders.base import BaseLoader, train_batches
 from signstream.loaders.batch import Batch, group_batches, mask_padding
 from signstream.loaders.pyav_backend import Planned, epoch_order, plan_from_meta
@@ -169,6 +170,7 @@ class DaliLoader(BaseLoader):
     def __init__(self, shardset: ShardSet, *, num_threads: int, bucket: int = 0, **common: Any):
         super().__init__(**common)
         check_codecs(shardset, self.device)
+        remote.check_dali(shardset)
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:

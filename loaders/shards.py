@@ -5,6 +5,7 @@
 (``out/train/train-{000000..000009}.tar``) or a list of tar paths — and turns it
 into a :class:`ShardSet`: every shard with the byte offsets of every sample,
 read from the DALI index beside it (or, without one, from a scan of the tar).
+``http(s)://`` and ``s3://`` URLs resolve the same way (:mod:`signstream.loaders.remote`).
 Problems the user can fix are one-line :class:`SignstreamError` s naming the
 file: a missing shard, an empty split, an index that disagrees with the
 manifest, a duplicate key.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from signstream import SignstreamError
+from signstream.loaders import remote
 
 VIDEO_EXTS = ("webm", "mp4", "mkv")
 EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
@@ -48,10 +50,13 @@ class SampleRef:
 
 @dataclass
 class Shard:
-    """One tar file, its index file (``None`` if it had none) and its samples in order."""
+    """One tar file, its index file (``None`` if it had none) and its samples in order.
 
-    path: Path
-    index_path: Path | None
+    ``path`` is a :class:`~signstream.loaders.remote.RemotePath` for shards behind a URL.
+    """
+
+    path: Path | remote.RemotePath
+    index_path: Path | remote.RemotePath | None
     samples: list[SampleRef] = field(default_factory=list)
 
 
@@ -120,7 +125,7 @@ def scan_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
     layout: list[list[tuple[str, int, int, str]]] = []
     last = None
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with _tar_members(path) as tar:
             for info in tar:
                 base = info.name.rsplit("/", 1)[-1]
                 if not info.isreg() or base.startswith(".") or "." not in base:
@@ -135,6 +140,13 @@ def scan_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
     except (tarfile.TarError, OSError) as exc:
         raise SignstreamError(f"cannot read shard {path}: {exc}") from None
     return layout
+
+
+def _tar_members(path):
+    """The members of a local tar, or of a remote one streamed once (a context manager)."""
+    if remote.is_url(path):
+        return tarfile.open(fileobj=remote.open_stream(path), mode="r|")
+    return tarfile.open(path, mode="r:")
 
 
 def _member_key(name: str) -> str:
@@ -201,6 +213,8 @@ def _paths_of(spec: Any) -> tuple[list[Path], str] | Path:
     if isinstance(spec, (list, tuple)):
         paths = [Path(p) for item in spec for p in _expand(os.fspath(item))]
         return paths, f"{len(paths)} shard paths"
+    if remote.is_remote(spec):
+        return remote.paths_of(spec, _expand)
     text = os.fspath(spec)
     if "{" in text:
         return [Path(p) for p in _expand(text)], text
@@ -229,7 +243,7 @@ def resolve_shards(spec: Any) -> ShardSet:
     if isinstance(spec, ShardSet):
         return spec
     found = _paths_of(spec)
-    if isinstance(found, Path):
+    if isinstance(found, (Path, remote.RemotePath)):
         shardset = _from_manifest(found)
     else:
         paths, origin = found
@@ -265,6 +279,23 @@ class SampleReader:
         self.shardset = shardset
         self._number: int | None = None
         self._file = None
+        self._ranges: remote.RangeReader | None = None
+
+    def _read_remote(self, ref: SampleRef) -> tuple[bytes, bytes | None]:
+        """Both members of a sample behind a URL in one range request (they are adjacent)."""
+        if self._ranges is None or self._number != ref.shard:
+            shard = self.shardset.shards[ref.shard]
+            self.close()
+            limit = max(sum(span) for r in shard.samples for span in (r.video, r.meta) if span)
+            self._ranges, self._number = remote.RangeReader(shard.path, limit), ref.shard
+        spans = [ref.video] + ([ref.meta] if ref.meta is not None else [])
+        lo, hi = min(s[0] for s in spans), max(s[0] + s[1] for s in spans)
+        try:
+            block = self._ranges.read(lo, hi)
+        except (ConnectionError, FileNotFoundError) as exc:
+            raise SampleError(f"cannot fetch: {exc}") from None
+        cut = [block[s[0] - lo: s[0] - lo + s[1]] for s in spans]
+        return cut[0], (cut[1] if ref.meta is not None else None)
 
     def _open(self, number: int):
         if number != self._number:
@@ -283,11 +314,14 @@ class SampleReader:
 
     def read(self, ref: SampleRef) -> tuple[bytes, dict[str, Any], int]:
         """Return ``(video bytes, metadata, bytes read)``; raise :class:`SampleError` if unreadable."""
-        video = self._read(ref.shard, ref.video, ref.video_ext, ref)
+        if remote.is_url(self.shardset.shards[ref.shard].path):
+            video, raw = self._read_remote(ref)
+        else:
+            video = self._read(ref.shard, ref.video, ref.video_ext, ref)
+            raw = self._read(ref.shard, ref.meta, "json", ref) if ref.meta is not None else None
         meta: dict[str, Any] = {"key": ref.key}
         nbytes = len(video)
-        if ref.meta is not None:
-            raw = self._read(ref.shard, ref.meta, "json", ref)
+        if raw is not None:
             nbytes += len(raw)
             meta = parse_meta(raw, ref.key)
         return video, meta, nbytes
@@ -295,7 +329,7 @@ class SampleReader:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._file, self._number = None, None
+        self._file, self._number, self._ranges = None, None, None
 
     def __enter__(self) -> SampleReader:
         return self

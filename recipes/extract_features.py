@@ -19,7 +19,6 @@ every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and pea
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from signstream import SignstreamError
-from signstream.loaders import Transform, make_loader
+from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.fileio import write_json
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
@@ -101,8 +100,8 @@ def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
 
 
 def check_config(cfg: ExtractConfig) -> Path:
-    shards = Path(cfg.shards)
-    if not cfg.shards or not shards.is_dir():
+    shards = remote.location(cfg.shards)  # a directory, or an http(s):// / s3:// URL
+    if not cfg.shards or not (remote.is_url(cfg.shards) or shards.is_dir()):
         raise SignstreamError(f"shards directory not found: {cfg.shards!r} (set shards=DIR, a pack output)")
     for split in cfg.splits:
         if not (shards / split / "manifest.json").exists():
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        shutil.copyfile(shards / "glosses.txt", out / "glosses.txt")
+        remote.copy_file(shards / "glosses.txt", out / "glosses.txt")
     t0 = time.perf_counter()
     per_split = {}
     for split in cfg.splits:

@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 
 from signstream import SignstreamError
-from signstream.loaders import Transform, make_loader
+from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.fileio import write_json
 from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
@@ -38,6 +38,7 @@ from signstream.models.head import ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch
+from signstream.recipes.replicas import replica_report
 from signstream.recipes.schedules import warmup_cosine
 from signstream.tools.wer import wer_score
 
@@ -137,12 +138,13 @@ def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
-    shards, out = Path(cfg.shards), Path(cfg.out)
+    shards, out = remote.location(cfg.shards), Path(cfg.out)  # shards: a directory or a URL
     if not (shards / "glosses.txt").exists():
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
-    vocab = Vocabulary.from_file(shards / "glosses.txt")
+    with remote.local_copy(shards / "glosses.txt") as glosses:
+        vocab = Vocabulary.from_file(glosses)
     model = build_model(cfg, len(vocab))
     spec = model.backbone.input_spec
     device = "cuda" if accelerator.device.type == "cuda" else "cpu"
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"history": history, "best_dev_wer": min((h["dev_wer"] for h in history), default=None),
                "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
                **peak_memory()}
+    # every rank's steps and weights digest: equal on all machines when data parallelism held
+    metrics["replicas"] = replica_report(accelerator, model, sum(h["steps"] for h in history))
     if accelerator.is_main_process:
         write_json(out / "metrics.json", metrics)
     accelerator.end_training()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.remote_fixtures import http_packed, s3_env, s3_packed  # noqa: F401 - shards behind servers
+
 TINY = dict(height=48, width=64)
 
 

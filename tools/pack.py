@@ -40,6 +40,7 @@ from pathlib import Path
 import av
 
 from signstream import SignstreamError, __version__
+from signstream.loaders import remote
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools import encode as enc
 from signstream.tools.corpora import Row, get_adapter
@@ -498,7 +499,9 @@ def add_arguments(p) -> None:
     p.add_argument("adapter", choices=["phoenix2014", "phoenix2014t", "csv"], help="corpus layout")
     p.add_argument("--root", help="corpus root directory (phoenix2014, phoenix2014t)")
     p.add_argument("--table", help="CSV/TSV with name, path, gloss[, signer, text, split] (csv)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory, or s3://bucket/prefix (uploaded shard by shard)")
+    p.add_argument("--staging", help="with --out s3://...: local directory to pack in before upload "
+                                     "(default: under the system temporary directory)")
     p.add_argument("--splits", help="comma-separated splits to pack (default: all)")
     p.add_argument("--codec", default="vp9", choices=sorted(enc.CODECS),
                    help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg")
@@ -516,7 +519,14 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """Run ``signstream pack``."""
     t0 = time.perf_counter()
-    result = pack_corpus(
+    packer = pack_corpus
+    if remote.is_url(args.out):  # pack in a staging directory, upload each finished shard
+        from functools import partial
+
+        from signstream.tools.remote_pack import pack_to_bucket
+
+        packer = partial(pack_to_bucket, staging=args.staging)
+    result = packer(
         args.adapter, args.out, root=args.root, table=args.table,
         splits=args.splits.split(",") if args.splits else None, workers=args.workers,
         overwrite=args.overwrite, progress=not args.quiet, codec=args.codec, quality=args.quality,
@@ -533,6 +543,7 @@ def run(args) -> int:
         print(f"vocabulary: not written ({VOCAB_FILE} comes from the train split; pack it too) "
               f"({seconds:.1f} s)")
     else:
-        print(f"vocabulary: {len(result['vocab'])} glosses -> {Path(args.out) / VOCAB_FILE} "
+        # a string join, not Path: --out may be an s3:// URL
+        print(f"vocabulary: {len(result['vocab'])} glosses -> {str(args.out).rstrip('/')}/{VOCAB_FILE} "
               f"({seconds:.1f} s)")
     return 0

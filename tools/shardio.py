@@ -121,24 +121,32 @@ def read_layout(path: str | os.PathLike) -> tuple[list[list[Member]], tarfile.Ta
         ``(layout, error)``: the samples found, and the ``tarfile`` error that
         stopped the scan (``None`` when the whole archive read cleanly).
     """
-    layout: list[list[Member]] = []
-    last_key = None
+    infos: list[tarfile.TarInfo] = []
     try:
         with tarfile.open(path, mode="r:") as tar:
             for info in tar:
-                if not info.isreg():
-                    continue
-                member = Member(info.name, info.offset_data, info.size)
-                if not member.key or member.key.endswith("/"):
-                    continue
-                if member.key != last_key:
-                    layout.append([member])
-                    last_key = member.key
-                else:
-                    layout[-1].append(member)
+                infos.append(info)
     except tarfile.TarError as exc:
-        return layout, exc
-    return layout, None
+        return group_members(infos), exc
+    return group_members(infos), None
+
+
+def group_members(infos: Iterable[tarfile.TarInfo]) -> list[list[Member]]:
+    """Group a tar's regular members into samples by key, as ``wds2idx`` does (see :func:`scan_tar`)."""
+    layout: list[list[Member]] = []
+    last_key = None
+    for info in infos:
+        if not info.isreg():
+            continue
+        member = Member(info.name, info.offset_data, info.size)
+        if not member.key or member.key.endswith("/"):
+            continue
+        if member.key != last_key:
+            layout.append([member])
+            last_key = member.key
+        else:
+            layout[-1].append(member)
+    return layout
 
 
 def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -10,6 +10,9 @@ decoded and compared with it (frame count, frame size, codec).
 Damage is a finding, not a crash: a broken manifest, shard entry, JSON or video
 is reported on one line naming where it is (shard, sample key) and why, every
 other sample is still checked, and the exit code is 1 at the end.
+
+OUT may be an ``http(s)://`` or ``s3://`` URL: each tar is then streamed once for
+its checksum and layout (and once more with ``--decode``), never stored locally.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import json
 from pathlib import Path
 
 from signstream import SignstreamError
-from signstream.tools.shardio import index_text, read_layout, sha256_file
+from signstream.loaders import remote
+from signstream.tools.shardio import Member, group_members, index_text, read_layout, sha256_file
 
 HELP = "check packed shards against their manifests (checksums, tar, DALI index, optionally decode)"
 
@@ -31,7 +35,7 @@ META_INTS = ("num_frames", "height", "width")
 
 def find_split_dirs(out: Path) -> list[Path]:
     """Split directories (holding ``manifest.json``) at or directly under ``out``."""
-    if not out.is_dir():
+    if not remote.is_url(out) and not out.is_dir():
         raise SignstreamError(f"not a directory: {out}")
     if (out / "manifest.json").exists():
         return [out]
@@ -45,7 +49,7 @@ def read_manifest(path: Path) -> tuple[dict, list[str]]:
     """Parse a manifest; returns ``(manifest, problems)`` with whatever could be read."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ConnectionError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return {}, [f"{path}: not a readable JSON manifest ({exc})"]
     if not isinstance(manifest, dict):
         return {}, [f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object)"]
@@ -75,12 +79,12 @@ def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
     if not _plain_name(shard.get("file")):
         return []  # already reported as a bad entry; nothing to open
     tar = split_dir / shard["file"]
-    if not tar.is_file():
+    if not _is_file(tar):
         return [f"{tar}: missing"]
     problems = []
-    if "sha256" in shard and sha256_file(tar) != shard["sha256"]:
+    digest, layout, error = _digest_and_layout(tar)
+    if "sha256" in shard and digest != shard["sha256"]:
         problems.append(f"{tar}: sha256 differs from the manifest")
-    layout, error = read_layout(tar)
     if error is not None:
         problems.append(f"{tar}: not a readable tar ({error}); {len(layout)} sample(s) before the damage")
     keys = [m[0].key for m in layout]
@@ -90,28 +94,63 @@ def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
         problems.append(f"{tar}: sample keys differ from the manifest")
     if _plain_name(shard.get("index")):
         idx = split_dir / shard["index"]
-        if not idx.is_file():
+        if not _is_file(idx):
             problems.append(f"{idx}: missing")
-        elif error is None and idx.read_text(encoding="utf-8", errors="replace") != index_text(layout):
+        elif error is None and _read_text(idx) != index_text(layout):
             problems.append(f"{idx}: does not describe {tar.name} exactly")
     if decode:
         problems += _decode_check(tar, layout)
     return problems
 
 
-def _decode_check(tar: Path, layout) -> list[str]:
-    """Check every sample's JSON and video; one line per problem, every sample visited."""
-    problems = []
+def _is_file(path) -> bool:
+    return path.exists() if remote.is_url(path) else path.is_file()
+
+
+def _read_text(path) -> str:
+    if remote.is_url(path):
+        return path.read_bytes().decode("utf-8", errors="replace")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _digest_and_layout(tar) -> tuple[str, list[list[Member]], object]:
+    """SHA-256, sample layout and read error of a local tar, or of a remote one in one streamed pass."""
+    if remote.is_url(tar):
+        digest, infos, error = remote.stream_digest_and_members(tar)
+        return digest, group_members(infos), error
+    layout, error = read_layout(tar)
+    return sha256_file(tar), layout, error
+
+
+def _samples(tar, layout):
+    """``(key, {ext: data}, problems)`` per sample: read by offset locally, streamed from a URL."""
+    if remote.is_url(tar):
+        key, members = None, {}
+        for info, data in remote.stream_members(tar, with_data=True):
+            member = Member(info.name, info.offset_data, info.size)
+            if member.key != key and members:
+                yield key, members, []
+                members = {}
+            key, members[member.ext] = member.key, data
+        if members:
+            yield key, members, []
+        return
     with open(tar, "rb") as f:
         for members in layout:
-            key = members[0].key
-            data = {}
+            data, problems = {}, []
             for m in members:
                 f.seek(m.offset)
                 data[m.ext] = f.read(m.size)
                 if len(data[m.ext]) != m.size:
-                    problems.append(f"{tar}: sample {key}: member {m.name} is cut short")
-            problems += [f"{tar}: sample {key}: {reason}" for reason in check_sample(key, data)]
+                    problems.append(f"member {m.name} is cut short")
+            yield members[0].key, data, problems
+
+
+def _decode_check(tar, layout) -> list[str]:
+    """Check every sample's JSON and video; one line per problem, every sample visited."""
+    problems = []
+    for key, data, cut in _samples(tar, layout):
+        problems += [f"{tar}: sample {key}: {reason}" for reason in cut + check_sample(key, data)]
     return problems
 
 
@@ -204,7 +243,7 @@ def verify_split(split_dir: Path, decode: bool) -> tuple[dict, list[str]]:
 def verify(out: str | Path, decode: bool = False) -> dict:
     """Verify every split under ``out``; returns ``{"ok", "splits": {...}, "problems": [...]}``."""
     report = {"ok": True, "splits": {}, "problems": []}
-    for split_dir in find_split_dirs(Path(out)):
+    for split_dir in find_split_dirs(remote.location(out)):
         summary, problems = verify_split(split_dir, decode)
         report["splits"][split_dir.name] = summary
         report["problems"] += problems

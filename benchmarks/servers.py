@@ -1,0 +1,187 @@
+"""Local object servers for the remote-shard tests and benchmark: HTTP and S3 on 127.0.0.1.
+
+* :func:`http_server` serves a directory with ``http.server`` in a thread, with
+  single-range ``Range: bytes=a-b`` support (the standard library handler has
+  none, and every real web server and object store does). ``drop`` names files
+  whose responses stop half way and close the connection, to test a server
+  that goes away mid-shard.
+* :func:`s3_server` runs moto's S3-compatible server (``ThreadedMotoServer``)
+  in a child process and yields its endpoint. A separate process matters: DALI's
+  S3 client blocks while holding the GIL, so a server thread in the reading
+  process could never answer it.
+
+Both pick a free port and stop when their ``with`` block ends.
+:func:`http_server_process` runs the HTTP server in a child process instead
+(``python -m signstream.benchmarks.servers http DIR``), as a real web server
+would be: the benchmark's reading process then shares no interpreter with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """``SimpleHTTPRequestHandler`` plus single byte ranges, quiet, and optional mid-body drops."""
+
+    drop: frozenset[str] = frozenset()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        start = int(match.group(1))
+        stop = min(int(match.group(2)) + 1 if match.group(2) else size, size)
+        if start >= size:
+            self.send_error(416, "range not satisfiable")
+            return None
+        f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller (the base class)
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.send_header("Content-Length", str(stop - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._remaining = stop - start
+        return f
+
+    def copyfile(self, source, outputfile) -> None:
+        remaining = getattr(self, "_remaining", None)
+        if Path(self.path).name in self.drop:
+            # promise the whole body, send half of it, then hang up
+            half = (remaining if remaining is not None else 1 << 30) // 2
+            outputfile.write(source.read(half))
+            outputfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(2)
+            return
+        if remaining is None:
+            super().copyfile(source, outputfile)
+            return
+        while remaining > 0:
+            block = source.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            outputfile.write(block)
+            remaining -= len(block)
+
+
+@contextlib.contextmanager
+def http_server(directory: str | os.PathLike, drop: tuple[str, ...] = ()) -> Iterator[str]:
+    """Serve ``directory`` at ``http://127.0.0.1:PORT`` (yielded) until the block ends."""
+    handler = type("Handler", (RangeHandler,), {"drop": frozenset(drop)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _child_port(cmd: list[str], what: str, timeout: float) -> tuple[subprocess.Popen, int]:
+    """Start a server child that prints its port on its first line and stops when stdin closes."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    ready: list[str] = []
+    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not ready or not ready[0].strip().isdigit():
+        _stop_child(proc)
+        raise RuntimeError(f"{what} did not start")
+    return proc, int(ready[0])
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def http_server_process(directory: str | os.PathLike, timeout: float = 60.0) -> Iterator[str]:
+    """Like :func:`http_server`, in a child process; yields ``http://127.0.0.1:PORT``."""
+    proc, port = _child_port([sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory)],
+                             "the HTTP server", timeout)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop_child(proc)
+
+
+_MOTO = ("import sys\n"
+         "from moto.server import ThreadedMotoServer\n"
+         "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+         "server.start()\n"
+         "print(server.get_host_and_port()[1], flush=True)\n"
+         "sys.stdin.read()\n"
+         "server.stop()\n")
+
+TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(timeout: float = 60.0) -> Iterator[dict[str, str]]:
+    """Run moto's S3 server in a child process; yields the AWS variables that point at it.
+
+    Put the yielded variables into ``os.environ`` (they include dummy
+    credentials and ``AWS_ENDPOINT_URL``) before creating S3 clients.
+    """
+    proc, port = _child_port([sys.executable, "-c", _MOTO], "moto's S3 server (is moto[server] installed?)",
+                             timeout)
+    try:
+        yield {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    finally:
+        _stop_child(proc)
+
+
+def upload_tree(local: str | os.PathLike, url: str) -> None:
+    """Copy a local directory tree to ``s3://bucket/prefix`` (creating the bucket)."""
+    from signstream.loaders.remote import filesystem
+
+    fs = filesystem(url)  # keyed by the current endpoint (a plain S3FileSystem() may be a stale cached one)
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    fs.put(str(local).rstrip("/") + "/", url.rstrip("/") + "/", recursive=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``servers http DIR``: serve DIR, print the port, stop when stdin closes."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "http":
+        print("usage: python -m signstream.benchmarks.servers http DIR", file=sys.stderr)
+        return 2
+    with http_server(args[1]) as url:
+        print(url.rsplit(":", 1)[1], flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

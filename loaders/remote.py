@@ -1,0 +1,442 @@
+"""Shards on a web server or in an S3 bucket: ``http(s)://host/path`` and ``s3://bucket/prefix``.
+
+A URL is accepted wherever a shard directory is (``make_loader``, the
+recipes' ``shards=``, ``signstream verify``). The small files — the split's
+``manifest.json``, the DALI index beside each tar, the root's
+``glosses.txt`` — are fetched from the same place; the tars are never copied
+to local disk: the PyAV backend reads each sample as one HTTP range request
+(its video and JSON members are adjacent in the tar), reading ahead in large
+blocks while the order is sequential (eval), and DALI reads ``s3://`` through
+its own S3 client.
+
+Access goes through fsspec (``aiohttp`` for HTTP, ``s3fs`` for S3). S3
+credentials, region and endpoint come from the standard AWS variables and
+config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL`` for
+an S3-compatible store, ...): nothing is hard-coded, and DALI's S3 client reads
+the same variables.
+
+Failure policy (no hang, bounded work):
+
+* every request has a connect and a read timeout (``SIGNSTREAM_REMOTE_TIMEOUT``
+  seconds, default 20) and is tried at most ``SIGNSTREAM_REMOTE_ATTEMPTS``
+  times (default 3) with 0.25 s, 0.5 s, ... between tries; a missing object is
+  not retried;
+* a sample whose bytes cannot be fetched (or come back short) is a
+  :class:`~signstream.loaders.shards.SampleError`: the loader skips it and
+  names it (key, shard, reason) like a corrupt video;
+* after :data:`TRIP_AFTER` failed requests in a row to one host, a process
+  stops waiting on it: further requests fail at once, except one real try
+  every :data:`PROBE_EVERY_S` seconds, and the first success resets this. A
+  server that dies mid-run thus costs one timeout per half minute, not one per
+  sample, and the samples it held are skipped by name;
+* a manifest, index or vocabulary that cannot be fetched, or a missing shard,
+  is a one-line :class:`~signstream.SignstreamError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from signstream import SignstreamError
+
+SCHEMES = ("http", "https", "s3")
+TRIP_AFTER = 8  # failed requests in a row before a host is treated as down
+PROBE_EVERY_S = 30.0  # while down: seconds between real tries
+READAHEAD = 8 << 20  # bytes fetched at once while samples are read in file order
+MAX_GAP = 4096  # a read starting this close after the previous one counts as sequential
+T = TypeVar("T")
+
+
+def is_url(spec: Any) -> bool:
+    """True for an ``http(s)://`` or ``s3://`` URL (or a :class:`RemotePath`)."""
+    if isinstance(spec, RemotePath):
+        return True
+    if not isinstance(spec, str):
+        return False
+    scheme, sep, _ = spec.partition("://")
+    return bool(sep) and scheme.lower() in SCHEMES
+
+
+def is_remote(spec: Any) -> bool:
+    """True when ``spec`` (a URL, a list of them, or a path-like) names remote shards."""
+    if isinstance(spec, (list, tuple)):
+        return bool(spec) and all(is_url(s) for s in spec)
+    return is_url(spec)
+
+
+def location(spec: str | os.PathLike) -> Any:
+    """A :class:`RemotePath` for a URL, else a :class:`pathlib.Path` (what recipes join with ``/``)."""
+    from pathlib import Path
+
+    return RemotePath(str(spec)) if is_url(spec) else Path(spec)
+
+
+# ---------------------------------------------------------------------- settings
+def timeout_s() -> float:
+    """Connect/read timeout of one request (``SIGNSTREAM_REMOTE_TIMEOUT``, default 20 s)."""
+    return float(os.environ.get("SIGNSTREAM_REMOTE_TIMEOUT", "20"))
+
+
+def attempts() -> int:
+    """Tries per request (``SIGNSTREAM_REMOTE_ATTEMPTS``, default 3)."""
+    return max(1, int(os.environ.get("SIGNSTREAM_REMOTE_ATTEMPTS", "3")))
+
+
+def filesystem(url: str):
+    """The fsspec filesystem for a URL's scheme, with this module's timeouts.
+
+    fsspec caches instances per process (and drops them in a forked worker),
+    so this is cheap to call per request.
+    """
+    import fsspec
+
+    scheme = url.split("://", 1)[0].lower()
+    t = timeout_s()
+    if scheme == "s3":
+        try:
+            import s3fs  # noqa: F401
+        except ImportError:
+            raise SignstreamError("s3:// shards need the s3fs package (pip install s3fs)") from None
+        # botocore reads AWS_ENDPOINT_URL itself; naming it here also keys fsspec's
+        # instance cache, so a changed endpoint gets a new client.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        # Our own bounded retry loop wraps every call; botocore's retries stay at one try.
+        return fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+                                 config_kwargs={"connect_timeout": t, "read_timeout": t,
+                                                "retries": {"max_attempts": 1}})
+    import aiohttp
+
+    return fsspec.filesystem(scheme, client_kwargs={
+        "timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)})
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """Exceptions worth another try: network errors and timeouts of either client."""
+    kinds: list[type[BaseException]] = [OSError, asyncio.TimeoutError, EOFError]
+    try:
+        import aiohttp
+
+        kinds.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    try:
+        import botocore.exceptions
+
+        kinds.append(botocore.exceptions.BotoCoreError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+class ShortRead(OSError):
+    """A response with fewer bytes than asked for (a dropped connection): tried again."""
+
+
+class RangeIgnored(ConnectionError):
+    """The server answered a range request with the whole object: not tried again."""
+
+
+class _Host:
+    """Failures in a row to one host, in this process (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.failures, self.last_try = 0, 0.0
+
+    def down(self) -> bool:
+        return self.failures >= TRIP_AFTER and time.monotonic() - self.last_try < PROBE_EVERY_S
+
+
+_HOSTS: dict[str, _Host] = {}
+
+
+def _host_of(what: str) -> str:
+    rest = what.split("://", 1)[-1]
+    return what.split("://", 1)[0] + "://" + rest.split("/", 1)[0] if "://" in what else rest
+
+
+def with_retries(what: str, call: Callable[[], T]) -> T:
+    """Run ``call`` with bounded retries; missing objects and exhausted tries raise.
+
+    ``what`` is the URL (first) and what is being read, for messages.
+
+    Raises:
+        FileNotFoundError: the object does not exist (not retried).
+        ConnectionError: every try failed (or the host is down, see the module
+            doc); the message names ``what`` and the last error.
+    """
+    transient = _transient()
+    host = _HOSTS.setdefault(_host_of(what), _Host())
+    if host.down():
+        raise ConnectionError(f"{what}: host unreachable ({host.failures} failed requests in a row; "
+                              f"next try within {PROBE_EVERY_S:.0f} s)")
+    tries = 1 if host.failures >= TRIP_AFTER else attempts()
+    for attempt in range(tries):
+        host.last_try = time.monotonic()
+        try:
+            result = call()
+        except (FileNotFoundError, PermissionError, RangeIgnored):
+            host.failures = 0  # the server answered
+            raise
+        except transient as exc:
+            last = exc
+            if attempt + 1 < tries:
+                time.sleep(0.25 * 2 ** attempt)
+            continue
+        host.failures = 0
+        return result
+    host.failures += 1
+    reason = f"{type(last).__name__}: {last}".strip().splitlines()[0][:200]
+    raise ConnectionError(f"{what}: {reason} (after {tries} tries)")
+
+
+# ----------------------------------------------------------------------- objects
+@dataclass(frozen=True)
+class RemotePath:
+    """A remote object or prefix, joined with ``/`` like a :class:`pathlib.Path`."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __truediv__(self, part: str | os.PathLike) -> RemotePath:
+        return RemotePath(f"{self.url}/{os.fspath(part).strip('/')}")
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> RemotePath:
+        return RemotePath(self.url.rsplit("/", 1)[0])
+
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rfind("."):] if "." in name else ""
+
+    def with_suffix(self, suffix: str) -> RemotePath:
+        stem = self.url[: len(self.url) - len(self.suffix)] if self.suffix else self.url
+        return RemotePath(stem + suffix)
+
+    def exists(self) -> bool:
+        """True when the object exists; an unreachable server is a one-line error."""
+        fs = filesystem(self.url)
+        try:
+            try:
+                info = with_retries(str(self), lambda: fs.info(self.url))
+                return info.get("type") != "directory"
+            except FileNotFoundError:
+                if self.url.startswith("s3://"):
+                    return False
+                # fsspec's HTTP info() reports any failure, a timeout too, as "not found":
+                # one ranged GET tells a missing object from an unreachable server.
+                with_retries(str(self), lambda: fs.cat_file(self.url, start=0, end=1))
+                return True
+        except FileNotFoundError:
+            return False
+        except ConnectionError as exc:
+            raise SignstreamError(f"cannot reach {exc}") from None
+
+    is_file = exists
+
+    def read_bytes(self) -> bytes:
+        """The whole object (a small file: manifest, index, vocabulary)."""
+        fs = filesystem(self.url)
+        try:
+            return with_retries(str(self), lambda: fs.cat_file(self.url))
+        except FileNotFoundError:
+            raise SignstreamError(f"not found: {self}") from None
+        except ConnectionError as exc:
+            raise SignstreamError(f"cannot fetch {exc}") from None
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def glob(self, pattern: str) -> list[RemotePath]:
+        """Objects under this prefix matching ``pattern`` (S3 listing; HTTP index pages)."""
+        fs = filesystem(self.url)
+        scheme = self.url.split("://", 1)[0]
+        try:
+            found = with_retries(str(self), lambda: fs.glob(f"{self.url}/{pattern}"))
+        except (FileNotFoundError, ConnectionError):
+            return []
+        return sorted(RemotePath(p if "://" in p else f"{scheme}://{p}") for p in found)
+
+    def __lt__(self, other: RemotePath) -> bool:
+        return self.url < other.url
+
+
+def fetch_range(url: str, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of an object, retried; a short answer counts as a failure."""
+    fs = filesystem(url)
+
+    def call() -> bytes:
+        data = fs.cat_file(url, start=start, end=stop)
+        if len(data) > stop - start:
+            raise RangeIgnored(f"{url}: asked for {stop - start} bytes, got {len(data)}: "
+                               "the server does not honour HTTP Range requests")
+        if len(data) < stop - start:
+            raise ShortRead(f"got {len(data)} of {stop - start} bytes")
+        return data
+
+    return with_retries(f"{url} bytes {start}-{stop}", call)
+
+
+class RangeReader:
+    """Reads spans of one remote tar: one request per sample, read-ahead while sequential.
+
+    Training order is random, so each sample is fetched alone; in file order
+    (eval) the reader fetches :data:`READAHEAD` bytes at a time and serves the
+    following samples from that block, which streams the tar at the speed of
+    one long download instead of one request per video.
+    """
+
+    def __init__(self, path: RemotePath, size: int | None = None):
+        self.url, self.size = path.url, size
+        self._start, self._data, self._last_end = 0, b"", -1
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)``; raises ``ConnectionError`` / ``FileNotFoundError``."""
+        end = self._start + len(self._data)
+        if self._start <= start and stop <= end:
+            data = self._data[start - self._start: stop - self._start]
+        else:
+            sequential = 0 <= start - self._last_end <= MAX_GAP
+            fetch_to = max(stop, start + READAHEAD) if sequential else stop
+            if self.size is not None:
+                fetch_to = max(stop, min(fetch_to, self.size))
+            block = fetch_range(self.url, start, fetch_to)
+            self._start, self._data = start, block
+            data = block[: stop - start]
+        self._last_end = stop
+        return data
+
+
+# ------------------------------------------------------------------ streamed tars
+class _HashingReader:
+    """A read-only stream that hashes what passes through it (for tarfile's stream mode)."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def open_stream(path: RemotePath):
+    """A sequential read stream of a remote object (large blocks, no local copy)."""
+    fs = filesystem(path.url)
+    return fs.open(path.url, "rb", block_size=READAHEAD, cache_type="readahead")
+
+
+def stream_members(path: RemotePath, *, with_data: bool = False
+                   ) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    """Yield each regular member of a remote tar (and its bytes) in one streamed pass."""
+    with open_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            data = tar.extractfile(info).read() if with_data else None
+            yield info, data
+
+
+def stream_digest_and_members(path: RemotePath) -> tuple[str, list[tarfile.TarInfo], str | None]:
+    """SHA-256, regular members and read error (``None`` if none) of a remote tar, in one pass."""
+    with open_stream(path) as raw:
+        hashing = _HashingReader(raw)
+        members, error = [], None
+        try:
+            with tarfile.open(fileobj=hashing, mode="r|") as tar:
+                members = [info for info in tar if info.isreg()]
+        except (tarfile.TarError, *_transient()) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(*_transient()):
+            hashing.drain()
+        return hashing.sha.hexdigest(), members, error
+
+
+# --------------------------------------------------------------------- resolving
+def paths_of(spec: Any, expand: Callable[[str], list[str]]) -> tuple[list[RemotePath], str] | RemotePath:
+    """Tar URLs for a remote spec, or the manifest URL to read instead.
+
+    The same rules as for local paths: a list of tar URLs, a brace pattern, a
+    ``manifest.json`` URL, a single ``.tar`` URL, or a split "directory" (its
+    ``manifest.json``, else the ``*.tar`` objects a listing shows).
+    """
+    if isinstance(spec, (list, tuple)):
+        urls = [RemotePath(u) for item in spec for u in expand(str(item))]
+        return urls, f"{len(urls)} shard URLs"
+    text = str(spec)
+    if "{" in text:
+        return [RemotePath(u) for u in expand(text)], text
+    path = RemotePath(text)
+    if path.suffix == ".json":
+        if not path.exists():
+            raise SignstreamError(f"manifest not found: {path}")
+        return path
+    if path.suffix == ".tar":
+        return [path], text
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        return manifest
+    tars = path.glob("*.tar")
+    if not tars:
+        raise SignstreamError(f"empty split: no manifest.json and no .tar shards at {path}")
+    return tars, text
+
+
+def check_dali(shardset: Any) -> None:
+    """DALI's webdataset reader opens local files and ``s3://`` only; say which backend reads the rest."""
+    schemes = sorted({s.path.url.split("://", 1)[0] for s in shardset.shards if isinstance(s.path, RemotePath)})
+    bad = [s for s in schemes if s != "s3"]
+    if bad:
+        raise SignstreamError(f"{shardset.origin}: DALI's webdataset reader cannot read {'/'.join(bad)}:// "
+                              "shards (only local files and s3://); use backend='pyav', which streams them")
+
+
+# --------------------------------------------------------------- small files, local use
+def copy_file(src: Any, dst: str | os.PathLike) -> None:
+    """Copy a local or remote file to local ``dst`` (atomically for a remote source)."""
+    if not isinstance(src, RemotePath):
+        import shutil
+
+        shutil.copyfile(src, dst)
+        return
+    from signstream.loaders.fileio import atomic_write
+
+    data = src.read_bytes()
+    with atomic_write(dst, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def local_copy(src: Any) -> Iterator[Any]:
+    """A local path holding ``src``: itself when local, else a temporary copy (removed after)."""
+    if not isinstance(src, RemotePath):
+        yield src
+        return
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="signstream-") as tmp:
+        dst = Path(tmp) / src.name
+        copy_file(src, dst)
+        yield dst

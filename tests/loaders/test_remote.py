@@ -1,0 +1,159 @@
+"""Shards behind real HTTP and S3 servers on 127.0.0.1 load exactly like local ones,
+and missing objects, dropped connections and silent servers fail by name, quickly."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+
+from signstream import SignstreamError
+from signstream.benchmarks.servers import http_server
+from signstream.loaders import Transform, make_loader
+from signstream.loaders.remote import RemotePath, is_remote, is_url
+from signstream.loaders.shards import resolve_shards
+from tests.remote_fixtures import FAST_FAILURE
+
+T32 = Transform(size=32)
+
+
+def clips(source, backend="pyav", **kw):
+    """``{key: video[:, :length]}`` of every sample, and the loader's stats."""
+    kw.setdefault("num_workers", 0)
+    loader = make_loader(source, backend=backend, transform=T32, batch_size=2, rank=0, world_size=1, **kw)
+    out = {k: v[:, : int(n)].clone() for b in loader for k, v, n in zip(b.keys, b.video, b.lengths)}
+    return out, loader.stats
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_urls_are_told_apart_from_local_paths():
+    assert is_url("s3://b/p") and is_url("HTTPS://h/x") and is_url(RemotePath("http://h/a"))
+    assert not is_url("shards/dev") and not is_url("file.tar") and not is_url(None)
+    assert is_remote(["http://h/a.tar", "http://h/b.tar"]) and not is_remote(["http://h/a.tar", "b.tar"])
+    p = RemotePath("s3://bucket/packed/") / "dev" / "dev-000001.tar"
+    assert str(p) == "s3://bucket/packed/dev/dev-000001.tar" and p.name == "dev-000001.tar"
+    assert str(p.with_suffix(".idx")) == "s3://bucket/packed/dev/dev-000001.idx" and p.parent.name == "dev"
+
+
+def test_http_split_gives_the_same_samples_and_tensors_as_local_disk(packed, http_packed):
+    local, _ = clips(packed / "dev")
+    served, stats = clips(f"{http_packed}/dev", num_workers=1)
+    assert_same(local, served)
+    assert not stats.skipped and stats.bytes_read > 0
+    assert resolve_shards(f"{http_packed}/dev").origin.endswith("/dev/manifest.json")
+
+
+def test_s3_split_gives_the_same_samples_and_tensors_as_local_disk(packed, s3_packed):
+    local, _ = clips(packed / "train")
+    remote, stats = clips(f"{s3_packed}/train", num_workers=2)
+    assert_same(local, remote)
+    assert not stats.skipped
+
+
+def test_s3_tars_without_a_manifest_are_listed_and_read(packed, s3_packed):
+    local, _ = clips(sorted((packed / "train").glob("*.tar")))
+    listed, _ = clips(f"{s3_packed}/train/train-{{000000..000001}}.tar")
+    assert_same(local, listed)
+
+
+def test_dali_reads_s3_natively_with_the_same_samples_as_local(packed, s3_packed):
+    pytest.importorskip("nvidia.dali")
+    local, _ = clips(packed / "dev", backend="dali", num_workers=1)
+    remote, stats = clips(f"{s3_packed}/dev", backend="dali", num_workers=1)
+    assert_same(local, remote)
+    assert not stats.skipped
+
+
+def test_dali_over_http_is_a_one_line_error_naming_pyav(http_packed):
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(SignstreamError, match="backend='pyav'") as err:
+        make_loader(f"{http_packed}/dev", backend="dali", transform=T32, rank=0, world_size=1)
+    assert "http://" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_shard_missing_from_the_server_is_a_one_line_error(packed, tmp_path, monkeypatch):
+    for name, value in FAST_FAILURE.items():
+        monkeypatch.setenv(name, value)
+    shutil.copytree(packed / "dev", tmp_path / "dev")
+    (tmp_path / "dev" / "dev-000000.tar").unlink()
+    with http_server(tmp_path) as base:
+        with pytest.raises(SignstreamError, match="shard file not found: .*dev-000000.tar"):
+            resolve_shards(f"{base}/dev")
+        with pytest.raises(SignstreamError, match="empty split"):
+            resolve_shards(f"{base}/nothing-here")
+
+
+def test_a_shard_deleted_after_start_skips_its_samples_by_name(packed, tmp_path, monkeypatch):
+    for name, value in FAST_FAILURE.items():
+        monkeypatch.setenv(name, value)
+    shutil.copytree(packed / "train", tmp_path / "train")
+    with http_server(tmp_path) as base:
+        shardset = resolve_shards(f"{base}/train")
+        gone = shardset.shards[1]
+        (tmp_path / "train" / gone.path.name).unlink()
+        got, stats = clips(shardset)
+    lost = {r.key for r in gone.samples}
+    assert set(got) == {r.key for r in shardset.refs} - lost
+    assert {s.key for s in stats.skipped} == lost
+    assert all(s.shard == gone.path.name and "cannot fetch" in s.reason for s in stats.skipped)
+
+
+def test_a_server_dropping_mid_shard_skips_those_samples_by_name(packed, tmp_path, monkeypatch):
+    for name, value in FAST_FAILURE.items():
+        monkeypatch.setenv(name, value)
+    shutil.copytree(packed / "train", tmp_path / "train")
+    local, _ = clips(packed / "train")
+    with http_server(tmp_path, drop=("train-000000.tar",)) as base:
+        t0 = time.perf_counter()
+        got, stats = clips(f"{base}/train")
+        seconds = time.perf_counter() - t0
+    dropped = {r.key for r in resolve_shards(packed / "train").shards[0].samples}
+    assert {s.key for s in stats.skipped} == dropped and all(s.shard == "train-000000.tar" for s in stats.skipped)
+    assert_same({k: v for k, v in local.items() if k not in dropped}, got)
+    assert seconds < 30
+
+
+def test_a_server_that_never_answers_times_out_with_one_line(monkeypatch):
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_TIMEOUT", "0.5")
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_ATTEMPTS", "2")
+    with socket.socket() as silent:  # accepts connections (backlog) but never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        t0 = time.perf_counter()
+        with pytest.raises(SignstreamError) as err:
+            resolve_shards(f"http://127.0.0.1:{silent.getsockname()[1]}/dev")
+        assert time.perf_counter() - t0 < 15
+    assert "after 2 tries" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_after_repeated_failures_a_dead_host_fails_fast_until_its_next_probe(monkeypatch):
+    from signstream.loaders import remote
+
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_ATTEMPTS", "2")
+    calls = []
+
+    def refuse():
+        calls.append(time.monotonic())
+        raise ConnectionRefusedError("refused")
+
+    what = "http://10.255.255.1:9/dev/x.tar bytes 0-10"
+    monkeypatch.setattr(remote, "_HOSTS", {})
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    for _ in range(remote.TRIP_AFTER):
+        with pytest.raises(ConnectionError, match="after 2 tries"):
+            remote.with_retries(what, refuse)
+    assert len(calls) == 2 * remote.TRIP_AFTER
+    with pytest.raises(ConnectionError, match="host unreachable"):
+        remote.with_retries(what, refuse)
+    assert len(calls) == 2 * remote.TRIP_AFTER  # no request made while the host is down
+    remote._HOSTS["http://10.255.255.1:9"].last_try -= remote.PROBE_EVERY_S  # time for a probe
+    assert remote.with_retries(what, lambda: b"ok") == b"ok"  # one success: back to normal
+    assert remote._HOSTS["http://10.255.255.1:9"].failures == 0

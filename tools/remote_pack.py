@@ -1,0 +1,154 @@
+"""``signstream pack --out s3://bucket/prefix``: pack into a bucket, one finished shard at a time.
+
+The local packer does all the work in a staging directory (so its guarantees
+hold unchanged: deterministic bytes, resumable after a kill, every video
+checked); a background thread watches the packer's record of finished shards
+and uploads each shard as soon as it is complete — its index first, then the
+tar — so a bucket listing never shows a tar without its index. An S3 object
+appears only once its upload has completed, so no reader ever sees a partial
+shard. When a split is done, ``glosses.txt`` and ``pack-stats.json`` follow,
+and each split's ``manifest.json`` goes last: a split is visible to the
+loaders only when every shard it lists is in place.
+
+Staging defaults to a directory under the system temporary directory named
+after the bucket and prefix (kept until the upload succeeds, so a rerun of the
+same command resumes); ``--staging DIR`` chooses it, and is then kept.
+Objects already in the bucket with the same size are not uploaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from signstream import SignstreamError
+from signstream.loaders import remote
+from signstream.tools.pack import STATE_FILE, pack_corpus
+
+POLL_S = 0.5  # how often the uploader looks for newly finished shards
+
+
+def default_staging(url: str) -> Path:
+    """The staging directory used when none is named: stable per destination, so reruns resume."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", url.split("://", 1)[1].strip("/"))
+    return Path(tempfile.gettempdir()) / "signstream-pack" / name
+
+
+def check_destination(url: str) -> None:
+    """Only ``s3://`` can be written to, and its bucket must exist (checked before any work)."""
+    if not url.startswith("s3://"):
+        raise SignstreamError(f"--out {url}: packing writes to a local directory or s3://bucket/prefix "
+                              "(http(s):// is read-only)")
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    fs = remote.filesystem(url)
+    try:
+        found = remote.with_retries(f"s3://{bucket}", lambda: fs.exists(bucket))
+    except ConnectionError as exc:
+        raise SignstreamError(f"cannot reach {exc}") from None
+    if not found:
+        raise SignstreamError(f"bucket not found: s3://{bucket} (create it first)")
+
+
+class Uploader:
+    """Copies finished files from the staging directory to the bucket, in a safe order."""
+
+    def __init__(self, staging: Path, url: str):
+        self.staging, self.url = staging, url.rstrip("/")
+        self.fs = remote.filesystem(url)
+        self.done: set[str] = set()
+        self.uploaded: list[str] = []  # relative names, in upload order
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-uploader", daemon=True)
+
+    def put(self, relative: str) -> None:
+        """Upload one staged file unless the bucket already holds it at the same size."""
+        local, target = self.staging / relative, f"{self.url}/{relative}"
+        size = local.stat().st_size
+        try:
+            existing = remote.with_retries(target, lambda: self.fs.info(target)).get("size")
+        except FileNotFoundError:
+            existing = None
+        if existing != size:
+            remote.with_retries(target, lambda: self.fs.put_file(str(local), target))
+        self.uploaded.append(relative)
+
+    def sync_shards(self) -> None:
+        """Upload every shard the packer has recorded as finished (index, then tar)."""
+        for split_dir in sorted(p for p in self.staging.iterdir() if p.is_dir()):
+            for entry in _finished(split_dir):
+                for name in (entry["index"], entry["file"]):
+                    relative = f"{split_dir.name}/{name}"
+                    if relative not in self.done and (split_dir / name).is_file():
+                        self.put(relative)
+                        self.done.add(relative)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(POLL_S):
+                self.sync_shards()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by stop()
+            self._error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; re-raise an upload error of the thread (as a one-line error)."""
+        self._stop.set()
+        self._thread.join()
+        if isinstance(self._error, ConnectionError):
+            raise SignstreamError(f"upload failed: {self._error}") from None
+        if self._error is not None:
+            raise self._error
+
+    def publish(self, splits: list[str]) -> None:
+        """The rest of a finished pack: remaining shards, stats and vocabulary, manifests last."""
+        self.sync_shards()
+        for split in splits:
+            if (self.staging / split / "pack-stats.json").is_file():
+                self.put(f"{split}/pack-stats.json")
+        if (self.staging / "glosses.txt").is_file():
+            self.put("glosses.txt")
+        for split in splits:
+            if (self.staging / split / "manifest.json").is_file():
+                self.put(f"{split}/manifest.json")
+
+
+def _finished(split_dir: Path) -> list[dict[str, Any]]:
+    """Shards of a split known to be complete: from the manifest, else the packer's state file."""
+    for name in ("manifest.json", STATE_FILE):
+        path = split_dir / name
+        try:
+            return json.loads(path.read_text())["shards"]
+        except (FileNotFoundError, KeyError, ValueError):
+            continue  # not there (yet), or replaced while being read: next poll
+    return []
+
+
+def pack_to_bucket(adapter: str, url: str, *, staging: str | Path | None = None, **kwargs: Any) -> dict:
+    """Pack a corpus into ``s3://bucket/prefix`` (see the module doc); returns what ``pack_corpus`` returns.
+
+    Raises:
+        SignstreamError: not an ``s3://`` URL, missing bucket, failed upload,
+            or any error of :func:`~signstream.tools.pack.pack_corpus`.
+    """
+    check_destination(url)
+    keep = staging is not None
+    staging = Path(staging) if staging is not None else default_staging(url)
+    staging.mkdir(parents=True, exist_ok=True)
+    uploader = Uploader(staging, url)
+    uploader.start()
+    try:
+        result = pack_corpus(adapter, staging, **kwargs)
+    finally:
+        uploader.stop()
+    uploader.publish(sorted(result["splits"]))
+    if not keep:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
