@@ -28,9 +28,9 @@ import dataclasses
 import re
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-import typing
 from typing import Literal
 
 import torch
