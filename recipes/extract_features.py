@@ -25,6 +25,7 @@ every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and pea
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 import time
@@ -163,14 +164,26 @@ def owned_files(out: Path, record: dict):
     splits = set(config.get("splits") or []) | set((record.get("fingerprint") or {}).get("shards", {}))
     prefix = str(config.get("prefix") or "features")
     for split in sorted(s for s in splits if isinstance(s, str) and re.fullmatch(r"[\w.-]+", s)):
-        folder = out / split
-        if folder.is_dir():
-            yield from (p for p in folder.iterdir() if FILE_RE.fullmatch(p.name) or p.name == INDEX_FILE)
+        yield from _store_files(out / split)
         yield out / f"{prefix}.{split}"
         shard_dir = out / "feature-shards" / split
         if shard_dir.is_dir():
             yield from (p for p in shard_dir.iterdir() if re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)", p.name))
     yield from (out / n for n in ("summary.json", "config.yaml", "glosses.txt"))
+
+
+def _store_files(folder: Path):
+    # a sidecar proves its pair is ours; an .npy without one (a kill between the two writes) is
+    # left alone, and read by nothing
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        stem = sidecar.name[:-5]
+        if FILE_RE.fullmatch(sidecar.name) and isinstance(meta, dict) and meta.get("file") == f"{stem}.npy":
+            yield from (sidecar, sidecar.with_name(f"{stem}.npy"))
+    yield folder / INDEX_FILE
 
 
 def temp_dirs(out: Path, config: dict):
