@@ -25,7 +25,6 @@ every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and pea
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 import time
@@ -57,7 +56,14 @@ from signstream.recipes.config import (
     peak_memory,
     save_config,
 )
-from signstream.tools.export import FILE_RE, file_key, get_writer, is_done, write_video
+from signstream.tools.export import (
+    FILE_RE,
+    file_key,
+    get_writer,
+    is_done,
+    store_entries,
+    write_video,
+)
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -175,14 +181,8 @@ def owned_files(out: Path, record: dict):
 def _store_files(folder: Path):
     # a sidecar proves its pair is ours; an .npy without one (a kill between the two writes) is
     # left alone, and read by nothing
-    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            continue
-        stem = sidecar.name[:-5]
-        if FILE_RE.fullmatch(sidecar.name) and isinstance(meta, dict) and meta.get("file") == f"{stem}.npy":
-            yield from (sidecar, sidecar.with_name(f"{stem}.npy"))
+    for sidecar, meta in store_entries(folder.parent, folder.name):
+        yield from (sidecar, sidecar.with_name(meta["file"]))
     yield folder / INDEX_FILE
 
 

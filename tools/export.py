@@ -72,8 +72,26 @@ def write_video(store: Path, split: str, key: str, meta: dict, features: np.ndar
                          "feature_dim": int(features.shape[1]), "file": npy.name})
 
 
-def _sidecars(store: Path, split: str) -> list[Path]:
-    return sorted(p for p in (store / split).glob("*.json") if FILE_RE.fullmatch(p.name))
+def store_entries(store: Path, split: str) -> list[tuple[Path, dict]]:
+    """The sidecars of a split's per-video store and their metadata, in file order.
+
+    Only sidecars this project wrote count (``<key>.json`` naming its
+    ``<key>.npy``, which exists); other files in the folder are left alone.
+    """
+    entries = []
+    folder = store / split
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not FILE_RE.fullmatch(sidecar.name):
+            continue
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        stem = sidecar.name[:-5]
+        if (isinstance(meta, dict) and meta.get("file") == f"{stem}.npy" and isinstance(meta.get("name"), str)
+                and sidecar.with_name(f"{stem}.npy").is_file()):
+            entries.append((sidecar, {**meta, "key": stem}))
+    return entries
 
 
 def _order(meta: dict) -> tuple[str, str]:
@@ -82,17 +100,13 @@ def _order(meta: dict) -> tuple[str, str]:
 
 def read_store(store: Path, split: str) -> list[tuple[dict, np.ndarray]]:
     """All videos of a split in a per-video store, sorted by name (then key)."""
-    items = []
-    for sidecar in _sidecars(store, split):
-        meta = json.loads(sidecar.read_text())
-        items.append(({**meta, "key": sidecar.name[:-5]}, np.load(sidecar.with_name(sidecar.name[:-5] + ".npy"))))
+    items = [(meta, np.load(sidecar.with_name(meta["file"]))) for sidecar, meta in store_entries(store, split)]
     return sorted(items, key=lambda it: _order(it[0]))
 
 
 def write_store_index(store: Path, split: str) -> int:
     """Write ``<store>/<split>/features.index.json`` listing the split's videos; returns the count."""
-    metas = sorted(({**json.loads(p.read_text()), "key": p.name[:-5]} for p in _sidecars(store, split)),
-                   key=_order)
+    metas = sorted((meta for _, meta in store_entries(store, split)), key=_order)
     write_json(store / split / INDEX_FILE, {"split": split, "videos": metas})
     return len(metas)
 
