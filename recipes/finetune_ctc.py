@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
     fingerprint = run_fingerprint(cfg, shards)
     verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
+    if verdict == "resume" and not cfg.resume:
+        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     vocab = Vocabulary.from_file(shards / "glosses.txt")

@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in [cfg.train_split, *cfg.eval_splits]}
     fingerprint = run_fingerprint(cfg, datasets, vocab_path)
     verdict = outputs.claim(out, "train_head", fingerprint, overwrite=cfg.overwrite)
+    if verdict == "resume" and not cfg.resume:
+        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
     train = datasets[cfg.train_split]
     dim = train.samples[0].features.shape[1]
     model = RecognitionHead(dim, len(vocab), kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout,
