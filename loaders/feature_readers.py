@@ -1,11 +1,18 @@
 """Feature readers: load extracted features back for head training.
 
 Reads every format the extraction recipe writes — the per-video ``.npy`` store
-(``<dir>/<split>/features.json`` + ``<name>.npy``), SignJoey/SLRT gzip pickles
+(``<dir>/<split>/features.index.json`` + ``<key>.npy``), SignJoey/SLRT gzip pickles
 (``<dir>/<prefix>.<split>``) and zstd feature shards
 (``<dir>/feature-shards/<split>/*.tar``) — into one list of
 :class:`FeatureSample`. Readers are plain functions in :data:`READERS`;
 :func:`load_split` picks one by name or detects the format.
+
+A SignJoey file is a pickle, and a pickle can run any code while it loads;
+feature files from elsewhere are untrusted input. :class:`FeatureUnpickler`
+therefore admits only what such a file holds — lists, dicts, strings, numbers,
+and tensors rebuilt the way ``torch.load(weights_only=True)`` rebuilds them
+(plain numpy arrays too) — and refuses every other global with a one-line
+error naming the file, before anything it names is called.
 """
 
 from __future__ import annotations
@@ -35,10 +42,16 @@ class FeatureSample:
     text: str = ""
 
 
+INDEX_FILE = "features.index.json"  # written by signstream.tools.export
+
+
 def read_npy(root: Path, split: str) -> list[FeatureSample]:
-    """The per-video ``.npy`` store indexed by ``<root>/<split>/features.json``."""
-    index = root / split / "features.json"
-    videos = json.loads(index.read_text())["videos"]
+    """The per-video ``.npy`` store indexed by ``<root>/<split>/features.index.json``."""
+    index = root / split / INDEX_FILE
+    try:
+        videos = json.loads(index.read_text())["videos"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SignstreamError(f"{index}: not a feature index ({type(exc).__name__}: {exc})") from None
     out = []
     for m in videos:
         path = root / split / m["file"]
@@ -49,15 +62,96 @@ def read_npy(root: Path, split: str) -> list[FeatureSample]:
     return out
 
 
+def _safe_load_from_bytes(data: bytes):
+    # torch pickles a storage as a nested torch.save; read that with torch's own safe loader
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _numpy_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("numpy object arrays")
+    return dtype
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    import collections
+
+    import torch
+
+    allowed: dict[tuple[str, str], object] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch.storage", "_load_from_bytes"): _safe_load_from_bytes,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): bytearray,
+        ("_codecs", "encode"): __import__("codecs").encode,  # bytes, as protocol 2 writes them
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _numpy_dtype,
+    }
+    core_mod = getattr(np, "_core", None) or np.core
+    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spell the module differently
+        allowed[(f"{core}.multiarray", "_reconstruct")] = core_mod.multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = core_mod.multiarray.scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = core_mod.numeric._frombuffer
+    return allowed
+
+
+class FeatureUnpickler(pickle.Unpickler):
+    """An unpickler that builds only containers, strings, numbers, tensors and plain arrays."""
+
+    def find_class(self, module: str, name: str):
+        found = _allowed_globals().get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        return found
+
+
+def load_pickle(path: Path):
+    """Load a (gzip-compressed or plain) pickle with :class:`FeatureUnpickler`.
+
+    Raises:
+        SignstreamError: the file asks for anything but data, or cannot be read.
+    """
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            return FeatureUnpickler(f).load()
+    except pickle.UnpicklingError as exc:
+        raise SignstreamError(f"refusing to load {path}: not a plain feature file ({exc}); "
+                              "only lists, dicts, strings, numbers and tensors are read") from None
+    except Exception as exc:  # any failure of the deserializer means a file we cannot use
+        raise SignstreamError(f"cannot read {path} as a SignJoey feature file "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _signjoey_sample(path: Path, e) -> FeatureSample:
+    import torch
+
+    if not isinstance(e, dict) or "name" not in e or "sign" not in e:
+        raise SignstreamError(f"{path}: expected a list of dicts with 'name' and 'sign'")
+    sign = e["sign"].numpy() if isinstance(e["sign"], torch.Tensor) else e["sign"]
+    features = np.asarray(sign, dtype=np.float32)
+    if features.ndim != 2:
+        raise SignstreamError(f"{path}: entry {e['name']!r} has features of shape {features.shape}, not [T, D]")
+    return FeatureSample(str(e["name"]), str(e.get("gloss") or ""), features, str(e.get("signer") or ""),
+                         str(e.get("text") or ""))
+
+
 def read_signjoey(root: Path, split: str) -> list[FeatureSample]:
-    """A SignJoey gzip pickle ``<root>/<prefix>.<split>`` (exactly one must match)."""
+    """A SignJoey gzip pickle ``<root>/<prefix>.<split>`` (exactly one must match), loaded safely."""
     files = sorted(p for p in root.glob(f"*.{split}") if p.is_file())
     if len(files) != 1:
         raise SignstreamError(f"expected one SignJoey file *.{split} in {root}, found {len(files)}")
-    with gzip.open(files[0], "rb") as f:
-        entries = pickle.load(f)  # noqa: S301 - a file this project wrote or the user chose
-    return [FeatureSample(e["name"], e.get("gloss", ""), np.asarray(e["sign"], dtype=np.float32),
-                          e.get("signer", ""), e.get("text", "")) for e in entries]
+    entries = load_pickle(files[0])
+    if not isinstance(entries, list):
+        raise SignstreamError(f"{files[0]}: expected a list of dicts, found {type(entries).__name__}")
+    return [_signjoey_sample(files[0], e) for e in entries]
 
 
 def read_shards(root: Path, split: str) -> list[FeatureSample]:
@@ -89,14 +183,14 @@ READERS: dict[str, Callable[[Path, str], list[FeatureSample]]] = {
 
 def detect_format(root: Path, split: str) -> str:
     """Which writer produced ``root`` for ``split`` (npy preferred, then shards, then SignJoey)."""
-    if (root / split / "features.json").exists():
+    if (root / split / INDEX_FILE).exists():
         return "npy"
     if list((root / "feature-shards" / split).glob("*.tar")):
         return "shards"
     if list(root.glob(f"*.{split}")):
         return "signjoey"
     raise SignstreamError(f"no features for split {split!r} in {root} "
-                          "(expected <split>/features.json, feature-shards/<split>/ or <prefix>.<split>)")
+                          "(expected <split>/features.index.json, feature-shards/<split>/ or <prefix>.<split>)")
 
 
 def load_split(root: str | Path, split: str, fmt: str = "auto") -> list[FeatureSample]:

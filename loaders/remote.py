@@ -43,6 +43,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from signstream import SignstreamError
@@ -414,15 +415,10 @@ def check_dali(shardset: Any) -> None:
 
 # --------------------------------------------------------------- small files, local use
 def copy_file(src: Any, dst: str | os.PathLike) -> None:
-    """Copy a local or remote file to local ``dst`` (atomically for a remote source)."""
-    if not isinstance(src, RemotePath):
-        import shutil
-
-        shutil.copyfile(src, dst)
-        return
+    """Copy a local or remote file to local ``dst``, atomically (temp file + rename)."""
     from signstream.loaders.fileio import atomic_write
 
-    data = src.read_bytes()
+    data = src.read_bytes() if isinstance(src, RemotePath) else Path(src).read_bytes()
     with atomic_write(dst, "wb") as f:
         f.write(data)
 

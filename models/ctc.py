@@ -79,12 +79,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise SignstreamError(f"checkpoint not found: {path} (a model.safetensors written by finetune_ctc)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise SignstreamError(f"{path} is not a finetune_ctc checkpoint (metadata format "
-                                  f"{meta.get('format')!r}); pass backbone weights with weights= instead")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") == FORMAT:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a foreign file
+        raise SignstreamError(f"{path} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                              "checkpoint= takes a model.safetensors written by finetune_ctc") from None
+    if meta.get("format") != FORMAT:
+        raise SignstreamError(f"{path} is not a finetune_ctc checkpoint (metadata format "
+                              f"{meta.get('format')!r}); pass backbone weights with weights= instead")
     return state, meta
 
 

@@ -6,6 +6,12 @@ command line, coerces each value to the field's type, and rejects unknown keys
 with a one-line :class:`signstream.SignstreamError`. The resolved config is
 saved beside the outputs with :func:`save_config`. Lists are written
 comma-separated on the command line (``writers=npy,signjoey``).
+
+Fields may carry checks, so that every recipe refuses a bad value with one
+line before it touches its output folder: ``Literal[...]`` choices,
+``Annotated[int, Range(1)]`` bounds, ``Annotated[str, Choice(get_head)]``
+names looked up in a registry. YAML values of the wrong kind (a number where
+a list is expected, a list where a number is) are refused the same way.
 """
 
 from __future__ import annotations
@@ -27,18 +33,103 @@ from signstream.loaders.fileio import atomic_write
 C = TypeVar("C")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field: ``lo <= value`` (``<`` when ``open_lo``), same for ``hi``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def check(self, name: str, value: Any) -> None:
+        low = self.lo is not None and (value <= self.lo if self.open_lo else value < self.lo)
+        high = self.hi is not None and (value >= self.hi if self.open_hi else value > self.hi)
+        if low or high:
+            raise SignstreamError(f"config key {name!r}: {value!r} is out of range ({self.describe()})")
+
+    def describe(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.open_lo else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.open_hi else '<='} {self.hi:g}")
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A name that a registry lookup (``get_head``, ``get_cleanup``...) must accept."""
+
+    lookup: Any
+
+    def check(self, name: str, value: Any) -> None:
+        try:
+            self.lookup(value)
+        except SignstreamError as exc:
+            raise SignstreamError(f"config key {name!r}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Matches:
+    """A string that must fully match ``pattern`` (names that become file names)."""
+
+    pattern: str
+    meaning: str
+
+    def check(self, name: str, value: Any) -> None:
+        import re
+
+        if not re.fullmatch(self.pattern, str(value)):
+            raise SignstreamError(f"config key {name!r}: {value!r} is not {self.meaning}")
+
+
+# Shorthands used by the recipe configs.
+FileStem = typing.Annotated[str, Matches(r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
+                                         "a plain file name (letters, digits, _ . -)")]
+PositiveInt = typing.Annotated[int, Range(1)]
+NonNegativeInt = typing.Annotated[int, Range(0)]
+PositiveFloat = typing.Annotated[float, Range(0, open_lo=True)]
+NonNegativeFloat = typing.Annotated[float, Range(0)]
+Probability = typing.Annotated[float, Range(0, 1, open_hi=True)]
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", tuple: "a list", bool: "a boolean"}.get(type(value), repr(value))
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Convert a YAML or command-line value to the field type ``tp``."""
+    """Convert a YAML or command-line value to the field type ``tp`` and run its checks."""
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *checks = typing.get_args(tp)
+        result = _coerce(name, value, base)
+        if result is not None:
+            for check in checks:
+                for item in result if isinstance(result, list) else [result]:
+                    check.check(name, item)
+        return result
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(name, value, args[0])
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise SignstreamError(f"config key {name!r}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (str,)
-        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise SignstreamError(f"config key {name!r}: expected a list, got {_kind(value)}")
         return [_coerce(name, v.strip() if isinstance(v, str) else v, item) for v in items if v != ""]
+    if isinstance(value, (dict, list, tuple)):
+        raise SignstreamError(f"config key {name!r}: expected {getattr(tp, '__name__', tp)}, got {_kind(value)}")
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -48,15 +139,27 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if tp in (int, float, str):
-            return tp(value)
-    except (TypeError, ValueError):
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError(value)  # YAML `yes` is not a number
+        if tp is int:
+            number = float(value) if isinstance(value, float) else value
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        if tp is float:
+            result = float(value)
+            if result != result or result in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return result
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
         raise SignstreamError(f"config key {name!r}: cannot read {value!r} as {tp.__name__}") from None
     return value
 
 
 def _apply(cfg: C, values: dict, source: str) -> C:
-    hints = typing.get_type_hints(type(cfg))
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -7,11 +7,16 @@
 Each rank reads its own part of every split (exactly once across ranks), runs
 the backbone in ``dense`` (one feature per temporal stride, chunked so memory
 does not grow with video length) or ``window`` mode (one feature per clip), and
-writes each video it owns as ``out/<split>/<name>.npy`` (``[T', D]``) with a
-JSON sidecar, atomically. After every rank finishes, the main process merges
+writes each video it owns as ``out/<split>/<key>.npy`` (``[T', D]``, named by
+the unique shard key) with a JSON sidecar, atomically; a sample without
+metadata is skipped and named (key, shard, reason). After every rank finishes, the main process merges
 the requested writers: ``npy`` (an index), ``signjoey`` (``out/<prefix>.<split>``
 gzip pickles) and ``shards`` (zstd feature shards). A rerun skips videos already
-written, so a killed job resumes and ends with the same outputs.
+written, so a killed job resumes and ends with the same outputs — but only
+the same configuration: ``out/fingerprint.json`` records the backbone, the
+hashes of the weight/checkpoint files and shard manifests, and the feature
+options, and a different run into the same ``out`` is refused unless
+``overwrite=true`` (which deletes what the earlier run wrote, nothing else).
 A randomly initialised backbone (no ``weights``/``checkpoint``) gets its
 BatchNorm statistics calibrated on ``calibrate_bn`` videos first, identically on
 every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and peak memory.
@@ -19,10 +24,14 @@ every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and pea
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -30,12 +39,31 @@ from accelerate.utils import gather_object
 
 from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader, remote
+from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import write_json
+from signstream.loaders.shards import resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
 from signstream.models.features import extract_features
-from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
-from signstream.tools.export import get_writer, is_done, write_video
+from signstream.recipes import outputs
+from signstream.recipes.config import (
+    Choice,
+    FileStem,
+    NonNegativeInt,
+    PositiveInt,
+    main_guard,
+    parse_config,
+    peak_memory,
+    save_config,
+)
+from signstream.tools.export import (
+    FILE_RE,
+    file_key,
+    get_writer,
+    is_done,
+    store_entries,
+    write_video,
+)
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,33 +73,32 @@ class ExtractConfig:
     """Extract per-video features from packed shards with a backbone."""
 
     shards: str = ""
-    splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])
+    splits: list[FileStem] = field(default_factory=lambda: ["train", "dev", "test"])
     backbone: str = "s3d"
     weights: str | None = None
     checkpoint: str | None = None
-    stop_after: int | None = None
-    image_size: int = 224
-    batch_size: int = 1
-    precision: str = "fp32"
-    backend: str = "pyav"
-    num_workers: int = 1
-    mode: str = "dense"
-    clip_len: int = 16
-    stride: int | None = None
-    chunk_len: int | None = None
-    writers: list[str] = field(default_factory=lambda: ["npy", "signjoey"])
-    prefix: str = "features"
-    dtype: str = "float16"
-    calibrate_bn: int = 8
+    stop_after: PositiveInt | None = None
+    image_size: PositiveInt = 224
+    batch_size: PositiveInt = 1
+    precision: Literal["fp32", "no", "bf16", "fp16"] = "fp32"
+    backend: Literal["pyav", "dali", "auto"] = "pyav"
+    num_workers: NonNegativeInt = 1
+    mode: Literal["dense", "window"] = "dense"
+    clip_len: PositiveInt = 16
+    stride: PositiveInt | None = None
+    chunk_len: PositiveInt | None = None
+    writers: list[typing.Annotated[str, Choice(get_writer)]] = field(default_factory=lambda: ["npy", "signjoey"])
+    prefix: FileStem = "features"
+    dtype: Literal["float16", "float32"] = "float16"
+    calibrate_bn: NonNegativeInt = 8
     seed: int = 0
     out: str = "runs/features"
     progress: bool = True
+    overwrite: bool = False
 
 
 def build_backbone(cfg: ExtractConfig) -> torch.nn.Module:
     """The backbone from a finetune_ctc checkpoint, from weights, or seeded random init."""
-    if cfg.checkpoint and cfg.weights:
-        raise SignstreamError("set either checkpoint= (a finetune_ctc model) or weights=, not both")
     if cfg.checkpoint:
         return load_backbone(cfg.checkpoint)[0]
     torch.manual_seed(cfg.seed)  # identical random init on every rank
@@ -106,11 +133,66 @@ def check_config(cfg: ExtractConfig) -> Path:
     for split in cfg.splits:
         if not (shards / split / "manifest.json").exists():
             raise SignstreamError(f"no packed split {split!r} in {shards} (missing {shards / split / 'manifest.json'})")
-    for name in cfg.writers:
-        get_writer(name)
-    if cfg.precision not in PRECISIONS:
-        raise SignstreamError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if not cfg.splits:
+        raise SignstreamError("splits is empty; name at least one packed split")
+    if not (shards / "glosses.txt").is_file():
+        raise SignstreamError(f"{shards} is not a pack output (no glosses.txt)")
+    if cfg.checkpoint and cfg.weights:
+        raise SignstreamError("set either checkpoint= (a finetune_ctc model) or weights=, not both")
     return shards
+
+
+def run_fingerprint(cfg: ExtractConfig, shards: Path) -> dict:
+    """Everything that determines the features: model, weights, options, shard manifests."""
+    random_init = not (cfg.weights or cfg.checkpoint)
+    model = {"backbone": None if cfg.checkpoint else cfg.backbone,
+             "stop_after": None if cfg.checkpoint else cfg.stop_after,
+             "weights": outputs.file_digest(cfg.weights), "checkpoint": outputs.file_digest(cfg.checkpoint)}
+    if random_init:  # seeded init, then BatchNorm calibrated on the first split's first videos
+        model.update(seed=cfg.seed, calibrate_bn=cfg.calibrate_bn, calibrated_on=outputs.file_digest(
+            shards / cfg.splits[0] / "manifest.json") if cfg.calibrate_bn else None)
+    options = {k: getattr(cfg, k) for k in ("image_size", "precision", "mode", "clip_len", "stride",
+                                            "chunk_len", "dtype")}
+    options["precision"] = "fp32" if cfg.precision == "no" else cfg.precision
+    return {"model": model, "options": options,
+            "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in cfg.splits}}
+
+
+def compatible(old: dict, new: dict) -> bool:
+    """Same model and options; every split extracted before came from the same shards."""
+    return (old.get("model") == new["model"] and old.get("options") == new["options"]
+            and all(old.get("shards", {}).get(s, d) == d for s, d in new["shards"].items()))
+
+
+def owned_files(out: Path, record: dict):
+    """The files an earlier extraction into ``out`` wrote (deleted on ``overwrite=true``)."""
+    config = record.get("config") or {}
+    splits = set(config.get("splits") or []) | set((record.get("fingerprint") or {}).get("shards", {}))
+    prefix = str(config.get("prefix") or "features")
+    for split in sorted(s for s in splits if isinstance(s, str) and re.fullmatch(r"[\w.-]+", s)):
+        yield from _store_files(out / split)
+        yield out / f"{prefix}.{split}"
+        shard_dir = out / "feature-shards" / split
+        if shard_dir.is_dir():
+            yield from (p for p in shard_dir.iterdir() if re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)", p.name))
+    yield from (out / n for n in ("summary.json", "config.yaml", "glosses.txt"))
+
+
+def _store_files(folder: Path):
+    # a sidecar proves its pair is ours; an .npy without one (a kill between the two writes) is
+    # left alone, and read by nothing
+    for sidecar, meta in store_entries(folder.parent, folder.name):
+        yield from (sidecar, sidecar.with_name(meta["file"]))
+    yield folder / INDEX_FILE
+
+
+def temp_dirs(out: Path, config: dict):
+    """Where this recipe's atomic writes put their temporary files, and the names written there."""
+    names = "|".join(re.escape(f"{config['prefix']}.{s}") for s in config["splits"])
+    yield out, re.compile(rf"summary\.json|config\.yaml|glosses\.txt|fingerprint\.json|{names}")
+    for split in config["splits"]:
+        yield out / split, re.compile(rf"{FILE_RE.pattern}|{re.escape(INDEX_FILE)}")
+        yield out / "feature-shards" / split, re.compile(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)")
 
 
 def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) -> dict:
@@ -120,18 +202,29 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
     loader = make_loader(shards / split, backend=cfg.backend, mode="eval", batch_size=cfg.batch_size,
                          transform=transform, shuffle=False, num_workers=cfg.num_workers,
                          device="cuda" if accelerator.device.type == "cuda" else "cpu")
+    shard_of = {ref.key: shard.path.name for shard in resolve_shards(shards / split).shards
+                for ref in shard.samples}
     counts = {"videos": 0, "resumed": 0, "frames": 0, "features": 0}
+    skipped, seen = [], set()
     bar = _bar(accelerator, cfg, loader, split)
     for batch in loader:
         for i, meta in enumerate(batch.meta):
-            if is_done(out, split, meta["name"]):
+            key = file_key(batch.keys[i])
+            reason = ("no metadata (the sample has no readable JSON with a name)" if not meta.get("name")
+                      else f"duplicate key {key!r} in this split" if key in seen else None)
+            if reason:
+                skipped.append({"key": batch.keys[i], "shard": shard_of.get(batch.keys[i], "?"), "reason": reason})
+                print(f"warning: skipped {batch.keys[i]} ({skipped[-1]['shard']}): {reason}", file=sys.stderr)
+                continue
+            seen.add(key)
+            if is_done(out, split, key):
                 counts["resumed"] += 1
                 continue
             video = batch.video[i, :, : int(batch.lengths[i])]
             feats = extract_features(model, video, cfg.mode, clip_len=cfg.clip_len, stride=cfg.stride,
                                      chunk_len=cfg.chunk_len, autocast=PRECISIONS[cfg.precision])
-            write_video(out, split, {k: meta.get(k) for k in ("name", "key", "signer", "gloss", "text",
-                                                              "num_frames")}, feats.numpy(), cfg.dtype)
+            write_video(out, split, key, {k: meta.get(k) for k in ("name", "signer", "gloss", "text",
+                                                                   "num_frames")}, feats.numpy(), cfg.dtype)
             counts["videos"] += 1
             counts["frames"] += int(batch.lengths[i])
             counts["features"] += int(feats.shape[0])
@@ -139,7 +232,7 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
             bar.update(len(batch.meta))
     if bar is not None:
         bar.close()
-    counts["skipped"] = loader.stats.as_dict().get("skipped", [])
+    counts["skipped"] = loader.stats.as_dict().get("skipped", []) + skipped
     return counts
 
 
@@ -155,14 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExtractConfig, argv)
     shards = check_config(cfg)
     out = Path(cfg.out)
+    fingerprint = run_fingerprint(cfg, shards)
+    verdict = outputs.claim(out, "extract_features", fingerprint, overwrite=cfg.overwrite, compatible=compatible)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     model = build_backbone(cfg).to(accelerator.device).eval()
     if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
         calibrate(model, cfg, shards, accelerator.device)
+    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        outputs.prepare(out, "extract_features", fingerprint, verdict, dataclasses.asdict(cfg),
+                        owned_files, temp_dirs)
         save_config(cfg, out / "config.yaml")
         remote.copy_file(shards / "glosses.txt", out / "glosses.txt")
+    accelerator.wait_for_everyone()
     t0 = time.perf_counter()
     per_split = {}
     for split in cfg.splits:
@@ -172,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     memory = gather_object([peak_memory()])
     if accelerator.is_main_process:
-        outputs = {split: {w: str(get_writer(w)(out, out, split, prefix=cfg.prefix)) for w in cfg.writers}
+        merged = {split: {w: str(get_writer(w)(out, out, split, prefix=cfg.prefix)) for w in cfg.writers}
                    for split in cfg.splits}
         frames = sum(c["frames"] for c in per_split.values())
-        summary = {"splits": per_split, "outputs": outputs, "seconds": round(seconds, 2),
+        summary = {"splits": per_split, "outputs": merged, "seconds": round(seconds, 2),
                    "frames_per_s": round(frames / seconds, 1) if seconds else None,
                    "processes": accelerator.num_processes, "backbone": cfg.backbone,
                    "feature_dim": model.num_features, "peak_memory_per_rank": memory}

@@ -12,19 +12,27 @@ precision and gradient accumulation through Accelerate, gradient clipping, dev
 WER after every epoch, the best epoch kept.
 
 Outputs in ``out``: ``config.yaml``, ``glosses.txt``, ``checkpoints/epoch_NNN``
-(``accelerator.save_state``: rerunning the same command resumes exactly),
+(``accelerator.save_state``: rerunning the same command resumes exactly — every
+step seeds dropout from (seed, epoch, step, rank), so loader workers and
+restarts draw nothing that matters — and only the same configuration resumes:
+``fingerprint.json`` holds the config and the hashes of weights and shards;
+another configuration into the same ``out`` is refused unless ``overwrite=true``),
 ``model.safetensors`` (last epoch) and ``best.safetensors`` (best dev WER) —
 both accepted by ``extract_features`` as ``checkpoint=`` — and ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -34,12 +42,29 @@ from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.fileio import write_json
 from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
-from signstream.models.head import ctc_loss
+from signstream.models.decoding import get_decoder
+from signstream.models.head import ctc_loss, get_head
 from signstream.models.vocab import Vocabulary
-from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
+from signstream.recipes import outputs
+from signstream.recipes.config import (
+    Choice,
+    FileStem,
+    Matches,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Range,
+    main_guard,
+    parse_config,
+    peak_memory,
+    save_config,
+)
 from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.replicas import replica_report
 from signstream.recipes.schedules import warmup_cosine
+from signstream.tools.cleanup import get_cleanup
 from signstream.tools.wer import wer_score
 
 
@@ -48,38 +73,66 @@ class FinetuneConfig:
     """Fine-tune a backbone + gloss classifier with CTC on packed shards."""
 
     shards: str = ""
-    train_split: str = "train"
-    dev_split: str = "dev"
+    train_split: FileStem = "train"
+    dev_split: FileStem = "dev"
     backbone: str = "s3d"
     weights: str | None = None
-    stop_after: int | None = None
-    head: str = "linear"
-    hidden: int = 256
-    dropout: float = 0.1
-    freeze: str = "none"
-    bn_momentum: float | None = 0.1
+    stop_after: PositiveInt | None = None
+    head: typing.Annotated[str, Choice(get_head)] = "linear"
+    hidden: PositiveInt = 256
+    dropout: Probability = 0.1
+    freeze: typing.Annotated[str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")] = "none"
+    bn_momentum: typing.Annotated[float, Range(0, 1)] | None = 0.1
     grad_checkpointing: bool = False
-    image_size: int = 112
-    max_frames: int = 64
-    temporal_rescale: list[float] | None = field(default_factory=lambda: [0.5, 1.5])
-    frame_stride: int = 1
-    batch_size: int = 2
-    grad_accum: int = 1
-    epochs: int = 10
-    lr: float = 1e-3
-    backbone_lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    clip_grad: float = 1.0
-    precision: str = "no"
-    backend: str = "pyav"
-    num_workers: int = 1
-    decoder: str = "greedy"
-    cleanup: str = "phoenix2014"
-    max_steps_per_epoch: int | None = None
+    image_size: PositiveInt = 112
+    max_frames: PositiveInt = 64
+    temporal_rescale: list[PositiveFloat] | None = field(default_factory=lambda: [0.5, 1.5])
+    frame_stride: PositiveInt = 1
+    batch_size: PositiveInt = 2
+    grad_accum: PositiveInt = 1
+    epochs: PositiveInt = 10
+    lr: PositiveFloat = 1e-3
+    backbone_lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-4
+    warmup_steps: NonNegativeInt = 100
+    clip_grad: NonNegativeFloat = 1.0
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    backend: Literal["pyav", "dali", "auto"] = "pyav"
+    num_workers: NonNegativeInt = 1
+    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
+    max_steps_per_epoch: PositiveInt | None = None
     seed: int = 0
     out: str = "runs/finetune"
     resume: bool = True
+    overwrite: bool = False
+
+
+# Config keys that do not change what a run computes: a rerun may change them and still resume.
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights")
+
+
+def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
+    """The config (less what does not change the numbers), weight-file and shard hashes."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    return {"config": config, "weights": outputs.file_digest(cfg.weights),
+            "glosses": outputs.file_digest(shards / "glosses.txt"),
+            "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in (cfg.train_split, cfg.dev_split)}}
+
+
+def owned_files(out: Path, record: dict):
+    """The files an earlier fine-tuning run into ``out`` wrote (deleted on ``overwrite=true``)."""
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir():
+        yield from (p for p in ckpts.iterdir() if re.fullmatch(r"epoch_\d{3,}", p.name))
+    yield from (out / n for n in ("config.yaml", "glosses.txt", "model.safetensors", "best.safetensors",
+                                  "metrics.json"))
+
+
+def temp_dirs(out: Path, config: dict):
+    """Where this recipe's atomic writes put temporary files, and the names written there."""
+    yield out, re.compile(r"config\.yaml|glosses\.txt|model\.safetensors|best\.safetensors|metrics\.json"
+                          r"|fingerprint\.json")
 
 
 def backbone_options(cfg: FinetuneConfig) -> dict:
@@ -141,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     shards, out = remote.location(cfg.shards), Path(cfg.out)  # shards: a directory or a URL
     if not (shards / "glosses.txt").exists():
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
+    if cfg.temporal_rescale and len(cfg.temporal_rescale) != 2:
+        raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
+    fingerprint = run_fingerprint(cfg, shards)
+    verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
+    if verdict == "resume" and not cfg.resume:
+        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     with remote.local_copy(shards / "glosses.txt") as glosses:
@@ -167,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * math.ceil(steps_per_epoch / cfg.grad_accum), cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        outputs.prepare(out, "finetune_ctc", fingerprint, verdict, dataclasses.asdict(cfg), owned_files, temp_dirs)
         save_config(cfg, out / "config.yaml")
         vocab.save(out / "glosses.txt")
+    accelerator.wait_for_everyone()
     start, history = resume(accelerator, out, cfg)
     meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
                                {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
@@ -202,6 +263,8 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, ep
         if step >= steps:
             break
         ys, ylens = targets(batch, vocab)
+        # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
+        torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
         with accelerator.accumulate(model):
             log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
             loss = ctc_loss(log_probs, ys, out_lengths, ylens)

@@ -9,17 +9,26 @@ transformer, or linear) is trained with CTC (blank 0) on the train split; dev
 WER is computed every epoch with the PHOENIX cleanup and the best epoch is kept.
 Outputs in ``out``: ``config.yaml``, ``checkpoints/epoch_NNN`` (exact resume
 via ``accelerator.save_state``), ``head_best.safetensors``, per split
-hypotheses / references / CTM / STM, and ``metrics.json``.
+hypotheses / references / CTM / STM, and ``metrics.json``. Only the same
+configuration on the same features resumes: ``fingerprint.json`` holds the
+config and a hash of the loaded features and vocabulary; another run into the
+same ``out`` is refused unless ``overwrite=true``. SignJoey pickles are read
+with a restricted unpickler (data and tensors only), never plain ``pickle``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import re
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -30,11 +39,26 @@ from torch.utils.data import DataLoader
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import FeatureSample, load_split
 from signstream.loaders.fileio import write_json
-from signstream.models.head import RecognitionHead, ctc_loss
+from signstream.models.decoding import get_decoder
+from signstream.models.head import RecognitionHead, ctc_loss, get_head
 from signstream.models.vocab import Vocabulary
-from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
+from signstream.recipes import outputs
+from signstream.recipes.config import (
+    Choice,
+    FileStem,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    main_guard,
+    parse_config,
+    peak_memory,
+    save_config,
+)
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
+from signstream.tools.cleanup import get_cleanup
 
 
 @dataclass
@@ -42,28 +66,67 @@ class TrainHeadConfig:
     """Train a CTC recognition head on extracted features."""
 
     features: str = ""
-    format: str = "auto"
+    format: Literal["auto", "npy", "signjoey", "shards"] = "auto"
     vocab: str = ""
-    train_split: str = "train"
-    eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"])
-    head: str = "conv_bilstm"
-    hidden: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    dropout: float = 0.2
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    clip_grad: float = 1.0
-    decoder: str = "greedy"
-    beam_width: int = 5
-    cleanup: str = "phoenix2014"
-    precision: str = "no"
+    train_split: FileStem = "train"
+    eval_splits: list[FileStem] = field(default_factory=lambda: ["dev", "test"])
+    head: typing.Annotated[str, Choice(get_head)] = "conv_bilstm"
+    hidden: PositiveInt = 256
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    dropout: Probability = 0.2
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    warmup_steps: NonNegativeInt = 50
+    clip_grad: NonNegativeFloat = 1.0
+    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    beam_width: PositiveInt = 5
+    cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
+    precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     out: str = "runs/head"
     resume: bool = True
+    overwrite: bool = False
+
+
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab")
+
+
+def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
+    """A hash of what training reads: every sample's name, labels and feature values, and the vocabulary."""
+    h = hashlib.sha256(outputs.file_digest(vocab_path).encode())
+    for split in sorted(datasets):
+        for s in datasets[split].samples:
+            h.update(json.dumps([split, s.name, s.gloss, s.signer, str(s.features.dtype),
+                                 list(s.features.shape)]).encode())
+            h.update(memoryview(s.features.tobytes() if not s.features.flags.c_contiguous else s.features).cast("B"))
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg: TrainHeadConfig, datasets: dict, vocab_path: Path) -> dict:
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    return {"config": config, "data": data_digest(datasets, vocab_path)}
+
+
+def owned_files(out: Path, record: dict):
+    """The files an earlier head-training run into ``out`` wrote (deleted on ``overwrite=true``)."""
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir():
+        yield from (p for p in ckpts.iterdir() if re.fullmatch(r"epoch_\d{3,}", p.name))
+    config = record.get("config") or {}
+    for split in config.get("eval_splits") or []:
+        if isinstance(split, str) and re.fullmatch(r"[\w.-]+", split):
+            yield from (out / f"{split}.{ext}" for ext in ("hyp.txt", "ref.txt", "ctm", "stm"))
+    yield from (out / n for n in ("config.yaml", "glosses.txt", "head_best.safetensors", "metrics.json"))
+
+
+def temp_dirs(out: Path, config: dict):
+    """Where this recipe's atomic writes put temporary files, and the names written there."""
+    splits = "|".join(re.escape(s) for s in config["eval_splits"]) or "(?!)"
+    yield out, re.compile(rf"config\.yaml|glosses\.txt|metrics\.json|fingerprint\.json"
+                          rf"|({splits})\.(hyp\.txt|ref\.txt|ctm|stm)")
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -124,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Vocabulary.from_file(vocab_path)
     datasets = {s: FeatureDataset(load_split(features, s, cfg.format), vocab)
                 for s in [cfg.train_split, *cfg.eval_splits]}
+    fingerprint = run_fingerprint(cfg, datasets, vocab_path)
+    verdict = outputs.claim(out, "train_head", fingerprint, overwrite=cfg.overwrite)
+    if verdict == "resume" and not cfg.resume:
+        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
     train = datasets[cfg.train_split]
     dim = train.samples[0].features.shape[1]
     model = RecognitionHead(dim, len(vocab), kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout,
@@ -137,10 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, cfg.warmup_steps))
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {s: accelerator.prepare(dl) for s, dl in eval_loaders.items()}
+    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        outputs.prepare(out, "train_head", fingerprint, verdict, dataclasses.asdict(cfg), owned_files, temp_dirs)
         save_config(cfg, out / "config.yaml")
         vocab.save(out / "glosses.txt")
+    accelerator.wait_for_everyone()
     ckpt, start = latest_checkpoint(out / "checkpoints") if cfg.resume else (None, -1)
     history = []
     if ckpt is not None:
@@ -153,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         train_loader.set_epoch(epoch)
         total, count = 0.0, 0
-        for x, lengths, y, ylen, _ in train_loader:
+        for step, (x, lengths, y, ylen, _) in enumerate(train_loader):
+            torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
             log_probs, out_lengths = model(x, lengths)
             loss = ctc_loss(log_probs, y, out_lengths, ylen)
             accelerator.backward(loss)

@@ -90,21 +90,23 @@ def run_pipeline(out: Path, args, stages: Stages) -> dict:
         raise SignstreamError("verify found problems: " + "; ".join(report["problems"][:3]))
     common = [f"shards={p['shards']}", f"seed={args.seed}"]
     stages.run("finetune", lambda: recipe("finetune_ctc", "finetune_ctc-synthetic-s3d.yaml", *common,
-                                          f"out={p['finetune']}", f"epochs={args.epochs}", "resume=false"),
+                                          f"out={p['finetune']}", f"epochs={args.epochs}", "resume=false",
+                                          "overwrite=true"),
                frames_of=lambda _: _train_frames(p["finetune"]),
                memory_of=lambda _: _json(p["finetune"] / "metrics.json")["peak_rss_mb"])
     for key, extra in (("features", f"checkpoint={p['finetune'] / 'best.safetensors'}"),
                        ("features_random", "checkpoint=none")):
         stages.run(f"extract{'' if key == 'features' else ' (random)'}",
                    lambda key=key, extra=extra: recipe("extract_features", "extract-synthetic.yaml", *common,
-                                                       extra, f"out={p[key]}", "progress=false"),
+                                                       extra, f"out={p[key]}", "progress=false",
+                                                       "overwrite=true"),
                    frames_of=lambda _, key=key: sum(s["frames"] for s in _json(p[key] / "summary.json")["splits"].values()),
                    memory_of=lambda _, key=key: _json(p[key] / "summary.json")["peak_memory_per_rank"][0]["peak_rss_mb"])
     for key, feats in (("head", "features"), ("head_random", "features_random")):
         stages.run(f"head{'' if key == 'head' else ' (random)'}",
                    lambda key=key, feats=feats: recipe("train_head", "train_head-synthetic.yaml",
                                                        f"features={p[feats]}", f"out={p[key]}",
-                                                       f"seed={args.seed}", "resume=false"),
+                                                       f"seed={args.seed}", "resume=false", "overwrite=true"),
                    memory_of=lambda _, key=key: _json(p[key] / "metrics.json")["peak_rss_mb"])
     return {**{k: str(v) for k, v in p.items()}, "corpus": str(root)}
 

@@ -1,7 +1,10 @@
 """Feature writers: per-video ``.npy``, SignJoey / SLRT pickles, feature shards.
 
 Extraction writes every video's features once, atomically, as
-``<dir>/<split>/<name>.npy`` (``[T', D]``) with a JSON sidecar of its metadata;
+``<dir>/<split>/<key>.npy`` (``[T', D]``) with a JSON sidecar ``<key>.json`` of
+its metadata, named by the sample's unique shard key (never by the corpus name,
+which may repeat or hold path separators); ``<split>/features.index.json``
+lists them;
 that per-video store is what makes extraction resumable and lets each rank
 write only the videos it owns. The other formats are *merged* from it by the
 main process after all ranks finish:
@@ -28,55 +31,113 @@ from pathlib import Path
 import numpy as np
 
 from signstream import SignstreamError
+from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.shardio import write_index, write_tar
 
-INDEX_FILE = "features.json"
+# The split index has a dot inside its stem, so no ``<key>.json`` sidecar can ever be named like it
+# (keys are dot-free); run-level files (summary.json, config.yaml) live one folder up.
+KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+FILE_RE = re.compile(r"[A-Za-z0-9_-]+\.(?:npy|json)")  # what a per-video store holds, besides the index
 
 
-def safe_name(name: str) -> str:
-    """A file-system safe form of a corpus name (path separators replaced)."""
-    return re.sub(r"[/\\\0]", "_", name)
+def file_key(key: str) -> str:
+    """The file stem of a sample: its shard key, which pack makes unique and dot-free.
+
+    A key from elsewhere is sanitised the way pack makes keys, so that no
+    metadata can name a file outside the split folder.
+    """
+    return key if KEY_RE.fullmatch(key) else (re.sub(r"[^A-Za-z0-9_-]", "_", key) or "sample")
 
 
-def video_paths(store: Path, split: str, name: str) -> tuple[Path, Path]:
-    """The ``.npy`` file and JSON sidecar of one video in a per-video store."""
-    base = str(store / split / safe_name(name))  # names may hold dots: append, never with_suffix
-    return Path(base + ".npy"), Path(base + ".json")
+def video_paths(store: Path, split: str, key: str) -> tuple[Path, Path]:
+    """The ``.npy`` file and JSON sidecar of one video (named by its shard key) in a store."""
+    base = store / split / file_key(key)
+    return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
 
 
-def is_done(store: Path, split: str, name: str) -> bool:
+def is_done(store: Path, split: str, key: str) -> bool:
     """True when both files of a video exist (both are written atomically, JSON last)."""
-    npy, meta = video_paths(store, split, name)
+    npy, meta = video_paths(store, split, key)
     return npy.exists() and meta.exists()
 
 
-def write_video(store: Path, split: str, meta: dict, features: np.ndarray, dtype: str = "float16") -> None:
+def write_video(store: Path, split: str, key: str, meta: dict, features: np.ndarray,
+                dtype: str = "float16") -> None:
     """Write one video's ``[T', D]`` features and its metadata, atomically, JSON last."""
-    npy, sidecar = video_paths(store, split, meta["name"])
+    npy, sidecar = video_paths(store, split, key)
     with atomic_write(npy, "wb") as f:
         np.save(f, np.ascontiguousarray(features, dtype=dtype))
-    write_json(sidecar, {**meta, "feature_frames": int(features.shape[0]),
+    write_json(sidecar, {**meta, "key": npy.name[:-4], "feature_frames": int(features.shape[0]),
                          "feature_dim": int(features.shape[1]), "file": npy.name})
 
 
-def read_store(store: Path, split: str) -> list[tuple[dict, np.ndarray]]:
-    """All videos of a split in a per-video store, sorted by name."""
-    items = []
-    for sidecar in sorted((store / split).glob("*.json")):
-        if sidecar.name == INDEX_FILE:
+def store_entries(store: Path, split: str) -> list[tuple[Path, dict]]:
+    """The sidecars of a split's per-video store and their metadata, in file order.
+
+    Only sidecars this project wrote count (``<key>.json`` naming its
+    ``<key>.npy``, which exists); other files in the folder are left alone.
+    """
+    entries = []
+    folder = store / split
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not FILE_RE.fullmatch(sidecar.name):
             continue
-        meta = json.loads(sidecar.read_text())
-        items.append((meta, np.load(sidecar.with_name(meta["file"]))))
-    return sorted(items, key=lambda it: it[0]["name"])
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        stem = sidecar.name[:-5]
+        if (isinstance(meta, dict) and meta.get("file") == f"{stem}.npy" and isinstance(meta.get("name"), str)
+                and sidecar.with_name(f"{stem}.npy").is_file()):
+            entries.append((sidecar, {**meta, "key": stem}))
+    return entries
+
+
+def _order(meta: dict) -> tuple[str, str]:
+    return meta["name"], meta["key"]
+
+
+def read_store(store: Path, split: str) -> list[tuple[dict, np.ndarray]]:
+    """All videos of a split in a per-video store, sorted by name (then key)."""
+    items = [(meta, np.load(sidecar.with_name(meta["file"]))) for sidecar, meta in store_entries(store, split)]
+    return sorted(items, key=lambda it: _order(it[0]))
 
 
 def write_store_index(store: Path, split: str) -> int:
-    """Write ``<store>/<split>/features.json`` listing the split's videos; returns the count."""
-    metas = sorted((json.loads(p.read_text()) for p in (store / split).glob("*.json")
-                    if p.name != INDEX_FILE), key=lambda m: m["name"])
+    """Write ``<store>/<split>/features.index.json`` listing the split's videos; returns the count."""
+    metas = sorted((meta for _, meta in store_entries(store, split)), key=_order)
     write_json(store / split / INDEX_FILE, {"split": split, "videos": metas})
     return len(metas)
+
+
+def unique_names(metas: list[dict]) -> list[str]:
+    """Corpus names, with the shard key standing in for a name that occurs more than once.
+
+    SignJoey merges entries that share a name (concatenating their features), so
+    a merged file must never repeat one.
+    """
+    counts: dict[str, int] = {}
+    for m in metas:
+        counts[m["name"]] = counts.get(m["name"], 0) + 1
+    return [m["name"] if counts[m["name"]] == 1 else m["key"] for m in metas]
+
+
+class _DeterministicPickler(pickle.Pickler):
+    """Pickles tensor storages without the memory address torch's default reduction embeds.
+
+    The result loads with plain ``pickle.load`` (as SignJoey and SLRT read it),
+    and the same features give the same bytes in every run.
+    """
+
+    def reducer_override(self, obj):
+        import torch
+
+        if isinstance(obj, torch.storage.TypedStorage):
+            buf = io.BytesIO()
+            torch.save(obj, buf)  # zip format: storage keys are counters, not addresses
+            return torch.storage._load_from_bytes, (buf.getvalue(),)
+        return NotImplemented
 
 
 def npy_writer(store: Path, out: Path, split: str, **_) -> Path:
@@ -89,12 +150,15 @@ def signjoey_writer(store: Path, out: Path, split: str, prefix: str = "features"
     """Merge a split into one SignJoey gzip pickle ``<out>/<prefix>.<split>``."""
     import torch
 
-    entries = [{"name": m["name"], "signer": m.get("signer", ""), "gloss": m.get("gloss", ""),
-                "text": m.get("text", ""), "sign": torch.from_numpy(np.asarray(f, dtype=np.float32)),
-                "num_frames": int(m.get("num_frames", f.shape[0]))} for m, f in read_store(store, split)]
+    items = read_store(store, split)
+    names = unique_names([m for m, _ in items])
+    entries = [{"name": name, "signer": m.get("signer") or "", "gloss": m.get("gloss") or "",
+                "text": m.get("text") or "", "sign": torch.from_numpy(np.asarray(f, dtype=np.float32)),
+                "num_frames": int(m.get("num_frames") or f.shape[0])} for name, (m, f) in zip(names, items)]
     path = out / f"{prefix}.{split}"
-    with atomic_write(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        pickle.dump(entries, gz, protocol=pickle.HIGHEST_PROTOCOL)
+    # filename="" and mtime=0: the gzip header would otherwise hold the temporary name and the time
+    with atomic_write(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+        _DeterministicPickler(gz, protocol=4).dump(entries)
     return path
 
 
@@ -110,7 +174,7 @@ def shards_writer(store: Path, out: Path, split: str, max_samples: int = 1000, *
         for meta, feats in items[start : start + max_samples]:
             buf = io.BytesIO()
             np.save(buf, feats)
-            key = meta.get("key") or safe_name(meta["name"]).replace(".", "_")
+            key = meta["key"]  # the file stem in the store: sanitised, never a path from the metadata
             samples.append([(f"{key}.npy.zst", cctx.compress(buf.getvalue())),
                             (f"{key}.json", json.dumps(meta, sort_keys=True).encode())])
         tar = split_dir / f"{split}-{number:06d}.tar"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 import yaml
 
 from signstream import SignstreamError
-from signstream.recipes.config import parse_config, save_config
+from signstream.recipes.config import (
+    NonNegativeInt,
+    PositiveInt,
+    Probability,
+    parse_config,
+    save_config,
+)
 
 
 @dataclass
@@ -58,3 +65,23 @@ def test_saved_config_reloads_to_the_same_values(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["splits"] == ["dev", "test"]
     assert parse_config(Demo, ["--config", str(tmp_path / "config.yaml")]) == cfg
+
+
+@dataclass
+class Checked:
+    """A config with checked fields."""
+
+    workers: NonNegativeInt = 1
+    rate: Probability = 0.1
+    mode: Literal["dense", "window"] = "dense"
+    sizes: list[PositiveInt] = field(default_factory=lambda: [1])
+    limit: PositiveInt | None = None
+
+
+def test_checked_fields_accept_bounds_and_refuse_values_outside_them():
+    cfg = parse_config(Checked, ["workers=0", "rate=0", "mode=window", "sizes=1,2", "limit=none"])
+    assert cfg == Checked(workers=0, rate=0.0, mode="window", sizes=[1, 2], limit=None)
+    for arg, message in [("workers=-1", "out of range"), ("rate=1", "out of range"), ("mode=foo", "not one of"),
+                         ("sizes=1,0", "out of range"), ("limit=0", "out of range"), ("workers=1.5", "as int")]:
+        with pytest.raises(SignstreamError, match=message):
+            parse_config(Checked, [arg])

@@ -27,7 +27,7 @@ def make_features(root, seed=0, n_train=40, n_eval=10, dim=16):
             frames = frames + rng.normal(scale=0.3, size=frames.shape)
             meta = {"name": f"{split}_{i:03d}", "gloss": " ".join(GLOSSES[g] for g in ids),
                     "signer": "S1", "num_frames": len(frames)}
-            write_video(root, split, meta, frames.astype(np.float32), dtype="float32")
+            write_video(root, split, meta["name"], meta, frames.astype(np.float32), dtype="float32")
         get_writer("npy")(root, root, split)
     (root / "glosses.txt").write_text("\n".join(GLOSSES) + "\n")
     return root

@@ -20,7 +20,7 @@ def _store(tmp_path, n=5, dim=6):
     for i in range(n):
         meta = {"name": f"vid.{i}", "key": f"vid_{i}", "signer": f"S{i % 2}", "gloss": "A B",
                 "text": "a b", "num_frames": 10 + i}
-        write_video(store, "dev", meta, rng.normal(size=(3 + i, dim)).astype(np.float32), dtype="float32")
+        write_video(store, "dev", meta["key"], meta, rng.normal(size=(3 + i, dim)).astype(np.float32), dtype="float32")
     return store
 
 
@@ -70,9 +70,9 @@ def test_feature_shards_are_deterministic(tmp_path):
 
 def test_video_counts_as_done_only_when_both_files_exist(tmp_path):
     store = _store(tmp_path, n=1)
-    assert is_done(store, "dev", "vid.0")
-    (store / "dev" / "vid.0.json").unlink()
-    assert not is_done(store, "dev", "vid.0")
+    assert is_done(store, "dev", "vid_0")
+    (store / "dev" / "vid_0.json").unlink()
+    assert not is_done(store, "dev", "vid_0")
 
 
 def test_unknown_writer_is_a_clear_error():

@@ -13,7 +13,7 @@ from signstream.tools.cli import main as cli
 from signstream.tools.pack import pack_corpus
 from signstream.tools.verify import verify
 
-PACK = ["--splits", "dev,test", "--max-samples", "2", "--workers", "1", "--quiet"]
+PACK = ["--splits", "train,dev", "--max-samples", "2", "--workers", "1", "--quiet"]
 
 
 def _s3fs():
@@ -33,14 +33,14 @@ def test_pack_into_a_bucket_gives_the_bytes_of_a_local_pack_manifests_last(synth
     assert cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", url, *PACK]) == 0
     assert f"{url}/glosses.txt" in capsys.readouterr().out
     local = tmp_path / "local"
-    pack_corpus("phoenix2014", local, root=synth_root, splits=["dev", "test"], max_samples=2, workers=1,
+    pack_corpus("phoenix2014", local, root=synth_root, splits=["train", "dev"], max_samples=2, workers=1,
                 progress=False)
     for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "pack-stats.json"):
         rel = path.relative_to(local).as_posix()
         assert fs.cat_file(f"pack-target/corpus/{rel}") == path.read_bytes(), rel
     manifests = [i for i, rel in enumerate(order) if rel.endswith("manifest.json")]
     assert len(manifests) == 2 and min(manifests) == len(order) - 2  # manifests go last
-    for split in ("dev", "test"):
+    for split in ("train", "dev"):
         for shard in json.loads((local / split / "manifest.json").read_text())["shards"]:
             idx, tar = order.index(f"{split}/{shard['index']}"), order.index(f"{split}/{shard['file']}")
             assert idx < tar  # a tar never shows up without its index
