@@ -15,3 +15,15 @@ class SignstreamError(Exception):
     The CLI prints its message on one line (no traceback) and exits with 2.
     Messages name the file, key or row at fault.
     """
+
+
+def lookup(table: dict, name: str, what: str):
+    """Return ``table[name]``; an unknown name is a :class:`SignstreamError` listing the choices.
+
+    The one look-up helper for the registries users extend (backbones, loader
+    backends, feature writers, heads): ``lookup(BACKENDS, "pyav", "loader backend")``.
+    """
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise SignstreamError(f"unknown {what} {name!r}; choose from {', '.join(sorted(map(str, table)))}") from None
