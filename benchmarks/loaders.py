@@ -166,13 +166,10 @@ class _BareDecode(torch.utils.data.IterableDataset):
         items = self._items()
         start, stop = rank_range(len(items), worker, workers)
         if self.kind == "png":
-            import glob
-
             for it in items[start:stop]:
-                files = sorted(glob.glob(it.frames))
-                for f in files:
+                for f in it.files:
                     cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
-                yield len(files)
+                yield len(it.files)
             return
         with SampleReader(resolve_shards(self.source)) as reader:
             for ref in items[start:stop]:

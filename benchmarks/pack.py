@@ -24,8 +24,8 @@ import av
 import cv2
 import numpy as np
 
+from signstream.loaders.corpora import phoenix2014
 from signstream.loaders.fileio import atomic_write, write_json
-from signstream.tools.corpora import phoenix2014
 from signstream.tools.pack import pack_corpus
 from signstream.tools.shardio import iter_samples
 

@@ -7,20 +7,19 @@ baseline and as a path for users without shards. It applies the same
 :class:`~signstream.loaders.batch.Batch` as the shard backends, and it reads
 only the frames the plan needs.
 
-Corpus tables are parsed here (the loaders depend on nothing else in the
-project): :data:`LAYOUTS` maps ``phoenix2014`` and ``phoenix2014t`` to
-functions returning :class:`FrameItem` s; a list of ``(name, frame_dir)``
-pairs works for anything else.
+Corpus tables are read by :mod:`signstream.loaders.corpora` (the tables pack
+reads: PHOENIX-2014 multisigner and SI5, PHOENIX-2014-T, CSV) and samples are
+keyed by :func:`signstream.loaders.format.make_keys`, so a video has the same
+key here as in its shard; a list of ``(name, frame_dir)`` pairs works for
+anything else.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
-import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import torch
 from signstream import SignstreamError
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import Batch, Decoded, SharedRing, collate
+from signstream.loaders.corpora import Row, csv_table, get_adapter
+from signstream.loaders.format import make_keys
 from signstream.loaders.shards import rank_range
 from signstream.loaders.stats import Report, Skipped, get_handler
 from signstream.loaders.transform import (
@@ -42,95 +43,76 @@ from signstream.loaders.transform import (
     sample_rng,
 )
 
-FRAMES_DIR = Path("features") / "fullFrame-210x260px"
-
 
 @dataclass(frozen=True)
 class FrameItem:
-    """One video as a frame folder: a glob (or folder) and its metadata."""
+    """One video as a frame folder: its frame files in temporal order and its metadata.
+
+    ``problem`` says why the frames could not be listed (the item is then
+    skipped and named when it is loaded, as a shard backend skips a bad sample).
+    """
 
     name: str
-    frames: str
+    files: tuple[str, ...]
+    folder: str
     meta: dict[str, Any] = field(default_factory=dict)
-    fallback: str | None = None
-
-
-def sanitize_key(name: str) -> str:
-    """A dot-free key like the packer's (``[A-Za-z0-9_-]`` kept, the rest ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:80] or "sample"
+    problem: str | None = None
 
 
 # --------------------------------------------------------------------- layouts
-def _find_base(root: Path, candidates: tuple[str, ...], table: str) -> Path:
-    for cand in candidates:
-        base = root / cand if cand else root
-        if (base / "annotations" / "manual" / table).is_file():
-            return base
-    raise SignstreamError(f"corpus table {table} not found under {root}")
+def _row_items(rows: list[Row]) -> list[FrameItem]:
+    """Frame items of corpus-table rows, keyed exactly as pack keys them (per split, table order)."""
+    items = []
+    for row, key in zip(rows, make_keys(row.name for row in rows)):
+        if row.video:
+            raise SignstreamError(f"{row.table}:{row.row}: backend='pngdir' reads frame folders, "
+                                  f"not video files ({row.video}); pack the table and stream the shards")
+        folder = str(Path(row.frames[0]).parent) if row.frames else row.table
+        meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
+                "gloss": row.gloss, "text": row.text}
+        items.append(FrameItem(row.name, row.frames, folder, meta, row.problem))
+    return items
 
 
-def _read_rows(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="|", quoting=csv.QUOTE_NONE)
-        missing = [c for c in needed if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SignstreamError(f"{path}: missing column(s) {', '.join(missing)}")
-        return list(reader)
-
-
-def phoenix2014_items(root: Path, split: str) -> list[FrameItem]:
-    """PHOENIX-2014 multisigner: ``annotations/manual/<split>.corpus.csv`` (id|folder|signer|annotation)."""
-    base = _find_base(root, ("phoenix2014-release/phoenix-2014-multisigner", "phoenix-2014-multisigner", ""),
-                      f"{split}.corpus.csv")
-    rows = _read_rows(base / "annotations" / "manual" / f"{split}.corpus.csv", ("id", "folder", "annotation"))
-    return [FrameItem(r["id"], str(base / FRAMES_DIR / split / r["folder"]),
-                      {"name": r["id"], "key": sanitize_key(r["id"]), "split": split,
-                       "signer": r.get("signer", ""), "gloss": r["annotation"], "text": ""})
-            for r in rows]
-
-
-def phoenix2014t_items(root: Path, split: str) -> list[FrameItem]:
-    """PHOENIX-2014-T: ``PHOENIX-2014-T.<split>.corpus.csv``; frames are ``<name>/*.png`` on disk."""
-    table = f"PHOENIX-2014-T.{split}.corpus.csv"
-    base = _find_base(root, ("PHOENIX-2014-T-release-v3/PHOENIX-2014-T", "PHOENIX-2014-T", ""), table)
-    rows = _read_rows(base / "annotations" / "manual" / table, ("name", "video", "orth"))
-    frames = base / FRAMES_DIR / split
-    # The table says <name>/1/*.png but the release has no 1/ level: try both.
-    return [FrameItem(r["name"], str(frames / r["video"]),
-                      {"name": r["name"], "key": sanitize_key(r["name"]), "split": split,
-                       "signer": r.get("speaker", ""), "gloss": r["orth"], "text": r.get("translation", "")},
-                      fallback=str(frames / r["name"] / "*.png"))
-            for r in rows]
-
-
-LAYOUTS: dict[str, Callable[[Path, str], list[FrameItem]]] = {
-    "phoenix2014": phoenix2014_items,
-    "phoenix2014t": phoenix2014t_items,
-}
-
-
-def get_layout(name: str) -> Callable[[Path, str], list[FrameItem]]:
-    """Return the corpus-table reader for layout ``name``."""
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown corpus layout {name!r}; choose from {', '.join(LAYOUTS)}") from None
+def _pair_items(pairs: list | tuple) -> list[FrameItem]:
+    """Frame items of ``(name, frame_dir_or_glob)`` pairs."""
+    names = [str(n) for n, _ in pairs]
+    items = []
+    for (name, where), key in zip(zip(names, (d for _, d in pairs)), make_keys(names)):
+        pattern = str(Path(where) / "*.png") if Path(where).is_dir() else str(where)
+        files = tuple(sorted(glob.glob(pattern)))
+        items.append(FrameItem(name, files, str(Path(pattern).parent), {"name": name, "key": key},
+                               None if files else f"no frames match {pattern}"))
+    return items
 
 
 def corpus_items(source: Any, *, split: str | None = None, layout: str | None = None) -> list[FrameItem]:
-    """Frame folders to load: a PHOENIX root + split, or ``(name, frame_dir)`` pairs."""
+    """Frame folders to load: a corpus root or table + split, or ``(name, frame_dir)`` pairs.
+
+    Args:
+        source: a PHOENIX-2014 (multisigner or SI5) or PHOENIX-2014-T root, a
+            CSV/TSV table of frame folders (the tables ``signstream pack csv``
+            reads), or a list of ``(name, frame_dir_or_glob)`` pairs.
+        split: the split to load (needed with a PHOENIX root; with a table,
+            ``None`` loads every row).
+        layout: ``phoenix2014``, ``phoenix2014t`` or ``csv``; guessed when ``None``.
+    """
     if isinstance(source, (list, tuple)):
-        items = [FrameItem(str(n), str(Path(d) / "*.png") if Path(d).is_dir() else str(d),
-                           {"name": str(n), "key": sanitize_key(str(n))}) for n, d in source]
+        items = _pair_items(source)
     else:
-        root = Path(source)
-        if not root.is_dir():
-            raise SignstreamError(f"corpus root is not a directory: {root}")
-        if split is None:
-            raise SignstreamError("backend='pngdir' with a corpus root needs split= (train, dev or test)")
+        path = Path(source)
         if layout is None:
-            layout = "phoenix2014t" if any(root.glob("**/PHOENIX-2014-T.*.corpus.csv")) else "phoenix2014"
-        items = get_layout(layout)(root, split)
+            layout = "csv" if path.is_file() else (
+                "phoenix2014t" if any(path.glob("**/PHOENIX-2014-T.*.corpus.csv")) else "phoenix2014")
+        if layout == "csv":
+            rows = [r for r in csv_table(path) if split is None or r.split == split]
+        else:
+            if not path.is_dir():
+                raise SignstreamError(f"corpus root is not a directory: {path}")
+            if split is None:
+                raise SignstreamError("backend='pngdir' with a corpus root needs split= (train, dev or test)")
+            rows = get_adapter(layout)(path, splits=(split,))
+        items = _row_items(rows)
     if not items:
         raise SignstreamError(f"empty split: no videos listed in {source}" + (f" for {split}" if split else ""))
     return items
@@ -168,11 +150,10 @@ class PngDirDataset(torch.utils.data.Dataset):
         index, pass_, epoch = item
         it = self.items[index]
         report = Report()
-        files = sorted(glob.glob(it.frames)) or (sorted(glob.glob(it.fallback)) if it.fallback else [])
+        files, key = it.files, it.meta["key"]
         try:
-            if not files:
-                raise OSError(f"no frames match {it.frames}")
-            key = it.meta.get("key", sanitize_key(it.name))
+            if it.problem or not files:
+                raise OSError(it.problem or f"no frames listed for {it.name}")
             h, w = png_size(files[0])
             plan = plan_sample(len(files), h, w, self.transform, train=self.train,
                                rng=sample_rng(self.seed, epoch, key, pass_))
@@ -189,7 +170,7 @@ class PngDirDataset(torch.utils.data.Dataset):
                 rgb = cv2.cvtColor(img[y0:y0 + bh, x0:x0 + bw], cv2.COLOR_BGR2RGB)
                 emit_frame(clip, slots[j], crop_resize(rgb[None], (0, 0, bh, bw), plan.out_hw)[0], plan)
         except OSError as exc:
-            record = Skipped(it.meta.get("key", it.name), str(Path(it.frames).parent), str(exc))
+            record = Skipped(key, it.folder, str(exc))
             report.skipped.append(record)
             get_handler(self.handler)(record)
             return None, report

@@ -33,11 +33,11 @@ import numpy as np
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import atomic_write, write_json
+from signstream.loaders.format import is_key, sample_key
 from signstream.tools.shardio import write_index, write_tar
 
 # The split index has a dot inside its stem, so no ``<key>.json`` sidecar can ever be named like it
 # (keys are dot-free); run-level files (summary.json, config.yaml) live one folder up.
-KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 FILE_RE = re.compile(r"[A-Za-z0-9_-]+\.(?:npy|json)")  # what a per-video store holds, besides the index
 
 
@@ -47,7 +47,7 @@ def file_key(key: str) -> str:
     A key from elsewhere is sanitised the way pack makes keys, so that no
     metadata can name a file outside the split folder.
     """
-    return key if KEY_RE.fullmatch(key) else (re.sub(r"[^A-Za-z0-9_-]", "_", key) or "sample")
+    return key if is_key(key) else sample_key(key)
 
 
 def video_paths(store: Path, split: str, key: str) -> tuple[Path, Path]:

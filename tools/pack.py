@@ -41,9 +41,10 @@ import av
 
 from signstream import SignstreamError, __version__
 from signstream.loaders import remote
+from signstream.loaders.corpora import Row, get_adapter
 from signstream.loaders.fileio import atomic_write, write_json
+from signstream.loaders.format import make_keys
 from signstream.tools import encode as enc
-from signstream.tools.corpora import Row, get_adapter
 from signstream.tools.packstate import (
     FORMAT,
     STATE_FILE,
@@ -64,7 +65,6 @@ from signstream.tools.shardio import (
 )
 
 HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
-KEY_MAX = 80
 
 
 @dataclass(frozen=True)
@@ -89,25 +89,6 @@ class Encoded:
     frames: int = 0
     png_bytes: int = 0
     reason: str | None = None
-
-
-# ----------------------------------------------------------------------------- keys
-def make_keys(rows: list[Row]) -> list[str]:
-    """Dot-free, unique shard keys, in row order (the name is kept in the JSON).
-
-    WebDataset and DALI split member names at the first dot, and PHOENIX-style
-    names may contain dots, so anything outside ``[A-Za-z0-9_-]`` becomes ``_``.
-    """
-    keys, seen = [], set()
-    for row in rows:
-        base = re.sub(r"[^A-Za-z0-9_-]", "_", row.name)[:KEY_MAX] or "sample"
-        key, n = base, 1
-        while key in seen:
-            n += 1
-            key = f"{base}_{n}"
-        seen.add(key)
-        keys.append(key)
-    return keys
 
 
 # -------------------------------------------------------------------------- encoding
@@ -216,7 +197,7 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     """Pack one split's rows into ``out/<split>``; returns its manifest."""
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    keys = make_keys(rows)
+    keys = make_keys(row.name for row in rows)
     fp = fingerprint(rows, keys, opts)
     state = load_state(split_dir, split, fp, overwrite)
     remove_stale_temps(split_dir, owned_in_split(split))
@@ -347,8 +328,8 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
         by_split.setdefault(row.split, []).append(row)
     _prepare_out(out, list(by_split))
     for split, split_rows in by_split.items():  # refuse before any split is written
-        load_state(out / split, split, fingerprint(split_rows, make_keys(split_rows), opts), overwrite,
-                   apply=False)
+        keys = make_keys(r.name for r in split_rows)
+        load_state(out / split, split, fingerprint(split_rows, keys, opts), overwrite, apply=False)
     _make_dirs(out, list(by_split))
     workers = workers or os.cpu_count() or 1
     remove_stale_temps(out, lambda name: name == VOCAB_FILE)

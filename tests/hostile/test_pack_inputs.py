@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from signstream.loaders.corpora import phoenix2014
 from signstream.tools.cli import main as cli
-from signstream.tools.corpora import phoenix2014
 
 pytestmark = pytest.mark.hostile
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -83,5 +84,51 @@ def test_missing_frame_folder_is_skipped_and_named(tmp_path):
 def test_corpus_root_needs_a_split_and_a_table(tmp_path):
     with pytest.raises(SignstreamError, match="split="):
         corpus_items(tmp_path)
-    with pytest.raises(SignstreamError, match="dev.corpus.csv"):
+    with pytest.raises(SignstreamError, match="does not look like PHOENIX-2014"):
         corpus_items(tmp_path, split="dev", layout="phoenix2014")
+
+
+def _frame_table(tmp_path, names):
+    """A CSV table of frame folders (one per row, in order) with the given corpus names."""
+    import cv2
+
+    lines = ["name,path,gloss,split"]
+    for i, name in enumerate(names):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        for t, frame in enumerate(moving_frames(4 + i, seed=i)):
+            cv2.imwrite(str(folder / f"{t:04d}.png"), frame[:, :, ::-1])
+        lines.append(f"{name},v{i},A B,dev")
+    table = tmp_path / "corpus.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def test_a_name_collision_gives_the_same_keys_from_pack_and_from_pngdir(tmp_path):
+    from signstream.tools.pack import pack_corpus
+
+    table = _frame_table(tmp_path, ["a.b", "a_b", "a.b"])
+    pack_corpus("csv", tmp_path / "shards", table=table, workers=1, progress=False)
+    manifest = json.loads((tmp_path / "shards" / "dev" / "manifest.json").read_text())
+    packed = [k for shard in manifest["shards"] for k in shard["keys"]]
+    assert packed == ["a_b", "a_b_2", "a_b_3"]
+    assert [it.meta["key"] for it in corpus_items(table, split="dev")] == packed
+    (batch,) = list(pngdir(table, split="dev", batch_size=3))
+    assert batch.keys == packed and batch.lengths.tolist() == [4, 5, 6]
+
+
+def test_signer_independent_si5_tables_are_read(tmp_path):
+    root = write_phoenix_pngs(tmp_path, "dev", {"a": moving_frames(4, 0)})
+    manual = next(root.glob("**/annotations/manual"))
+    si5 = manual.parents[1].with_name("phoenix-2014-signerindependent-SI5")
+    manual.parents[1].rename(si5)
+    (si5 / "annotations" / "manual" / "dev.corpus.csv").rename(si5 / "annotations" / "manual" / "dev.SI5.corpus.csv")
+    (batch,) = list(pngdir(root / "phoenix2014-release", split="dev", batch_size=2))
+    assert batch.keys == ["a"] and batch.lengths.tolist() == [4]
+
+
+def test_a_table_of_video_files_is_refused_by_the_frame_folder_loader(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    (tmp_path / "t.csv").write_text("name,path,gloss\nclip,clip.mp4,A\n")
+    with pytest.raises(SignstreamError, match="frame folders"):
+        corpus_items(tmp_path / "t.csv")

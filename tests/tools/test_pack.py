@@ -20,9 +20,9 @@ import pytest
 import webdataset as wds
 
 from signstream import SignstreamError
+from signstream.loaders.corpora import phoenix2014
 from signstream.tools.cli import main as cli
-from signstream.tools.corpora import phoenix2014
-from signstream.tools.pack import STATE_FILE, make_keys, pack_corpus
+from signstream.tools.pack import STATE_FILE, pack_corpus
 from signstream.tools.shardio import index_text, scan_tar
 
 
@@ -236,15 +236,6 @@ def test_csv_adapter_packs_video_files_and_frame_globs_and_reports_missing_video
     assert [s["name"] for s in m["skipped"]] == ["gone"]
     assert m["shards"][0]["keys"][0] == "clip_with_dots"
     assert result["vocab"] == ["A", "B", "C"]
-
-
-def test_keys_are_dot_free_and_unique():
-    from signstream.tools.corpora import Row
-
-    rows = [Row("train", n, i, "t") for i, n in enumerate(["a.b", "a_b", "x/y.avi", "a.b"])]
-    keys = make_keys(rows)
-    assert keys == ["a_b", "a_b_2", "x_y_avi", "a_b_3"]
-    assert all("." not in k for k in keys)
 
 
 def test_manifest_records_shards_totals_options_and_versions(packed):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from signstream import SignstreamError
+from signstream.loaders.corpora import phoenix2014, phoenix2014t
 from signstream.tools import synth
 from signstream.tools.cli import main
-from signstream.tools.corpora import phoenix2014, phoenix2014t
 from signstream.tools.synth_render import (
     GLOSS_MOTIONS,
     OFF,

@@ -1,9 +1,11 @@
-"""Corpus adapters: turn a dataset's own layout into a list of :class:`Row`.
+"""Corpus tables: turn a dataset's own layout into a list of :class:`Row`.
 
-Each adapter reads one corpus layout (PHOENIX-2014, PHOENIX-2014-T, or a generic
-CSV/TSV table) and yields rows in table order. Adapters only *describe* the
-videos (where the frames or the video file are); reading and validating the
-pixels is the packer's job, so one broken row never stops the listing.
+Each adapter reads one corpus layout (PHOENIX-2014 multisigner or SI5,
+PHOENIX-2014-T, or a generic CSV/TSV table) and yields rows in table order.
+This is the one reader of corpus tables: ``signstream pack`` and the PNG-folder
+loader both list videos through it. Adapters only *describe* the videos (where
+the frames or the video file are); reading and validating the pixels is the
+caller's job, so one broken row never stops the listing.
 
 Adapters are plain functions in :data:`ADAPTERS`, chosen with :func:`get_adapter`.
 """
