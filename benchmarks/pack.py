@@ -26,8 +26,8 @@ import numpy as np
 
 from signstream.loaders.corpora import phoenix2014
 from signstream.loaders.fileio import atomic_write, write_json
+from signstream.loaders.format import iter_samples
 from signstream.tools.pack import pack_corpus
-from signstream.tools.shardio import iter_samples
 
 
 def png_read_fps(rows) -> float:

@@ -1,24 +1,63 @@
-"""The shard format: sample keys.
+"""The shard format: keys, member names, sample JSON, manifest, tar and index files.
 
-Every sample of a pack is named by a *key*: WebDataset and DALI split member
-names at the first dot, and corpus names may hold dots, slashes or repeat, so
-the key is the corpus name with every character outside ``[A-Za-z0-9_-]``
-replaced by ``_``, cut to :data:`KEY_MAX` characters, and made unique within a
-split by a ``_2``, ``_3``… suffix in table order. The original name stays in the
-sample's JSON. Pack, the PNG-folder loader and the feature files all name
-samples with these functions, so one corpus gives the same keys everywhere (and
-so the same per-sample augmentation streams).
+One module owns what a pack output is, so the packer, ``signstream verify``,
+the loaders and the feature-shard writer read and write the same thing:
+
+* **keys** — every sample is named by a key: WebDataset and DALI split member
+  names at the first dot, and corpus names may hold dots, slashes or repeat,
+  so the key is the corpus name with every character outside ``[A-Za-z0-9_-]``
+  replaced by ``_``, cut to :data:`KEY_MAX` characters, and made unique within
+  a split by a ``_2``, ``_3``… suffix in table order (the original name stays
+  in the JSON). Pack, the PNG-folder loader and the feature files all use
+  :func:`make_keys` / :func:`sample_key`, so one corpus gives the same keys
+  everywhere (and so the same per-sample augmentation streams);
+* **members** — a sample is ``<key>.<video ext>`` (:data:`VIDEO_EXTS`) plus
+  ``<key>.json`` holding :data:`SAMPLE_FIELDS`;
+* **split directory** — ``<split>-NNNNNN.tar`` shards, a DALI index
+  ``<split>-NNNNNN.idx`` beside each, and ``manifest.json`` (format
+  :data:`FORMAT`, one entry with :data:`SHARD_FIELDS` per shard);
+  ``glosses.txt`` (the train vocabulary) sits in the pack root;
+* **tars** — plain (uncompressed) so DALI can seek into them; members carry
+  fixed mtimes, owners and modes so the same samples always give the same
+  bytes. The index format is the one DALI's ``wds2idx`` writes
+  (:data:`INDEX_VERSION`): a header line ``v1.2 <num_samples>`` then one line
+  per sample with ``ext offset size name`` for each member, offsets pointing at
+  the member's data (after its header).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
 import re
-from collections.abc import Iterable
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from signstream.loaders.fileio import atomic_write
+
+FORMAT = "signstream-shards/1"
+MANIFEST = "manifest.json"
+VOCAB_FILE = "glosses.txt"
+INDEX_VERSION = "v1.2"
+BLOCK = 512
+
+VIDEO_EXTS = ("webm", "mp4", "mkv")
+EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
+SAMPLE_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height",
+                 "width", "codec")
+SAMPLE_INTS = ("num_frames", "height", "width")
+SHARD_FIELDS = ("file", "index", "sha256", "samples")  # a manifest shard entry also has frames, bytes, keys
 
 KEY_MAX = 80
 KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+# ----------------------------------------------------------------------- keys
 def sample_key(name: str) -> str:
     """The key of one corpus name, before de-duplication (``"a.b/c"`` → ``"a_b_c"``)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:KEY_MAX] or "sample"
@@ -41,3 +80,184 @@ def make_keys(names: Iterable[str]) -> list[str]:
 def is_key(text: str) -> bool:
     """True when ``text`` is already a valid key (dot-free, ``[A-Za-z0-9_-]`` only)."""
     return KEY_RE.fullmatch(text) is not None
+
+
+# -------------------------------------------------------------------- members
+def sample_members(key: str, video_ext: str, video: bytes, meta: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The tar members of one video sample: ``<key>.<ext>`` then ``<key>.json``."""
+    return [(f"{key}.{video_ext}", video), (f"{key}.json", sample_json(meta))]
+
+
+def sample_json(meta: dict[str, Any]) -> bytes:
+    """A sample's JSON member: sorted keys, UTF-8 (names keep their own characters)."""
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def shard_name(split: str, number: int) -> str:
+    """The file name of shard ``number`` of a split: ``<split>-NNNNNN.tar``."""
+    return f"{split}-{number:06d}.tar"
+
+
+
+
+@dataclass(frozen=True)
+class Member:
+    """A tar member's place in the file: name, data offset and size."""
+
+    name: str
+    offset: int
+    size: int
+
+    @property
+    def key(self) -> str:
+        """Sample key: the base name up to its first dot (WebDataset/DALI rule)."""
+        return split_name(self.name)[0]
+
+    @property
+    def ext(self) -> str:
+        return split_name(self.name)[1]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """Split a member name into (key, extension) at the first dot of the base name."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :]
+
+
+def tar_member_size(size: int) -> int:
+    """Bytes one member of ``size`` data bytes takes in a ustar archive."""
+    return BLOCK + (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def write_tar(path: str | os.PathLike, samples: Iterable[list[tuple[str, bytes]]]) -> list[list[Member]]:
+    """Write samples (lists of ``(member_name, data)``) to ``path`` atomically.
+
+    Returns:
+        The members of each sample with their data offsets, for the index.
+    """
+    layout: list[list[Member]] = []
+    with atomic_write(path, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                members = []
+                for name, data in sample:
+                    info = _tarinfo(name, len(data))
+                    header = info.tobuf(tar.format, tar.encoding, tar.errors)
+                    members.append(Member(name, tar.offset + len(header), len(data)))
+                    tar.addfile(info, io.BytesIO(data))
+                layout.append(members)
+    return layout
+
+
+def index_text(layout: list[list[Member]]) -> str:
+    """Render a DALI v1.2 index for samples laid out as ``layout``."""
+    lines = [f"{INDEX_VERSION} {len(layout)}"]
+    for members in layout:
+        lines.append(" ".join(f"{m.ext} {m.offset} {m.size} {m.name}" for m in members))
+    return "\n".join(lines) + "\n"
+
+
+def write_index(path: str | os.PathLike, layout: list[list[Member]]) -> None:
+    """Write the DALI index for a shard atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(index_text(layout))
+
+
+def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
+    """Read a tar's regular members and group consecutive ones by key.
+
+    Mirrors how DALI's ``wds2idx`` groups members, so ``index_text(scan_tar(p))``
+    is what the index beside ``p`` must contain. Raises ``tarfile.TarError`` on
+    a damaged archive.
+    """
+    layout, error = read_layout(path)
+    if error is not None:
+        raise error
+    return layout
+
+
+def read_layout(path: str | os.PathLike) -> tuple[list[list[Member]], tarfile.TarError | None]:
+    """Like :func:`scan_tar`, but a damaged archive gives what was read before the damage.
+
+    Returns:
+        ``(layout, error)``: the samples found, and the ``tarfile`` error that
+        stopped the scan (``None`` when the whole archive read cleanly).
+    """
+    infos: list[tarfile.TarInfo] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                infos.append(info)
+    except tarfile.TarError as exc:
+        return group_members(infos), exc
+    return group_members(infos), None
+
+
+def group_members(infos: Iterable[tarfile.TarInfo]) -> list[list[Member]]:
+    """Group a tar's regular members into samples by key, as ``wds2idx`` does (see :func:`scan_tar`)."""
+    layout: list[list[Member]] = []
+    last_key = None
+    for info in infos:
+        if not info.isreg():
+            continue
+        member = Member(info.name, info.offset_data, info.size)
+        if not member.key or member.key.endswith("/"):
+            continue
+        if member.key != last_key:
+            layout.append([member])
+            last_key = member.key
+        else:
+            layout[-1].append(member)
+    return layout
+
+
+def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {ext: data})`` for each sample of a shard, in order."""
+    with open(path, "rb") as f:
+        for members in scan_tar(path):
+            data = {}
+            for m in members:
+                f.seek(m.offset)
+                data[m.ext] = f.read(m.size)
+            yield members[0].key, data
+
+
+def read_json_members(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the parsed ``.json`` member of each sample of a shard (videos are not read).
+
+    Raises ``ValueError`` on a member that is not valid UTF-8 JSON.
+    """
+    with open(path, "rb") as f:
+        for members in scan_tar(path):
+            for m in members:
+                if m.ext == "json":
+                    f.seek(m.offset)
+                    yield json.loads(f.read(m.size).decode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def index_path_for(tar_path: str | os.PathLike) -> Path:
+    """The index file that sits beside a shard: ``x-000000.tar`` → ``x-000000.idx``."""
+    return Path(tar_path).with_suffix(".idx")

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from signstream import SignstreamError
+from signstream.loaders.format import MANIFEST
 
 SCHEMES = ("http", "https", "s3")
 TRIP_AFTER = 8  # failed requests in a row before a host is treated as down
@@ -395,7 +396,7 @@ def paths_of(spec: Any, expand: Callable[[str], list[str]]) -> tuple[list[Remote
         return path
     if path.suffix == ".tar":
         return [path], text
-    manifest = path / "manifest.json"
+    manifest = path / MANIFEST
     if manifest.exists():
         return manifest
     tars = path.glob("*.tar")

@@ -26,11 +26,8 @@ from typing import Any
 
 from signstream import SignstreamError
 from signstream.loaders import remote
-
-VIDEO_EXTS = ("webm", "mp4", "mkv")
-EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "signstream-shards/1"
+from signstream.loaders.format import EXT_CODEC, INDEX_VERSION, MANIFEST, VIDEO_EXTS
+from signstream.loaders.format import FORMAT as MANIFEST_FORMAT
 
 
 class SampleError(Exception):
@@ -101,7 +98,7 @@ def parse_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
     except OSError as exc:
         raise SignstreamError(f"cannot read index {path}: {exc.strerror}") from None
     head = lines[0].split() if lines else []
-    if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise SignstreamError(f"{path} is not a DALI v1.2 index (first line {lines[:1]})")
     samples = []
     for lineno, line in enumerate(lines[1:], start=2):

@@ -33,8 +33,14 @@ import numpy as np
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import atomic_write, write_json
-from signstream.loaders.format import is_key, sample_key
-from signstream.tools.shardio import write_index, write_tar
+from signstream.loaders.format import (
+    index_path_for,
+    is_key,
+    sample_key,
+    shard_name,
+    write_index,
+    write_tar,
+)
 
 # The split index has a dot inside its stem, so no ``<key>.json`` sidecar can ever be named like it
 # (keys are dot-free); run-level files (summary.json, config.yaml) live one folder up.
@@ -177,8 +183,8 @@ def shards_writer(store: Path, out: Path, split: str, max_samples: int = 1000, *
             key = meta["key"]  # the file stem in the store: sanitised, never a path from the metadata
             samples.append([(f"{key}.npy.zst", cctx.compress(buf.getvalue())),
                             (f"{key}.json", json.dumps(meta, sort_keys=True).encode())])
-        tar = split_dir / f"{split}-{number:06d}.tar"
-        write_index(tar.with_suffix(".idx"), write_tar(tar, samples))
+        tar = split_dir / shard_name(split, number)
+        write_index(index_path_for(tar), write_tar(tar, samples))
     return split_dir
 
 

@@ -43,25 +43,28 @@ from signstream import SignstreamError, __version__
 from signstream.loaders import remote
 from signstream.loaders.corpora import Row, get_adapter
 from signstream.loaders.fileio import atomic_write, write_json
-from signstream.loaders.format import make_keys
+from signstream.loaders.format import (
+    FORMAT,
+    MANIFEST,
+    VOCAB_FILE,
+    index_path_for,
+    make_keys,
+    read_json_members,
+    sample_members,
+    sha256_file,
+    shard_name,
+    tar_member_size,
+    write_index,
+    write_tar,
+)
 from signstream.tools import encode as enc
 from signstream.tools.packstate import (
-    FORMAT,
     STATE_FILE,
     STATS_FILE,
-    VOCAB_FILE,
     load_state,
     owned_in_split,
     read_record,
     remove_stale_temps,
-)
-from signstream.tools.shardio import (
-    index_path_for,
-    read_json_members,
-    sha256_file,
-    tar_member_size,
-    write_index,
-    write_tar,
 )
 
 HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
@@ -118,8 +121,7 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
     meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
             "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": fps,
             "height": h, "width": w, "codec": codec.name}
-    meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return Encoded(index, [(f"{key}.{codec.ext}", data), (f"{key}.json", meta_bytes)], t, src_bytes)
+    return Encoded(index, sample_members(key, codec.ext, data, meta), t, src_bytes)
 
 
 def _init_worker() -> None:
@@ -164,7 +166,7 @@ class ShardWriter:
             self.state["next_row"] = next_row
             return
         number = len(self.state["shards"])
-        tar = self.dir / f"{self.split}-{number:06d}.tar"
+        tar = self.dir / shard_name(self.split, number)
         # Claim the names first: a kill after the rename but before the shard is
         # recorded must still leave a file the rerun knows it wrote.
         self.state["writing"] = [tar.name, index_path_for(tar).name]
@@ -202,8 +204,8 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     state = load_state(split_dir, split, fp, overwrite)
     remove_stale_temps(split_dir, owned_in_split(split))
     if state is None:
-        print(f"{split}: already packed ({split_dir / 'manifest.json'})", file=sys.stderr)
-        return json.loads((split_dir / "manifest.json").read_text())
+        print(f"{split}: already packed ({split_dir / MANIFEST})", file=sys.stderr)
+        return json.loads((split_dir / MANIFEST).read_text())
     start = state["next_row"]
     jobs = [(i, rows[i], keys[i], opts) for i in range(start, len(rows))]
     writer = ShardWriter(split_dir, split, opts, state)
@@ -228,7 +230,7 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
         (split_dir / STATE_FILE).unlink(missing_ok=True)
         return manifest
     # Manifest before removing the state: at no moment are written shards unrecorded.
-    write_json(split_dir / "manifest.json", manifest)
+    write_json(split_dir / MANIFEST, manifest)
     (split_dir / STATE_FILE).unlink(missing_ok=True)
     write_json(split_dir / STATS_FILE, _stats(frames, len(jobs), time.perf_counter() - t0, workers))
     return manifest
@@ -431,7 +433,7 @@ def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]],
 def _packed_glosses(split_dir: Path) -> set[str] | None:
     """Glosses of every sample in a complete split's shards (``None`` if it cannot be read)."""
     try:
-        manifest = read_record(split_dir / "manifest.json", "manifest")
+        manifest = read_record(split_dir / MANIFEST, "manifest")
         if manifest is None:
             return None
         glosses = set()

@@ -15,12 +15,10 @@ import re
 from pathlib import Path
 
 from signstream import SignstreamError
-from signstream.tools.shardio import sha256_file
+from signstream.loaders.format import FORMAT, MANIFEST, sha256_file
 
-FORMAT = "signstream-shards/1"
 STATE_FILE = ".pack-state.json"
 STATS_FILE = "pack-stats.json"
-VOCAB_FILE = "glosses.txt"
 
 
 def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: bool = True) -> dict | None:
@@ -37,7 +35,7 @@ def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: boo
         if not apply:
             return None
         split_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_record(split_dir / "manifest.json", "manifest")
+    manifest = read_record(split_dir / MANIFEST, "manifest")
     state = read_record(split_dir / STATE_FILE, "state")
     fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0,
              "writing": []}
@@ -65,7 +63,7 @@ def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: boo
             (split_dir / name).unlink(missing_ok=True)
         state["writing"] = []
         return state
-    for name in sorted(tracked) + ["manifest.json", STATS_FILE, STATE_FILE]:
+    for name in sorted(tracked) + [MANIFEST, STATS_FILE, STATE_FILE]:
         (split_dir / name).unlink(missing_ok=True)
     return fresh
 
@@ -131,4 +129,4 @@ def remove_stale_temps(directory: Path, owned) -> list[str]:
 
 
 def owned_in_split(split: str):
-    return lambda name: _is_shard_name(split, name) or name in ("manifest.json", STATS_FILE, STATE_FILE)
+    return lambda name: _is_shard_name(split, name) or name in (MANIFEST, STATS_FILE, STATE_FILE)

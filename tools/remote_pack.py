@@ -28,6 +28,7 @@ from typing import Any
 
 from signstream import SignstreamError
 from signstream.loaders import remote
+from signstream.loaders.format import MANIFEST
 from signstream.tools.pack import STATE_FILE, pack_corpus
 
 POLL_S = 0.5  # how often the uploader looks for newly finished shards
@@ -116,13 +117,13 @@ class Uploader:
         if (self.staging / "glosses.txt").is_file():
             self.put("glosses.txt")
         for split in splits:
-            if (self.staging / split / "manifest.json").is_file():
-                self.put(f"{split}/manifest.json")
+            if (self.staging / split / MANIFEST).is_file():
+                self.put(f"{split}/{MANIFEST}")
 
 
 def _finished(split_dir: Path) -> list[dict[str, Any]]:
     """Shards of a split known to be complete: from the manifest, else the packer's state file."""
-    for name in ("manifest.json", STATE_FILE):
+    for name in (MANIFEST, STATE_FILE):
         path = split_dir / name
         try:
             return json.loads(path.read_text())["shards"]

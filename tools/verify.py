@@ -23,23 +23,28 @@ from pathlib import Path
 
 from signstream import SignstreamError
 from signstream.loaders import remote
-from signstream.tools.shardio import Member, group_members, index_text, read_layout, sha256_file
+from signstream.loaders.format import (
+    MANIFEST,
+    SAMPLE_FIELDS,
+    SAMPLE_INTS,
+    SHARD_FIELDS,
+    Member,
+    group_members,
+    index_text,
+    read_layout,
+    sha256_file,
+)
 
 HELP = "check packed shards against their manifests (checksums, tar, DALI index, optionally decode)"
-
-SHARD_FIELDS = ("file", "index", "sha256", "samples")
-META_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height",
-               "width", "codec")
-META_INTS = ("num_frames", "height", "width")
 
 
 def find_split_dirs(out: Path) -> list[Path]:
     """Split directories (holding ``manifest.json``) at or directly under ``out``."""
     if not remote.is_url(out) and not out.is_dir():
         raise SignstreamError(f"not a directory: {out}")
-    if (out / "manifest.json").exists():
+    if (out / MANIFEST).exists():
         return [out]
-    dirs = sorted(p.parent for p in out.glob("*/manifest.json"))
+    dirs = sorted(p.parent for p in out.glob(f"*/{MANIFEST}"))
     if not dirs:
         raise SignstreamError(f"no manifest.json in {out} or its subdirectories (is it a pack output?)")
     return dirs
@@ -196,8 +201,8 @@ def _parse_meta(raw: bytes | None) -> tuple[dict | None, str | None]:
         return None, f"JSON is not valid ({exc})"
     if not isinstance(meta, dict):
         return None, f"JSON is a {type(meta).__name__}, not an object"
-    missing = [k for k in META_FIELDS if k not in meta]
-    bad = [k for k in META_INTS if k in meta and (type(meta[k]) is not int or meta[k] < 0)]
+    missing = [k for k in SAMPLE_FIELDS if k not in meta]
+    bad = [k for k in SAMPLE_INTS if k in meta and (type(meta[k]) is not int or meta[k] < 0)]
     for k in bad:
         del meta[k]  # not comparable with what the video holds
     why = "; ".join(filter(None, [
@@ -224,7 +229,7 @@ def _decode(video: bytes) -> tuple[int, tuple[int, int] | None, str]:
 
 def verify_split(split_dir: Path, decode: bool) -> tuple[dict, list[str]]:
     """Verify one split directory; returns its summary and its problems."""
-    path = split_dir / "manifest.json"
+    path = split_dir / MANIFEST
     manifest, problems = read_manifest(path)
     shards = manifest.get("shards", [])
     for i, shard in enumerate(shards):

@@ -109,7 +109,7 @@ def test_colliding_names_keep_all_19_videos_in_every_output(colliding):
 
 def _truncate_json(split_dir: Path) -> str:
     """Rewrite the first shard without its first sample's JSON member; returns that sample's key."""
-    from signstream.tools.shardio import write_index, write_tar
+    from signstream.loaders.format import write_index, write_tar
 
     manifest = json.loads((split_dir / "manifest.json").read_text())
     tar_path = split_dir / manifest["shards"][0]["file"]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from signstream.tools.cli import main as cli
-from signstream.tools.shardio import (
+from signstream.loaders.format import (
     index_path_for,
     iter_samples,
     scan_tar,
@@ -18,6 +17,7 @@ from signstream.tools.shardio import (
     write_index,
     write_tar,
 )
+from signstream.tools.cli import main as cli
 from signstream.tools.verify import verify
 
 pytestmark = pytest.mark.hostile

@@ -21,9 +21,9 @@ import webdataset as wds
 
 from signstream import SignstreamError
 from signstream.loaders.corpora import phoenix2014
+from signstream.loaders.format import index_text, scan_tar
 from signstream.tools.cli import main as cli
 from signstream.tools.pack import STATE_FILE, pack_corpus
-from signstream.tools.shardio import index_text, scan_tar
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -60,7 +60,7 @@ def test_decode_check_catches_wrong_frame_count(packed, tmp_path):
     manifest = json.loads(manifest_path.read_text())
     # Rewrite one sample's JSON inside the tar with a wrong frame count, then
     # refresh checksums so that only the decode check can notice.
-    from signstream.tools.shardio import (
+    from signstream.loaders.format import (
         index_path_for,
         iter_samples,
         sha256_file,
