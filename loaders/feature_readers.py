@@ -42,7 +42,7 @@ class FeatureSample:
     text: str = ""
 
 
-INDEX_FILE = "features.index.json"  # written by signstream.tools.export
+INDEX_FILE = "features.index.json"  # written by signstream.loaders.feature_writers
 
 
 def read_npy(root: Path, split: str) -> list[FeatureSample]:

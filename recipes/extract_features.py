@@ -40,6 +40,14 @@ from accelerate.utils import gather_object
 from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.feature_readers import INDEX_FILE
+from signstream.loaders.feature_writers import (
+    FILE_RE,
+    file_key,
+    get_writer,
+    is_done,
+    store_entries,
+    write_video,
+)
 from signstream.loaders.fileio import write_json
 from signstream.loaders.shards import resolve_shards
 from signstream.models import create_model
@@ -55,14 +63,6 @@ from signstream.recipes.config import (
     parse_config,
     peak_memory,
     save_config,
-)
-from signstream.tools.export import (
-    FILE_RE,
-    file_key,
-    get_writer,
-    is_done,
-    store_entries,
-    write_video,
 )
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}

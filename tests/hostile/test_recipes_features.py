@@ -19,8 +19,8 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import load_split
+from signstream.loaders.feature_writers import get_writer, write_video
 from signstream.tools.cli import main as cli
-from signstream.tools.export import get_writer, write_video
 
 pytestmark = pytest.mark.hostile
 
@@ -160,7 +160,7 @@ _WRITE = """
 import sys, torch
 from pathlib import Path
 junk = [torch.empty(int(sys.argv[3])) for _ in range(5)]  # other allocations: other addresses
-from signstream.tools.export import get_writer
+from signstream.loaders.feature_writers import get_writer
 print(get_writer("signjoey")(Path(sys.argv[1]), Path(sys.argv[2]), "dev", prefix="demo"))
 """
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from signstream.loaders.feature_writers import get_writer, write_video
 from signstream.tools.cli import main as cli
-from signstream.tools.export import get_writer, write_video
 
 pytestmark = pytest.mark.hostile
 

@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from signstream import SignstreamError
+from signstream.loaders.feature_writers import get_writer, write_video
 from signstream.recipes.train_head import main
-from signstream.tools.export import get_writer, write_video
 
 GLOSSES = ["AA", "BB", "CC", "DD", "EE", "FF"]
 

@@ -15,7 +15,8 @@ main process after all ranks finish:
 * ``shards``: ``<out>/feature-shards/<split>/<split>-NNNNNN.tar`` WebDataset shards
   with ``<key>.npy.zst`` (zstd-compressed ``.npy`` bytes) and ``<key>.json``.
 
-Writers are plain functions in :data:`WRITERS`, chosen with :func:`get_writer`.
+Writers are plain functions in :data:`WRITERS`, chosen with :func:`get_writer`;
+what they write is read back by :mod:`signstream.loaders.feature_readers`.
 """
 
 from __future__ import annotations

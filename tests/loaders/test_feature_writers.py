@@ -11,7 +11,7 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import detect_format, load_split
-from signstream.tools.export import get_writer, is_done, write_video
+from signstream.loaders.feature_writers import get_writer, is_done, write_video
 
 
 def _store(tmp_path, n=5, dim=6):
