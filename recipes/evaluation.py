@@ -12,8 +12,7 @@ from pathlib import Path
 from signstream.loaders.fileio import atomic_write
 from signstream.models.decoding import get_decoder
 from signstream.models.vocab import Vocabulary
-from signstream.tools.cleanup import get_cleanup
-from signstream.tools.wer import wer_score, write_ctm, write_stm
+from signstream.recipes.scoring import get_cleanup, wer_score, write_ctm, write_stm
 
 
 def decode_batch(log_probs, out_lengths, vocab: Vocabulary, decoder: str = "greedy",

@@ -64,8 +64,7 @@ from signstream.recipes.config import (
 from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.replicas import replica_report
 from signstream.recipes.schedules import warmup_cosine
-from signstream.tools.cleanup import get_cleanup
-from signstream.tools.wer import wer_score
+from signstream.recipes.scoring import get_cleanup, wer_score
 
 
 @dataclass

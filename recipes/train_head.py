@@ -58,7 +58,7 @@ from signstream.recipes.config import (
 )
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
-from signstream.tools.cleanup import get_cleanup
+from signstream.recipes.scoring import get_cleanup
 
 
 @dataclass
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"epoch": epoch, "train_loss": total / max(count, 1)}
         if dev:
             refs, hyps = evaluate(accelerator, model, eval_loaders[dev], datasets[dev], vocab, cfg)
-            from signstream.tools.wer import wer_score
+            from signstream.recipes.scoring import wer_score
 
             record["dev_wer"] = wer_score(refs, hyps, cfg.cleanup)["wer"]
         history.append(record)

@@ -1,9 +1,9 @@
-"""PHOENIX scoring cleanup: one test per official rule, plus the 2014-T variant."""
+"""Scoring cleanup (signstream.recipes.scoring): one test per official rule, plus the 2014-T variant."""
 
 import pytest
 
 from signstream import SignstreamError
-from signstream.tools.cleanup import clean_phoenix2014, clean_phoenix2014t, get_cleanup
+from signstream.recipes.scoring import clean_phoenix2014, clean_phoenix2014t, get_cleanup
 
 
 @pytest.mark.parametrize("prefix", ["loc-", "cl-", "qu-", "poss-", "lh-"])
