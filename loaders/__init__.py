@@ -8,9 +8,12 @@ Public API (imported lazily, so ``signstream.loaders.fileio`` stays light)::
 
 Modules: ``api`` (make_loader), ``transform`` (shared preprocessing and
 sampling plans), ``batch`` (Batch, padding, bucketing, normalisation),
-``shards`` (resolving and reading shards), ``pyav_backend``, ``dali_backend``,
-``pngdir`` (PNG-folder baseline), ``stats`` (loader.stats, bad-sample policies),
-``base`` (epochs, ranks, equal train batches), ``fileio`` (atomic writes).
+``format`` (the shard format: keys, members, manifest, tar and index files),
+``corpora`` (corpus tables), ``shards`` (resolving and reading shards),
+``pyav_backend``, ``dali_backend``, ``pngdir`` (PNG-folder baseline),
+``stats`` (loader.stats, bad-sample policies), ``base`` (epochs, ranks, equal
+train batches), ``feature_writers`` / ``feature_readers`` (feature files),
+``fileio`` (atomic writes).
 """
 
 from __future__ import annotations
