@@ -52,6 +52,7 @@ from signstream.loaders.transform import (
     emit_frame,
     plan_sample,
     sample_rng,
+    size_mismatch,
 )
 
 
@@ -144,6 +145,19 @@ def probe_video(data: bytes | np.ndarray) -> tuple[int, int, int]:
         raise SampleError(f"cannot probe video: {exc}") from None
 
 
+def probe_size(data: bytes | np.ndarray) -> tuple[int, int]:
+    """``(height, width)`` of an encoded video from its container header (nothing decoded)."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            ctx = container.streams.video[0].codec_context
+            if ctx.height and ctx.width:
+                return ctx.height, ctx.width
+            frame = next(container.decode(video=0))  # a header without the size: decode one frame
+            return frame.height, frame.width
+    except (av.FFmpegError, IndexError, StopIteration) as exc:
+        raise SampleError(f"cannot probe video: {exc}") from None
+
+
 def decode_clip(data: bytes | np.ndarray, plan: SamplePlan, threads: int = 1,
                 out: np.ndarray | None = None) -> np.ndarray:
     """Decode the planned frames of a video into uint8 ``[3, T, H, W]`` (T = ``plan.length``).
@@ -165,6 +179,8 @@ def decode_clip(data: bytes | np.ndarray, plan: SamplePlan, threads: int = 1,
             stream = container.streams.video[0]
             stream.thread_count = threads
             for frame in container.decode(stream):
+                if seen == 0 and (why := size_mismatch(plan, frame.height, frame.width)):
+                    raise SampleError(why)
                 if seen == unique[got]:
                     if not yuv_crop_resize(frame, plan.box, plan.out_hw, frame_hwc):
                         # shrinking or not 4:2:0: full RGB frame, then the antialiased resize
