@@ -4,7 +4,7 @@
 
     samples of the epoch -> split by rank -> shuffle (replayed in training)   (the PyAV stages)
         -> read by offset + plan -> batch (optionally length-bucketed)
-        -> source callback: ``batches_per_run`` user batches per DALI iteration
+        -> source callback: ``batches_per_run`` user batches per DALI iteration (1 CPU, 4 CUDA)
     DALI (pipelined async executor, prefetch queue of PREFETCH_RUNS iterations):
         fn.external_source(source=feed, batch=True) -> fn.decoders.video(frames=plan)  [cpu | mixed]
           postprocess="dali":   -> fn.resize(ROI) -> jitter -> fn.sequence_rearrange
@@ -50,8 +50,22 @@ import webdataset as wds
 
 from signstream import SignstreamError
 from signstream.loaders.base import BaseLoader, train_batches
-from signstream.loaders.batch import Batch, check_frame_sizes, get_pad, group_batches, mask_padding, normalize_clip
-from signstream.loaders.pyav_backend import Planned, epoch_order, passes, plan_from_meta, probe_size, take_range
+from signstream.loaders.batch import (
+    Batch,
+    check_frame_sizes,
+    get_pad,
+    group_batches,
+    mask_padding,
+    normalize_clip,
+)
+from signstream.loaders.pyav_backend import (
+    Planned,
+    epoch_order,
+    passes,
+    plan_from_meta,
+    probe_size,
+    take_range,
+)
 from signstream.loaders.shards import SampleError, SampleReader, ShardSet, rank_range
 from signstream.loaders.stats import Report, Skipped, get_handler
 from signstream.loaders.transform import Transform, emit_frame, resize_frame, size_mismatch
@@ -59,7 +73,10 @@ from signstream.loaders.transform import Transform, emit_frame, resize_frame, si
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
-BATCHES_PER_RUN = 4  # default user batches per DALI iteration (benchmarks/loaders.py measured 1, 2, 4)
+# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py: 1 beat 4 in speed and
+# memory on 2 cores, where DALI's threads and the OpenCV pool already share the cores). CUDA: 4, so
+# NVDEC's engines get several clips at once (not measured here: no GPU on the development box).
+BATCHES_PER_RUN = {"cpu": 1, "cuda": 4}
 
 # NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), from NVIDIA's
 # Video Codec SDK decoder programming guide (Turing and later GPUs).
@@ -229,7 +246,8 @@ class DaliLoader(BaseLoader):
         shardset: the resolved shards.
         num_threads: DALI's CPU threads (and the OpenCV pool's size on the CPU).
         bucket: length-bucketing buffer in batches (0 = off).
-        batches_per_run: user batches decoded by one DALI iteration.
+        batches_per_run: user batches decoded by one DALI iteration (default:
+            :data:`BATCHES_PER_RUN` for the device).
         postprocess: ``opencv`` (CPU), ``dali`` (DALI operators; the only choice on
             CUDA) or ``auto`` (``dali`` on CUDA, ``opencv`` on the CPU).
     """
@@ -237,7 +255,7 @@ class DaliLoader(BaseLoader):
     backend = "dali"
 
     def __init__(self, shardset: ShardSet, *, num_threads: int, bucket: int = 0,
-                 batches_per_run: int = BATCHES_PER_RUN, postprocess: str = "auto", **common: Any):
+                 batches_per_run: int | None = None, postprocess: str = "auto", **common: Any):
         super().__init__(**common)
         check_codecs(shardset, self.device)
         try:
@@ -246,9 +264,11 @@ class DaliLoader(BaseLoader):
             raise SignstreamError("backend='dali' needs the nvidia-dali package") from None
         if postprocess not in POSTPROCESS:
             raise SignstreamError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
+        self.device_id = self._device_index()
+        if batches_per_run is None:
+            batches_per_run = BATCHES_PER_RUN["cpu" if self.device_id is None else "cuda"]
         if batches_per_run < 1:
             raise SignstreamError(f"batches_per_run must be >= 1, got {batches_per_run}")
-        self.device_id = self._device_index()
         if self.device_id is not None:
             if postprocess == "opencv":
                 raise SignstreamError("postprocess='opencv' runs on the CPU; on CUDA use 'dali' (or 'auto')")
@@ -351,6 +371,9 @@ class DaliLoader(BaseLoader):
                     yield batch, report
                 clean = not self.train
             finally:
+                if self._pool_threads is not None:  # no idle threads left behind between epochs
+                    self._pool_threads.shutdown(wait=True)
+                    self._pool_threads = None
                 if clean:
                     self._pipe.reset()  # reached the end: ready for the next epoch
                 else:

@@ -109,6 +109,19 @@ def test_dali_skips_and_names_corrupt_samples_and_finishes_the_rest(damaged_spli
     assert all(s.reason.startswith("DALI: ") for s in skipped.values())
 
 
+@pytest.mark.parametrize("postprocess", ["opencv", "dali"])
+def test_dali_train_mode_keeps_equal_batches_despite_corrupt_samples(damaged_split, postprocess):
+    ld, batches = run(damaged_split, "dali", batch_size=2, mode="train", handler="skip", postprocess=postprocess,
+                      transform=Transform(size=32, max_frames=4))
+    assert len(batches) == len(ld) == 3 and not {"v02", "v04"} & set(keys_of(batches))
+    assert {s.key for s in ld.stats.skipped} == {"v02", "v04"}
+
+
+def test_dali_raise_handler_stops_on_the_first_bad_sample(damaged_split):
+    with pytest.raises(SignstreamError, match="v02"):
+        run(damaged_split, "dali", batch_size=3, handler="raise")
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_dali_eval_ranks_see_every_sample_exactly_once(vp9_split, shuffle):
     world = 3
