@@ -73,9 +73,9 @@ from signstream.loaders.transform import Transform, emit_frame, resize_frame, si
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
-# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py: 1 beat 4 in speed and
-# memory on 2 cores, where DALI's threads and the OpenCV pool already share the cores). CUDA: 4, so
-# NVDEC's engines get several clips at once (not measured here: no GPU on the development box).
+# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py on 2 shared cores: 1 and 4
+# within noise for speed over two runs, 728 vs 516 and 926 vs 961 frames/s; 1 peaks ~125 MiB lower).
+# CUDA: 4, so NVDEC's engines get several clips at once (not measured: no GPU on the development box).
 BATCHES_PER_RUN = {"cpu": 1, "cuda": 4}
 
 # NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), from NVIDIA's
