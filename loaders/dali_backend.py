@@ -73,8 +73,8 @@ from signstream.loaders.transform import Transform, emit_frame, resize_frame, si
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
-# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py on 2 shared cores: 1 and 4
-# within noise for speed over two runs, 728 vs 516 and 926 vs 961 frames/s; 1 peaks ~125 MiB lower).
+# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py on 2 shared cores: 1 vs 4
+# gave 728/516, 926/961, 751/859 frames/s over three runs, within the noise; 1 peaks 125-270 MiB lower).
 # CUDA: 4, so NVDEC's engines get several clips at once (not measured: no GPU on the development box).
 BATCHES_PER_RUN = {"cpu": 1, "cuda": 4}
 
