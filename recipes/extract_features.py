@@ -36,6 +36,7 @@ from signstream.models import create_model
 from signstream.models.ctc import load_backbone
 from signstream.models.features import extract_features
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
+from signstream.recipes.threads import apply_thread_policy
 from signstream.tools.export import get_writer, is_done, write_video
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,6 +66,7 @@ class ExtractConfig:
     dtype: str = "float16"
     calibrate_bn: int = 8
     seed: int = 0
+    threads: int | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/features"
     progress: bool = True
 
@@ -154,6 +156,7 @@ def _bar(accelerator, cfg, loader, split):
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExtractConfig, argv)
+    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
     shards = check_config(cfg)
     out = Path(cfg.out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA

@@ -39,6 +39,7 @@ from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.schedules import warmup_cosine
+from signstream.recipes.threads import apply_thread_policy
 from signstream.tools.wer import wer_score
 
 
@@ -77,6 +78,7 @@ class FinetuneConfig:
     cleanup: str = "phoenix2014"
     max_steps_per_epoch: int | None = None
     seed: int = 0
+    threads: int | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/finetune"
     resume: bool = True
 
@@ -137,6 +139,7 @@ def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
+    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
     shards, out = Path(cfg.shards), Path(cfg.out)
     if not (shards / "glosses.txt").exists():
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")

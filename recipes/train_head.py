@@ -35,6 +35,7 @@ from signstream.models.vocab import Vocabulary
 from signstream.recipes.config import main_guard, parse_config, peak_memory, save_config
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
+from signstream.recipes.threads import apply_thread_policy
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TrainHeadConfig:
     cleanup: str = "phoenix2014"
     precision: str = "no"
     seed: int = 0
+    threads: int | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/head"
     resume: bool = True
 
@@ -112,6 +114,7 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainHeadConfig, argv)
+    apply_thread_policy(cfg.threads, workers=0)
     if not cfg.features:
         raise SignstreamError("set features=DIR (an extract_features output directory)")
     out, features = Path(cfg.out), Path(cfg.features)
