@@ -6,7 +6,7 @@ small scale on CPU:
 1. ``signstream synth``   — a PHOENIX-2014 layout corpus (300 / 60 / 60 videos, 210×260);
 2. ``signstream pack``    — VP9 WebDataset shards + DALI indexes + manifests;
 3. ``signstream verify``  — checksums, indexes, and a full decode;
-4. ``finetune_ctc``       — S3D (cut after block 4) + linear classifier, CTC, 32 px;
+4. ``finetune_ctc``       — S3D (cut after block 3) + linear classifier, CTC, 32 px;
 5. ``extract_features``   — features of every split with the fine-tuned checkpoint (npy + SignJoey),
    and, as the baseline, with the same backbone at random init;
 6. ``train_head``         — a transformer CTC head on each feature set, dev/test WER.
