@@ -38,6 +38,7 @@ def write_report(summary: dict, path: str | os.PathLike) -> list[str]:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(13, 4.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -46,7 +47,7 @@ def write_report(summary: dict, path: str | os.PathLike) -> list[str]:
 
     ax = axes[0]
     ax.plot(*_curve(curves["finetune"]), marker="o", label="S3D + linear classifier (dev)")
-    ax.axhline(baseline, color="grey", linestyle="--", label=f"random-init baseline {baseline:.1f}%")
+    ax.axhline(baseline, color="grey", linestyle="--", label=f"baseline: random-init features + head, {baseline:.1f}%")
     ax.set(title=PANELS[0], xlabel="epoch", ylabel="dev WER (%)")
 
     ax = axes[1]
@@ -57,6 +58,7 @@ def write_report(summary: dict, path: str | os.PathLike) -> list[str]:
     ax.set(title=PANELS[1], xlabel="epoch", ylabel="dev WER (%)")
     for ax in axes[:2]:
         ax.set_ylim(0, max(100.0, ax.get_ylim()[1]))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 
