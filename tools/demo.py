@@ -35,7 +35,7 @@ from signstream.loaders.fileio import write_json
 from signstream.recipes.threads import apply_thread_policy
 from signstream.tools.demo_report import write_report
 
-HELP = "run every stage end to end on a synthetic corpus (synth to WER, about 10 minutes on 2 CPU cores)"
+HELP = "run every stage end to end on a synthetic corpus (synth to WER, about 12 minutes on a quiet 2-core box)"
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 
 
