@@ -17,7 +17,7 @@ from pathlib import Path
 
 from signstream.loaders.fileio import atomic_write, write_json
 
-BENCHMARKS = ["pack", "loaders", "models", "pipeline", "remote"]
+BENCHMARKS = ["pack", "loaders", "models", "pipeline", "remote", "threads"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def _build_pngdir(source: Any, common: dict[str, Any], options: dict[str, Any]) 
 
 
 # options each backend accepts beyond make_loader's named arguments
-OPTIONS = {"pyav": {"bucket", "decode_threads"}, "dali": {"bucket"}, "pngdir": {"split", "layout"}}
+OPTIONS = {"pyav": {"bucket", "decode_threads"}, "dali": {"bucket", "batches_per_run", "postprocess"}, "pngdir": {"split", "layout"}}
 
 BACKENDS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], BaseLoader]] = {
     "pyav": _build_pyav,
@@ -91,7 +91,9 @@ def make_loader(source: str | os.PathLike | list | Any, *, backend: str = "auto"
         world_size: process count (default: from Accelerate, else 1).
         **options: backend options (see :data:`OPTIONS`): ``bucket``
             (length-bucketing buffer in batches, 0 = off; shard backends),
-            ``decode_threads`` (PyAV threads per video), ``split`` and
+            ``decode_threads`` (PyAV threads per video), ``batches_per_run``
+            (user batches per DALI iteration) and ``postprocess`` (DALI on
+            the CPU: ``opencv`` or ``dali`` operators), ``split`` and
             ``layout`` (pngdir).
 
     Raises:

@@ -1,54 +1,93 @@
-"""DALI backend: ``fn.readers.webdataset`` + ``fn.decoders.video`` on NVDEC or the CPU.
+"""DALI backend: one streaming DALI pipeline per loader, fed by a source callback.
 
-Two small pipelines, joined in Python::
+::
 
-    reader pipeline   fn.readers.webdataset(tars, indexes, shard_id=rank, num_shards=world)
-                          -> encoded video bytes + JSON           (compressed, a few KB/frame)
-    Python            key, metadata -> SamplePlan (shared Transform) -> batches (bucketing)
-    decode pipeline   external_source -> fn.decoders.video(frames=plan)        [cpu | mixed]
-                          -> fn.resize(ROI) -> jitter -> fn.sequence_rearrange
-                          -> fn.crop_mirror_normalize -> torch [B, C, T, H, W]
+    samples of the epoch -> split by rank -> shuffle (replayed in training)   (the PyAV stages)
+        -> read by offset + plan -> batch (optionally length-bucketed)
+        -> source callback: ``batches_per_run`` user batches per DALI iteration (1 CPU, 4 CUDA)
+    DALI (pipelined async executor, prefetch queue of PREFETCH_RUNS iterations):
+        fn.external_source(source=feed, batch=True) -> fn.decoders.video(frames=plan)  [cpu | mixed]
+          postprocess="dali":   -> fn.resize(ROI) -> jitter -> fn.sequence_rearrange
+                                   -> fn.crop_mirror_normalize(float32 | float16) -> [C, T, H, W]
+          postprocess="opencv": native-size RGB frames, then crop + resize + normalise with
+                                OpenCV in a small thread pool (CPU only; see below)
+        -> torch [B, C, T, H, W]; on CUDA copied on the current stream, no host sync
 
-Why split: the frames to decode depend on each sample's JSON (``num_frames``)
-and on the Transform's sampling, which DALI cannot parse; the plan is the same
-function the PyAV backend uses, so both backends decode the same frames. The
-split is also what makes corrupt videos recoverable: DALI operators cannot
-skip a sample and a failed pipeline is dead, so when a batch fails the decode
-pipeline is rebuilt, the batch's samples are tried one by one, the bad ones are
-skipped and recorded (key, shard, DALI's message), and the rest are decoded —
-the reader never loses its place.
+Why the samples are read in Python and not by ``fn.readers.webdataset``: the
+frames to decode depend on each sample's JSON and the Transform's random
+draws, which must be known before the decoder runs; and DALI's reader cannot
+skip a damaged tar member (it raises and the run dies), so recovery would be
+impossible. Reading by offset through the index is the same code the PyAV
+backend uses, which also makes both backends hand the same samples to the same
+rank in the same order (exactly-once eval, equal train batches).
 
-Distributed: the reader splits samples by ``shard_id/num_shards`` (the same
-contiguous rule as :func:`~signstream.loaders.shards.rank_range`). In eval mode
-``pad_last_batch=True`` pads a rank's last reader batch with repeats of its last
-sample; the loader keeps each key the first time it appears and stops as soon
-as it has every key of its share (known from the index files), so the padding
-duplicates never reach the user. In train mode every rank yields exactly
-``train_batches`` batches; the shard order is permuted per epoch (same on all
-ranks) so each rank sees different samples every epoch.
+Why OpenCV after DALI on the CPU: DALI's CPU ``fn.resize`` costs about twice
+DALI's own VP9 decode per frame at 224 px, whatever its settings; OpenCV's
+bilinear resize does the same work in a tenth of the time and releases the
+GIL, so a thread pool overlaps it with DALI's next iteration. The ``dali``
+postprocess stays available on the CPU: it is the CPU twin of the CUDA graph,
+so the tests exercise that graph without a GPU.
+
+Corrupt samples: a failing iteration does not stop the pipeline (DALI 2.x
+reports the error for that iteration only); its samples are retried one at a
+time in a small synchronous pipeline, the bad ones are skipped and recorded
+(key, shard, DALI's message) and the rest are delivered.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 
 import numpy as np
 import torch
+import webdataset as wds
 
 from signstream import SignstreamError
 from signstream.loaders import remote
 from signstream.loaders.base import BaseLoader, train_batches
-from signstream.loaders.batch import Batch, group_batches, mask_padding
-from signstream.loaders.pyav_backend import Planned, epoch_order, plan_from_meta
-from signstream.loaders.shards import SampleError, SampleRef, ShardSet, parse_meta, rank_range
+from signstream.loaders.batch import (
+    Batch,
+    check_frame_sizes,
+    get_pad,
+    group_batches,
+    mask_padding,
+    normalize_clip,
+)
+from signstream.loaders.pyav_backend import (
+    Planned,
+    epoch_order,
+    passes,
+    plan_from_meta,
+    probe_size,
+    take_range,
+)
+from signstream.loaders.shards import SampleError, SampleReader, ShardSet, rank_range
 from signstream.loaders.stats import Report, Skipped, get_handler
-from signstream.loaders.transform import Transform
+from signstream.loaders.transform import Transform, emit_frame, resize_frame, size_mismatch
 
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
-READER = "reader"
+POSTPROCESS = ("auto", "opencv", "dali")
+PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
+# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py on 2 shared cores: 1 vs 4
+# gave 728/516, 926/961, 751/859 frames/s over three runs, within the noise; 1 peaks 125-270 MiB lower).
+# CUDA: 4, so NVDEC's engines get several clips at once (not measured: no GPU on the development box).
+BATCHES_PER_RUN = {"cpu": 1, "cuda": 4}
+
+# NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), from NVIDIA's
+# Video Codec SDK decoder programming guide (Turing and later GPUs).
+NVDEC_LIMITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "h264": ((16, 48), (4096, 4096)),
+    "vp8": ((16, 48), (4096, 4096)),
+    "hevc": ((144, 144), (8192, 8192)),
+    "vp9": ((128, 128), (8192, 8192)),
+    "av1": ((128, 128), (8192, 8192)),
+}
 
 
 def check_codecs(shardset: ShardSet, device: str) -> None:
@@ -62,112 +101,162 @@ def check_codecs(shardset: ShardSet, device: str) -> None:
             f"use backend='pyav', device='cuda', or repack the shards as VP9 (signstream pack --codec vp9)")
 
 
-# ------------------------------------------------------------------ pipelines
-def _reader_pipeline(shardset: ShardSet, order: list[int], *, rank: int, world: int, shuffle: bool,
-                     seed: int, pad: bool, batch_size: int, fill: int):
-    from nvidia.dali import fn, pipeline_def
-
-    shards = [shardset.shards[i] for i in order]
-    indexed = all(s.index_path is not None for s in shards)
-
-    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, seed=seed,
-                  prefetch_queue_depth=2)
-    def reader():
-        video, meta = fn.readers.webdataset(
-            paths=[str(s.path) for s in shards],
-            index_paths=[str(s.index_path) for s in shards] if indexed else None,
-            ext=[";".join(sorted(shardset.video_exts)), "json"], missing_component_behavior="empty",
-            shard_id=rank, num_shards=world, random_shuffle=shuffle, initial_fill=fill, seed=seed,
-            pad_last_batch=pad, stick_to_shard=True, dont_use_mmap=True, name=READER)
-        return video, meta
-
-    pipe = reader()
-    pipe.build()
-    return pipe
+def nvdec_size_error(codec: str, height: int, width: int, where: str) -> str | None:
+    """The one-line reason NVDEC cannot decode a ``height x width`` video (``None`` if it can)."""
+    if codec not in NVDEC_LIMITS:
+        return None
+    (min_h, min_w), (max_h, max_w) = NVDEC_LIMITS[codec]
+    if min_h <= height <= max_h and min_w <= width <= max_w:
+        return None
+    return (f"{where}: {height}x{width} {codec} frames are outside NVDEC's limits for {codec} "
+            f"({min_h}x{min_w} to {max_h}x{max_w}, height x width); repack with "
+            f"signstream pack --resize HxW, or use device='cpu' / backend='pyav'")
 
 
-def dali_transform(encoded, frames, order, roi_start, roi_end, size, mirror, jitter, *,
-                   device: str, transform: Transform):
-    """The Transform as DALI operators (plain function on data nodes)."""
+def check_nvdec_sizes(shardset: ShardSet) -> None:
+    """Refuse, before any decoding, shards whose videos NVDEC cannot decode (first sample of each)."""
+    codec = next(iter(shardset.codecs)) if len(shardset.codecs) == 1 else None
+    if codec not in NVDEC_LIMITS:
+        return
+    with SampleReader(shardset) as reader:
+        for shard in shardset.shards:
+            for ref in shard.samples[:1]:
+                try:
+                    data, meta, _ = reader.read(ref)
+                    h, w = (int(meta["height"]), int(meta["width"])) if "height" in meta else probe_size(data)
+                except (SampleError, KeyError, TypeError, ValueError):
+                    continue  # a damaged first sample is skipped later, not a size problem
+                why = nvdec_size_error(codec, h, w, f"{shard.path.name} (sample {ref.key})")
+                if why:
+                    raise SignstreamError(why)
+
+
+# ------------------------------------------------------------------- the graph
+def dali_postprocess(video, order, roi_start, roi_end, size, mirror, jitter, *, transform: Transform):
+    """The Transform as DALI operators on decoded frames (plain function on data nodes)."""
     from nvidia.dali import fn, types
 
-    video = fn.decoders.video(encoded, frames=frames, pad_mode="none",
-                              device="mixed" if device == "cuda" else "cpu")
     video = fn.resize(video, size=size, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
                       interp_type=types.INTERP_LINEAR, antialias=True)
     if jitter is not None:
         video = fn.brightness_contrast(video, brightness=jitter[0], contrast=jitter[1], contrast_center=128.0)
         video = fn.color_twist(video, saturation=jitter[2])
     video = fn.sequence_rearrange(video, new_order=order)  # repeats + padding to the batch's T
-    if transform.output == "float":
+    if transform.output != "uint8":
         mean, std = transform.mean_std()
+        dtype = types.FLOAT16 if transform.output == "float16" else types.FLOAT
         return fn.crop_mirror_normalize(video, mirror=mirror, mean=mean.tolist(), std=std.tolist(),
-                                        dtype=types.FLOAT, output_layout="CFHW")
+                                        dtype=dtype, output_layout="CFHW")
     video = fn.flip(video, horizontal=mirror)
     return fn.transpose(video, perm=[3, 0, 1, 2], output_layout="CFHW")
 
 
+# name -> (DALI type, ndim) of every per-sample input, by postprocess
 _INPUTS = {"encoded": ("UINT8", 1), "frames": ("INT32", 1), "order": ("INT32", 1),
-           "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1), "size": ("FLOAT", 1), "mirror": ("INT32", 0)}
+           "roi_start": ("FLOAT", 1), "roi_end": ("FLOAT", 1), "size": ("FLOAT", 1), "mirror": ("INT32", 0),
+           "jitter": ("FLOAT", 1)}
 
 
-def _decode_pipeline(transform: Transform, device: str, batch_size: int, num_threads: int, device_id):
+def input_names(postprocess: str, transform: Transform) -> list[str]:
+    """The per-sample inputs the graph of ``postprocess`` takes."""
+    if postprocess == "opencv":
+        return ["encoded", "frames"]
+    names = [n for n in _INPUTS if n != "jitter"]
+    return names + ["jitter"] if transform.colour_jitter > 0 else names
+
+
+def build_pipeline(names: list[str], *, postprocess: str, transform: Transform, batch_size: int,
+                   num_threads: int, device_id: int | None, source: Callable | None = None):
+    """The decode pipeline: streaming from ``source`` (a batch callback), or fed by name when ``None``."""
     from nvidia.dali import fn, pipeline_def, types
 
-    jitter = transform.colour_jitter > 0
+    dtypes = [getattr(types, _INPUTS[n][0]) for n in names]
+    ndims = [_INPUTS[n][1] for n in names]
 
-    # Synchronous execution: a failure surfaces on the batch that caused it.
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                  exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
+                  prefetch_queue_depth=PREFETCH_RUNS if source is not None else 1, exec_dynamic=True)
     def decode():
-        nodes = {name: fn.external_source(name=name, dtype=getattr(types, dtype), ndim=ndim)
-                 for name, (dtype, ndim) in _INPUTS.items()}
-        nodes["jitter"] = fn.external_source(name="jitter", dtype=types.FLOAT, ndim=1) if jitter else None
-        return dali_transform(**nodes, device=device, transform=transform)
+        if source is not None:
+            nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, dtype=dtypes, ndim=ndims)
+        else:
+            nodes = [fn.external_source(name=n, dtype=t, ndim=d) for n, t, d in zip(names, dtypes, ndims)]
+        inputs = dict(zip(names, nodes))
+        video = fn.decoders.video(inputs["encoded"], frames=inputs["frames"], pad_mode="none",
+                                  device="mixed" if device_id is not None else "cpu")
+        if postprocess == "opencv":
+            return video
+        return dali_postprocess(video, *(inputs.get(n) for n in list(_INPUTS)[2:]), transform=transform)
 
     pipe = decode()
     pipe.build()
     return pipe
 
 
-def _feeds(group: list[Planned], transform: Transform) -> dict[str, list[np.ndarray]]:
-    t = transform.batch_frames(max(p.plan.length for p in group))
-    feeds: dict[str, list[np.ndarray]] = {name: [] for name in _INPUTS}
-    if transform.colour_jitter > 0:
-        feeds["jitter"] = []
-    for p in group:
-        unique, order = p.plan.unique_frames()
-        y0, x0, h, w = p.plan.box
-        feeds["encoded"].append(p.data)
-        feeds["frames"].append(unique.astype(np.int32))
-        feeds["order"].append(np.pad(order, (0, t - len(order)), mode="edge").astype(np.int32))
-        feeds["roi_start"].append(np.array([y0, x0], np.float32))
-        feeds["roi_end"].append(np.array([y0 + h, x0 + w], np.float32))
-        feeds["size"].append(np.array(p.plan.out_hw, np.float32))
-        feeds["mirror"].append(np.array(int(p.plan.flip), np.int32))
-        if "jitter" in feeds:
-            feeds["jitter"].append(np.array(p.plan.jitter or (1.0, 1.0, 1.0), np.float32))
-    return feeds
+def sample_inputs(p: Planned, t: int) -> dict[str, np.ndarray]:
+    """One sample's graph inputs; ``t`` is its batch's T (the order is padded to it)."""
+    unique, order = p.plan.unique_frames()
+    y0, x0, h, w = p.plan.box
+    return {"encoded": np.frombuffer(p.data, np.uint8), "frames": unique.astype(np.int32),
+            "order": np.pad(order, (0, t - len(order)), mode="edge").astype(np.int32),
+            "roi_start": np.array([y0, x0], np.float32), "roi_end": np.array([y0 + h, x0 + w], np.float32),
+            "size": np.array(p.plan.out_hw, np.float32), "mirror": np.array(int(p.plan.flip), np.int32),
+            "jitter": np.array(p.plan.jitter or (1.0, 1.0, 1.0), np.float32)}
+
+
+class Feed:
+    """The source callback: each call returns the next DALI iteration (several user batches).
+
+    The groups handed to DALI and not yet consumed are kept in order in
+    ``inflight`` (DALI returns iterations in the order it asked for them).
+    """
+
+    def __init__(self, names: list[str], transform: Transform, per_run: int):
+        self.names, self.transform, self.per_run = names, transform, per_run
+        self.groups: Iterator[list[Planned]] = iter(())
+        self.inflight: deque[list[list[Planned]]] = deque()
+
+    def __call__(self) -> tuple[list[np.ndarray], ...]:
+        run = list(islice(self.groups, self.per_run))
+        if not run:
+            raise StopIteration
+        self.inflight.append(run)
+        columns: tuple[list[np.ndarray], ...] = tuple([] for _ in self.names)
+        for group in run:
+            t = self.transform.batch_frames(max(p.plan.length for p in group))
+            for p in group:
+                inputs = sample_inputs(p, t)
+                for column, name in zip(columns, self.names):
+                    column.append(inputs[name])
+        return columns
 
 
 def _dali_reason(exc: Exception) -> str:
     """The informative part of a DALI pipeline error (what follows "encountered:")."""
-    text = str(exc)
-    text = text.split("encountered:", 1)[-1]
+    text = str(exc).split("encountered:", 1)[-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()
              and not ln.strip().startswith(("C++ context", "Current pipeline object"))]
-    reason = " ".join(lines) or type(exc).__name__
-    reason = re.sub(r'^Assert on ".*?" failed: ', "", reason)
+    reason = re.sub(r'^Assert on ".*?" failed: ', "", " ".join(lines) or type(exc).__name__)
     return f"DALI: {reason}"[:300]
 
 
 # --------------------------------------------------------------------- loader
 class DaliLoader(BaseLoader):
-    """Loader over VP9/MJPEG (CPU) or any NVDEC codec (CUDA) shards with DALI."""
+    """Loader over VP9/MJPEG (CPU) or any NVDEC codec (CUDA) shards with one DALI pipeline.
+
+    Args:
+        shardset: the resolved shards.
+        num_threads: DALI's CPU threads (and the OpenCV pool's size on the CPU).
+        bucket: length-bucketing buffer in batches (0 = off).
+        batches_per_run: user batches decoded by one DALI iteration (default:
+            :data:`BATCHES_PER_RUN` for the device).
+        postprocess: ``opencv`` (CPU), ``dali`` (DALI operators; the only choice on
+            CUDA) or ``auto`` (``dali`` on CUDA, ``opencv`` on the CPU).
+    """
 
     backend = "dali"
 
-    def __init__(self, shardset: ShardSet, *, num_threads: int, bucket: int = 0, **common: Any):
+    def __init__(self, shardset: ShardSet, *, num_threads: int, bucket: int = 0,
+                 batches_per_run: int | None = None, postprocess: str = "auto", **common: Any):
         super().__init__(**common)
         check_codecs(shardset, self.device)
         remote.check_dali(shardset)
@@ -175,11 +264,37 @@ class DaliLoader(BaseLoader):
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise SignstreamError("backend='dali' needs the nvidia-dali package") from None
+        if postprocess not in POSTPROCESS:
+            raise SignstreamError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
+        self.device_id = self._device_index()
+        if batches_per_run is None:
+            batches_per_run = BATCHES_PER_RUN["cpu" if self.device_id is None else "cuda"]
+        if batches_per_run < 1:
+            raise SignstreamError(f"batches_per_run must be >= 1, got {batches_per_run}")
+        if self.device_id is not None:
+            if postprocess == "opencv":
+                raise SignstreamError("postprocess='opencv' runs on the CPU; on CUDA use 'dali' (or 'auto')")
+            check_nvdec_sizes(shardset)
+        self.postprocess = postprocess if postprocess != "auto" else ("dali" if self.device_id is not None
+                                                                        else "opencv")
         self.shardset, self.num_threads, self.bucket = shardset, max(1, num_threads), bucket
-        self.refs = {ref.key: ref for ref in shardset.refs}
-        self.device_id = torch.cuda.current_device() if torch.device(self.device).type == "cuda" else None
-        self._decoder = None
-        self._pending = Report()
+        self.batches_per_run = batches_per_run
+        self.names = input_names(self.postprocess, self.transform)
+        self._pipe = self._probe = None
+        self._feed = Feed(self.names, self.transform, batches_per_run)
+        self._pool_threads: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._pending, self._streak = Report(), 0
+
+    def _device_index(self) -> int | None:
+        """GPU index from the device string (``cuda:1`` decodes on GPU 1); ``None`` on the CPU."""
+        device = torch.device(self.device)
+        if device.type != "cuda":
+            return None
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise SignstreamError(f"device={self.device!r} but only {torch.cuda.device_count()} CUDA device(s)")
+        return index
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (eval: before any skips)."""
@@ -188,130 +303,212 @@ class DaliLoader(BaseLoader):
         r0, r1 = rank_range(self.shardset.num_samples, self.rank, self.world)
         return -(-(r1 - r0) // self.batch_size)
 
-    # -- reading ----------------------------------------------------------------
-    def _share(self, epoch: int) -> tuple[list[int], set[str]]:
-        """Shard order of the epoch and the keys this rank must deliver in eval."""
-        order = list(range(len(self.shardset.shards)))
-        refs = epoch_order(self.shardset, epoch, self.seed, self.shuffle and self.train)
-        if self.shuffle and self.train:
-            order = list(dict.fromkeys(ref.shard for ref in refs))
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "postprocess": self.postprocess, "batches_per_run": self.batches_per_run}
+
+    # -- reading and planning (the same stages as the PyAV backend) --------------
+    def _groups(self, epoch: int, reader: SampleReader) -> wds.DataPipeline:
+        refs = epoch_order(self.shardset, epoch, self.seed, self.shuffle)
         r0, r1 = rank_range(len(refs), self.rank, self.world)
-        return order, {ref.key for ref in refs[r0:r1]}
+        self._share = r1 - r0
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, self.rank, 0])
+        return wds.DataPipeline(
+            lambda: iter(refs),
+            take_range(r0, r1),                          # split by node (rank)
+            passes(self.train, self.shuffle, rng),       # shuffle (and replay when training)
+            self._read(reader, epoch),                   # read by offset, plan
+            lambda src: group_batches(src, self.batch_size, bucket=self.bucket, rng=rng,
+                                      length=lambda p: p.plan.length),
+        )
 
-    def _raw(self, epoch: int) -> Iterator[Planned]:
-        """Planned samples from the reader: eval stops after the share, train never stops."""
-        order, wanted = self._share(epoch)
-        seed = int(np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, self.rank]).integers(1 << 30))
-        pipe = _reader_pipeline(self.shardset, order, rank=self.rank, world=self.world,
-                                shuffle=self.shuffle, seed=seed, pad=not self.train,
-                                batch_size=self.batch_size, fill=max(1, min(1024, len(wanted))))
-        seen: set[str] = set()
-        passes: dict[str, int] = {}
-        streak = 0
-        try:
-            while self.train or len(seen) < len(wanted):
-                videos, metas = pipe.run()
-                for i in range(len(videos)):
-                    ref = self._ref(videos[i])
-                    if not self.train:
-                        if ref.key in seen:
-                            continue  # eval padding: a repeat of the share's last sample
-                        if ref.key not in wanted:
-                            raise SignstreamError(f"DALI reader gave {ref.key}, outside rank "
-                                                  f"{self.rank}'s share of {self.shardset.origin}")
-                    seen.add(ref.key)
-                    pass_ = passes[ref.key] = passes.get(ref.key, -1) + 1
-                    planned = self._plan(ref, videos[i], metas.at(i), epoch, pass_)
-                    streak = 0 if planned is not None else streak + 1
-                    if streak > 2 * len(wanted):  # training replays the share: stop if none is readable
-                        raise SignstreamError(f"no readable sample in rank {self.rank}'s share of "
-                                              f"{self.shardset.origin}")
-                    if planned is not None:
-                        yield planned
-        finally:
-            del pipe
+    def _read(self, reader: SampleReader, epoch: int) -> Callable[[Iterator], Iterator[Planned]]:
+        def stage(src: Iterator) -> Iterator[Planned]:
+            for ref, pass_ in src:
+                try:
+                    data, meta, nbytes = reader.read(ref)
+                    self._pending.bytes_read += nbytes
+                    plan = plan_from_meta(meta, ref.key, data, self.transform, train=self.train,
+                                          seed=self.seed, epoch=epoch, pass_=pass_)
+                    if self.postprocess == "dali":  # DALI crops before Python sees a frame: check first
+                        h, w = probe_size(data)
+                        why = size_mismatch(plan, h, w)
+                        if why:
+                            raise SampleError(why)
+                        if self.device_id is not None:
+                            limit = nvdec_size_error(next(iter(self.shardset.codecs)), h, w,
+                                                     f"{self.shardset.shard_of(ref)} (sample {ref.key})")
+                            if limit:
+                                raise SignstreamError(limit)
+                except SampleError as exc:
+                    self._skip(ref, str(exc))
+                    continue
+                yield Planned(ref, data, meta, plan)
+        return stage
 
-    def _ref(self, video) -> SampleRef:
-        source = video.source_info()  # "path:offset:member"
-        member = source.rsplit(":", 2)[-1].rsplit("/", 1)[-1]
-        ref = self.refs.get(member.split(".", 1)[0])
-        if ref is None:
-            raise SignstreamError(f"DALI reader returned an unknown sample {source}")
-        return ref
-
-    def _plan(self, ref: SampleRef, video, meta_bytes: np.ndarray, epoch: int, pass_: int) -> Planned | None:
-        data = np.array(video)
-        self._pending.bytes_read += data.nbytes + meta_bytes.nbytes
-        try:
-            meta = parse_meta(meta_bytes.tobytes(), ref.key) if meta_bytes.size else {"key": ref.key}
-            plan = plan_from_meta(meta, ref.key, data, self.transform, train=self.train,
-                                  seed=self.seed, epoch=epoch, pass_=pass_)
-        except SampleError as exc:
-            self._skip(ref.key, self.shardset.shard_of(ref), str(exc))
-            return None
-        return Planned(ref, data, meta, plan)
-
-    def _skip(self, key: str, shard: str, reason: str) -> None:
-        record = Skipped(key, shard, reason)
+    def _skip(self, ref, reason: str) -> None:
+        record = Skipped(ref.key, self.shardset.shard_of(ref), reason)
         self._pending.skipped.append(record)
         get_handler(self.handler)(record)
+        # Training replays the share forever: stop after two passes without a good sample.
+        self._streak += 1
+        if self.train and self._streak > 2 * max(1, self._share):
+            raise SignstreamError(f"no readable sample in rank {self.rank}'s share of {self.shardset.origin} "
+                                  f"(last: {record.key} in {record.shard}: {reason})")
 
-    # -- decoding ---------------------------------------------------------------
-    def _run(self, group: list[Planned]) -> torch.Tensor:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+    # -- the streaming loop ------------------------------------------------------
+    def _epoch(self, epoch: int) -> Iterator[tuple[Batch | None, Report]]:
+        self._pending, self._streak = Report(), 0
+        clean = False
+        with SampleReader(self.shardset) as reader:
+            self._feed.groups = iter(self._groups(epoch, reader))
+            self._feed.inflight.clear()
+            if self._pipe is None:
+                self._pipe = self._build(self.batches_per_run * self.batch_size, self._feed)
+            batches = self._stream()
+            if self.train:  # count delivered batches: a wholly corrupt group must not shorten the epoch
+                batches = islice(batches, train_batches(self.shardset.num_samples, self.world, self.batch_size))
+            try:
+                for batch in batches:
+                    report, self._pending = self._pending, Report()
+                    yield batch, report
+                clean = not self.train
+            finally:
+                if self._pool_threads is not None:  # no idle threads left behind between epochs
+                    self._pool_threads.shutdown(wait=True)
+                    self._pool_threads = None
+                if clean:
+                    self._pipe.reset()  # reached the end: ready for the next epoch
+                else:
+                    self._pipe = None  # iterations still queued (training, or the caller stopped early)
+        yield None, self._pending
 
-        if self._decoder is None:
-            self._decoder = _decode_pipeline(self.transform, "cuda" if self.device_id is not None else "cpu",
-                                             self.batch_size, self.num_threads, self.device_id)
-        for name, data in _feeds(group, self.transform).items():
-            self._decoder.feed_input(name, data)
-        (out,) = self._decoder.run()
-        shape = (len(group), *out[0].shape())
-        if self.device_id is not None:
-            dtype = torch.float32 if self.transform.output == "float" else torch.uint8
-            tensor = torch.empty(shape, dtype=dtype, device=self.device)
-            feed_ndarray(out.as_tensor(), tensor, cuda_stream=torch.cuda.current_stream())
-            return tensor
-        # CPU: reuse the loader's float buffers (see BufferPool) instead of fresh pages
-        array = self._pool.get(shape) if self.transform.output == "float" else np.empty(shape, np.uint8)
-        return feed_ndarray(out.as_tensor(), torch.from_numpy(array))
+    def _build(self, batch_size: int, source: Callable | None):
+        return build_pipeline(self.names, postprocess=self.postprocess, transform=self.transform,
+                              batch_size=batch_size, num_threads=self.num_threads,
+                              device_id=self.device_id, source=source)
 
-    def _decode(self, group: list[Planned]) -> Batch | None:
-        """Decode a batch; on a DALI error find and skip the bad samples, decode the rest."""
-        try:
-            video = self._run(group)
-        except RuntimeError:
-            self._decoder = None  # a failed DALI pipeline cannot run again
-            good = []
-            for p in group:
-                try:
-                    self._run([p])
-                    good.append(p)
-                except RuntimeError as exc:
-                    self._decoder = None
-                    self._skip(p.ref.key, self.shardset.shard_of(p.ref), _dali_reason(exc))
-            if not good:
+    def _stream(self) -> Iterator[Batch]:
+        stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
+        while True:
+            try:
+                (out,) = self._pipe.run(stream) if stream is not None else self._pipe.run()
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                if not self._feed.inflight:
+                    raise SignstreamError(f"DALI pipeline failed: {_dali_reason(exc)}") from None
+                for group in self._feed.inflight.popleft():
+                    batch = self._recover(group)
+                    if batch is not None:
+                        yield batch
+                continue
+            offset = 0
+            for group in self._feed.inflight.popleft():
+                batch = self._assemble(group, [out[offset + j] for j in range(len(group))])
+                offset += len(group)
+                if batch is not None:
+                    yield batch
+
+    def _recover(self, group: list[Planned]) -> Batch | None:
+        """Decode a failed group's samples one at a time; skip (and name) the ones DALI refuses."""
+        t = self.transform.batch_frames(max(p.plan.length for p in group))
+        good, outs = [], []
+        for p in group:
+            if self._probe is None:
+                self._probe = self._build(1, None)
+            inputs = sample_inputs(p, t)
+            try:
+                stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
+                result = self._probe.run(stream, **{n: [inputs[n]] for n in self.names})
+            except RuntimeError as exc:
+                self._probe = None  # do not trust a pipeline that just failed
+                self._skip(p.ref, _dali_reason(exc))
+                continue
+            good.append(p)
+            outs.append(result)  # keeps the output alive until it is copied
+        if not good:
+            return None
+        return self._assemble(good, [result[0][0] for result in outs], t=t)
+
+    # -- outputs to torch --------------------------------------------------------
+    def _assemble(self, group: list[Planned], outs: list, t: int | None = None) -> Batch | None:
+        """One user batch from its samples' DALI outputs."""
+        check_frame_sizes([p.plan.out_hw for p in group], [p.ref.key for p in group])
+        t = t or self.transform.batch_frames(max(p.plan.length for p in group))
+        if self.postprocess == "dali":
+            video = self._copy_out(outs, (len(group), 3, t, *group[0].plan.out_hw))
+        else:
+            video, group = self._opencv(group, outs, t)
+            if not group:
                 return None
-            group, video = good, self._run(good)
+        self._streak = 0
         lengths = torch.tensor([p.plan.length for p in group], dtype=torch.int64)
         return Batch(video, lengths, [p.ref.key for p in group], [p.meta for p in group])
 
-    def _epoch(self, epoch: int) -> Iterator[tuple[Batch | None, Report]]:
-        self._pending = Report()  # skips and bytes since the last yield
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, self.rank, 1])
-        groups = group_batches(self._raw(epoch), self.batch_size, bucket=self.bucket, rng=rng,
-                               length=lambda p: p.plan.length)
-        decoded = (self._decode(group) for group in groups)
-        batches = (b for b in decoded if b is not None)
-        if self.train:  # count delivered batches: a wholly corrupt group must not shorten the epoch
-            batches = islice(batches, train_batches(self.shardset.num_samples, self.world, self.batch_size))
-        for batch in batches:
-            report, self._pending = self._pending, Report()
-            yield batch, report
-        yield None, self._pending
+    def _copy_out(self, outs: list, shape: tuple[int, ...]) -> torch.Tensor:
+        """DALI's per-sample outputs into one torch tensor (on CUDA: on the current stream)."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dtype = {"float": torch.float32, "float16": torch.float16, "uint8": torch.uint8}[self.transform.output]
+        if self.device_id is None:
+            video = torch.empty(shape, dtype=dtype)
+            for j, out in enumerate(outs):
+                feed_ndarray(out, video[j])
+            return video
+        video = torch.empty(shape, dtype=dtype, device=torch.device("cuda", self.device_id))
+        stream = torch.cuda.current_stream(self.device_id)
+        for j, out in enumerate(outs):
+            feed_ndarray(out, video[j], cuda_stream=stream)
+        return video
+
+    def _opencv(self, group: list[Planned], outs: list, t: int) -> tuple[torch.Tensor, list[Planned]]:
+        """Crop, resize, jitter, pad and normalise decoded frames with OpenCV in a thread pool."""
+        shape = (len(group), 3, t, *group[0].plan.out_hw)
+        uint8 = self.transform.output == "uint8"
+        video = np.empty(shape, np.uint8) if uint8 else self._pool.get(shape)
+        if self._pool_threads is None:
+            self._pool_threads = ThreadPoolExecutor(max_workers=self.num_threads)
+        jobs = [(p, np.asarray(out), video[j]) for j, (p, out) in enumerate(zip(group, outs))]
+        reasons = list(self._pool_threads.map(lambda job: self._post_sample(*job, t=t), jobs))
+        good = [j for j, why in enumerate(reasons) if why is None]
+        for j, why in enumerate(reasons):
+            if why is not None:
+                self._skip(group[j].ref, why)
+        if len(good) < len(group):
+            video = video[good]
+        tensor = torch.from_numpy(video)
+        return (tensor.half() if self.transform.output == "float16" else tensor), [group[j] for j in good]
+
+    def _post_sample(self, p: Planned, frames: np.ndarray, dst: np.ndarray, *, t: int) -> str | None:
+        """One sample's frames into its batch slot ``dst`` ([3, T, H, W]); the reason if it cannot be."""
+        why = size_mismatch(p.plan, frames.shape[1], frames.shape[2])
+        if why:
+            return why
+        unique, slots = p.plan.frame_slots()
+        if len(frames) < len(unique):
+            return f"DALI: {len(frames)} frames decoded, {len(unique)} planned"
+        oh, ow = p.plan.out_hw
+        local = self._local
+        if getattr(local, "frame", None) is None or local.frame.shape != (oh, ow, 3):
+            local.frame = np.empty((oh, ow, 3), np.uint8)
+        if dst.dtype == np.uint8:
+            clip = dst
+        else:
+            if getattr(local, "clip", None) is None or local.clip.shape != dst.shape:
+                local.clip = np.empty(dst.shape, np.uint8)
+            clip = local.clip
+        for i, positions in enumerate(slots):
+            resize_frame(frames[i], p.plan.box, p.plan.out_hw, local.frame)
+            emit_frame(clip, positions, local.frame, p.plan)
+        if p.plan.length < t:
+            get_pad(self.transform.pad)(clip, p.plan.length)
+        if clip is not dst:
+            mean, std = self.transform.mean_std()
+            normalize_clip(clip, dst, mean, (1.0 / std).astype(np.float32))
+        return None
 
     def _finalize(self, batch: Batch) -> Batch:
-        # DALI already normalised on the target device; only zero padding is left.
+        # Already on the target device in its final dtype; only zero padding is left.
         if self.transform.pad == "zeros":
             mask_padding(batch.video, batch.lengths)
         return Batch(batch.video, batch.lengths.to(batch.video.device), batch.keys, batch.meta)

@@ -18,6 +18,7 @@ PyAV and DALI backends hand the same samples to the same rank.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from signstream import SignstreamError
 from signstream.loaders import remote
 from signstream.loaders.format import EXT_CODEC, INDEX_VERSION, MANIFEST, VIDEO_EXTS
 from signstream.loaders.format import FORMAT as MANIFEST_FORMAT
+
+log = logging.getLogger("signstream.loaders")
 
 
 class SampleError(Exception):
@@ -118,12 +121,29 @@ def parse_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
 
 
 def scan_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
-    """Index a tar without an index file (same grouping as DALI: key = name up to the first dot)."""
+    """Index a tar without an index file (same grouping as DALI: key = name up to the first dot).
+
+    A tar cut short (a killed copy, a full disk) keeps every sample whose
+    header was read: the members before the cut are intact, and the one the
+    cut runs through is listed with its full recorded size, so reading it
+    fails as a truncated member that the loaders skip and name. Only a file
+    that is not a tar at all is an error.
+    """
     layout: list[list[tuple[str, int, int, str]]] = []
     last = None
     try:
         with _tar_members(path) as tar:
-            for info in tar:
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.ReadError as exc:  # cut short: keep what was read
+                    if not layout:
+                        raise
+                    log.warning("shard %s ends early (%s): reading the %d samples before the cut",
+                                path, exc, len(layout))
+                    break
+                if info is None:
+                    break
                 base = info.name.rsplit("/", 1)[-1]
                 if not info.isreg() or base.startswith(".") or "." not in base:
                     continue

@@ -83,7 +83,7 @@ def get_window(name: str) -> Callable[[np.ndarray, int, np.random.Generator], np
 
 
 PAD_MODES = ("replicate", "zeros")
-OUTPUTS = ("float", "uint8")
+OUTPUTS = ("float", "float16", "uint8")
 
 
 def _pair(value: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -107,7 +107,8 @@ class Transform:
             exact size; ``None`` resizes the short side to ``max(size)``.
         normalize: preset name (see :data:`NORMALIZATIONS`); ``mean``/``std``
             (0-1 units) override it.
-        output: ``"float"`` (normalised float32) or ``"uint8"`` (raw RGB).
+        output: ``"float"`` (normalised float32), ``"float16"`` (normalised
+            half precision, for AMP) or ``"uint8"`` (raw RGB).
         frame_stride: keep every k-th frame.
         max_frames: longest clip; longer ones are cut by ``window`` (eval) or
             ``train_window`` (train).
@@ -237,6 +238,9 @@ class SamplePlan:
         out_hw: ... and resized to this ``(H, W)``.
         flip: mirror horizontally.
         jitter: ``(brightness, contrast, saturation)`` factors, or ``None``.
+        src_hw: the frame size the plan was made for (from the sample's
+            metadata); decoders check the decoded frames against it, so a
+            JSON that lies about the size is caught instead of mis-cropped.
     """
 
     indices: np.ndarray
@@ -244,6 +248,7 @@ class SamplePlan:
     out_hw: tuple[int, int]
     flip: bool = False
     jitter: tuple[float, float, float] | None = None
+    src_hw: tuple[int, int] | None = None
 
     @property
     def length(self) -> int:
@@ -264,6 +269,19 @@ class SamplePlan:
         unique, order = self.unique_frames()
         counts = np.bincount(order, minlength=len(unique))
         return unique, np.split(np.arange(len(order)), np.cumsum(counts)[:-1])
+
+
+def size_mismatch(plan: SamplePlan, height: int, width: int) -> str | None:
+    """Why a decoded ``height x width`` video cannot take ``plan`` (``None`` when it can).
+
+    Plans are made from the sample's JSON before decoding; a JSON whose frame
+    size disagrees with the video would crop the wrong region silently, so
+    every backend checks the decoded size and skips (and names) the sample.
+    """
+    if plan.src_hw is None or tuple(plan.src_hw) == (int(height), int(width)):
+        return None
+    return (f"metadata says {plan.src_hw[0]}x{plan.src_hw[1]} but the video is {height}x{width} "
+            f"(fix the sample's JSON height/width)")
 
 
 def sample_rng(seed: int, epoch: int, key: str, pass_: int = 0) -> np.random.Generator:
@@ -341,7 +359,7 @@ def plan_sample(num_frames: int, height: int, width: int, t: Transform, *, train
     if train and t.colour_jitter > 0:
         j = t.colour_jitter
         jitter = tuple(float(v) for v in rng.uniform(1 - j, 1 + j, size=3))
-    return SamplePlan(indices, box, out_hw, flip, jitter)
+    return SamplePlan(indices, box, out_hw, flip, jitter, (int(height), int(width)))
 
 
 # ------------------------------------------------------------- numpy execution
@@ -373,6 +391,22 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], out_hw: tupl
     x = torch.from_numpy(np.ascontiguousarray(region)).permute(0, 3, 1, 2)  # channels-last view
     y = F.interpolate(x, size=(oh, ow), mode="bilinear", antialias=True, align_corners=False)
     return y.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def resize_frame(frame: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int],
+                 dst: np.ndarray) -> None:
+    """One ``[H, W, 3]`` frame's ``box`` resized into ``dst`` (``[*out_hw, 3]``), filters as :func:`crop_resize`."""
+    import cv2
+
+    y0, x0, h, w = box
+    region = frame[y0:y0 + h, x0:x0 + w]
+    oh, ow = out_hw
+    if (h, w) == (oh, ow):
+        dst[:] = region
+    elif oh >= h and ow >= w:
+        cv2.resize(region, (ow, oh), dst=dst, interpolation=cv2.INTER_LINEAR)
+    else:
+        dst[:] = crop_resize(region[None], (0, 0, h, w), out_hw)[0]
 
 
 def apply_jitter(clip: np.ndarray, jitter: tuple[float, float, float]) -> np.ndarray:

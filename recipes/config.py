@@ -223,7 +223,29 @@ def describe(cls: type) -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
         lines.append(f"  {f.name:<18} {tp:<14} default {default!r}")
+    presets = list_presets(cls.__module__.rsplit(".", 1)[-1])
+    if presets:
+        lines += ["", f"presets (in {PRESETS.parent.name}/{PRESETS.name}/, pass with --config):"]
+        lines += [f"  {name:<36} {header}" for name, header in presets]
     return "\n".join(lines)
+
+
+PRESETS = Path(__file__).resolve().parent / "configs"
+
+
+def list_presets(recipe: str, folder: Path = PRESETS) -> list[tuple[str, str]]:
+    """The shipped presets of ``recipe`` as ``(file name, first header comment line)``.
+
+    A preset belongs to a recipe when its name starts with the recipe's name or
+    its first word and a dash (``finetune_ctc-*.yaml``, ``extract-*.yaml``).
+    """
+    prefixes = {recipe + "-", recipe.split("_")[0] + "-"}
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        if any(path.name.startswith(p) for p in prefixes):
+            first = next((ln for ln in path.read_text().splitlines() if ln.strip()), "")
+            found.append((path.name, first.lstrip("#").strip() if first.startswith("#") else ""))
+    return found
 
 
 def peak_memory() -> dict:

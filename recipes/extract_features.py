@@ -64,6 +64,7 @@ from signstream.recipes.config import (
     peak_memory,
     save_config,
 )
+from signstream.recipes.threads import apply_thread_policy
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,6 +93,7 @@ class ExtractConfig:
     dtype: Literal["float16", "float32"] = "float16"
     calibrate_bn: NonNegativeInt = 8
     seed: int = 0
+    threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/features"
     progress: bool = True
     overwrite: bool = False
@@ -246,6 +248,7 @@ def _bar(accelerator, cfg, loader, split):
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExtractConfig, argv)
+    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
     shards = check_config(cfg)
     out = Path(cfg.out)
     fingerprint = run_fingerprint(cfg, shards)

@@ -65,6 +65,7 @@ from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.replicas import replica_report
 from signstream.recipes.schedules import warmup_cosine
 from signstream.recipes.scoring import get_cleanup, wer_score
+from signstream.recipes.threads import apply_thread_policy
 
 
 @dataclass
@@ -102,6 +103,7 @@ class FinetuneConfig:
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
     max_steps_per_epoch: PositiveInt | None = None
     seed: int = 0
+    threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/finetune"
     resume: bool = True
     overwrite: bool = False
@@ -190,6 +192,7 @@ def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
+    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
     shards, out = remote.location(cfg.shards), Path(cfg.out)  # shards: a directory or a URL
     if not (shards / "glosses.txt").exists():
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")

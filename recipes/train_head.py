@@ -59,6 +59,7 @@ from signstream.recipes.config import (
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
 from signstream.recipes.scoring import get_cleanup
+from signstream.recipes.threads import apply_thread_policy
 
 
 @dataclass
@@ -86,6 +87,7 @@ class TrainHeadConfig:
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
     precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
+    threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/head"
     resume: bool = True
     overwrite: bool = False
@@ -175,6 +177,7 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainHeadConfig, argv)
+    apply_thread_policy(cfg.threads, workers=0)
     if not cfg.features:
         raise SignstreamError("set features=DIR (an extract_features output directory)")
     out, features = Path(cfg.out), Path(cfg.features)

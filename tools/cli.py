@@ -9,7 +9,9 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
 
 from signstream import SignstreamError, __version__
@@ -20,6 +22,7 @@ SUBCOMMANDS = {
     "pack": "signstream.tools.pack",
     "verify": "signstream.tools.verify",
     "wer": "signstream.tools.wer",
+    "demo": "signstream.tools.demo",
 }
 # Recipes take `--config PRESET.yaml key=value ...` themselves (see recipes/config.py).
 RECIPES = {
@@ -40,9 +43,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _OneLineHelp(argparse.HelpFormatter):
+    """Wide enough that each subcommand and its description share one line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=120, max_help_position=30)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            # argparse measures subcommand names one indent level too shallow, so the
+            # longest name (extract_features) would push its description to the next line
+            longest = max(map(len, action.choices), default=0)
+            self._action_max_length = max(self._action_max_length, self._current_indent + 4 + longest)
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     """Build the parser; only the chosen subcommand's module is imported."""
-    parser = OneLineParser(prog="signstream", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="signstream", description="signstream: sign language video to recognised glosses, fast and measured",
+        epilog="Recipes take --config PRESET.yaml and key=value overrides; `signstream RECIPE --help` lists "
+               "their keys and shipped presets. `signstream COMMAND --help` shows a command's options.",
+        formatter_class=_OneLineHelp)
     parser.add_argument("--version", action="version", version=f"signstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -53,14 +75,28 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
             p = sub.add_parser(name, help=module.HELP, description=module.HELP)
             module.add_arguments(p)
         else:
-            sub.add_parser(name, help=_lazy_help(name), add_help=False)
-    for name in RECIPES:
-        sub.add_parser(name, help=f"recipe: --config PRESET.yaml key=value ... (see `signstream {name} --help`)")
+            sub.add_parser(name, help=summary(modname), add_help=False)
+    for name, modname in RECIPES.items():
+        sub.add_parser(name, help=f"recipe: {summary(modname)}")
     return parser, module
 
 
-def _lazy_help(name: str) -> str:
-    return f"see `signstream {name} --help`"
+def summary(modname: str) -> str:
+    """A module's one-line description, read from its source without importing it.
+
+    The module's ``HELP`` string when it has one, else the first line of its
+    docstring, lower-cased and without the final full stop (argparse style).
+    Reading the source keeps ``signstream --help`` from importing torch.
+    """
+    spec = importlib.util.find_spec(modname)
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HELP" for t in node.targets)
+                and isinstance(node.value, ast.Constant)):
+            return str(node.value.value)
+    line = (ast.get_docstring(tree) or "").strip().splitlines()[0:1]
+    text = line[0].rstrip(".") if line else modname
+    return text[:1].lower() + text[1:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,14 @@ small scale on CPU:
 1. ``signstream synth``   — a PHOENIX-2014 layout corpus (300 / 60 / 60 videos, 210×260);
 2. ``signstream pack``    — VP9 WebDataset shards + DALI indexes + manifests;
 3. ``signstream verify``  — checksums, indexes, and a full decode;
-4. ``finetune_ctc``       — S3D (cut after block 4) + linear classifier, CTC, 32 px;
+4. ``finetune_ctc``       — S3D (cut after block 3) + linear classifier, CTC, 32 px;
 5. ``extract_features``   — features of every split with the fine-tuned checkpoint (npy + SignJoey),
    and, as the baseline, with the same backbone at random init;
 6. ``train_head``         — a transformer CTC head on each feature set, dev/test WER.
 
 It prints a table (WER against the random-init baseline, seconds, frames/s and
-peak memory per stage, where every output is) and writes ``<out>/summary.json``.
+peak memory per stage, where every output is), writes ``<out>/summary.json``
+and draws ``<out>/report.png`` (dev WER per epoch, frames/s per stage).
 Recipes run as subprocesses, exactly as ``accelerate launch`` would run them
 on one process, so each stage's peak memory is its own.
 """
@@ -20,6 +21,7 @@ on one process, so each stage's peak memory is its own.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -30,7 +32,10 @@ from pathlib import Path
 
 from signstream import SignstreamError
 from signstream.loaders.fileio import write_json
+from signstream.recipes.threads import apply_thread_policy
+from signstream.tools.demo_report import write_report
 
+HELP = "run every stage end to end on a synthetic corpus (synth to WER, about 12 minutes on a quiet 2-core box)"
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 
 
@@ -62,8 +67,8 @@ def recipe(name: str, preset: str, *overrides: str) -> None:
     """Run a recipe in a subprocess (what ``accelerate launch`` does with one process)."""
     cmd = [sys.executable, "-m", "signstream.tools.cli", name, "--config", str(CONFIGS / preset), *overrides]
     print("$ signstream " + " ".join([name, "--config", f"recipes/configs/{preset}", *overrides]), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
-    if subprocess.run(cmd, env=env).returncode != 0:
+    # Each recipe applies the thread policy itself; a user's OMP_NUM_THREADS passes through.
+    if subprocess.run(cmd, env=dict(os.environ)).returncode != 0:
         raise SignstreamError(f"stage {name} failed (command: {' '.join(cmd)})")
 
 
@@ -90,8 +95,8 @@ def run_pipeline(out: Path, args, stages: Stages) -> dict:
         raise SignstreamError("verify found problems: " + "; ".join(report["problems"][:3]))
     common = [f"shards={p['shards']}", f"seed={args.seed}"]
     stages.run("finetune", lambda: recipe("finetune_ctc", "finetune_ctc-synthetic-s3d.yaml", *common,
-                                          f"out={p['finetune']}", f"epochs={args.epochs}", "resume=false",
-                                          "overwrite=true"),
+                                          f"out={p['finetune']}", "resume=false", "overwrite=true",
+                                          *([f"epochs={args.epochs}"] if args.epochs else [])),
                frames_of=lambda _: _train_frames(p["finetune"]),
                memory_of=lambda _: _json(p["finetune"] / "metrics.json")["peak_rss_mb"])
     for key, extra in (("features", f"checkpoint={p['finetune'] / 'best.safetensors'}"),
@@ -131,16 +136,21 @@ def print_table(summary: dict) -> None:
         print(f"  {what:<16} {where}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=300)
-    parser.add_argument("--dev", type=int, default=60)
-    parser.add_argument("--test", type=int, default=60)
-    parser.add_argument("--vocab", type=int, default=24)
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (corpus size, seed, fine-tuning epochs, output folder)."""
+    parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=300, help="train videos (default: %(default)s)")
+    parser.add_argument("--dev", type=int, default=60, help="dev videos (default: %(default)s)")
+    parser.add_argument("--test", type=int, default=60, help="test videos (default: %(default)s)")
+    parser.add_argument("--vocab", type=int, default=24, help="content glosses (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="fine-tuning epochs (default: the preset's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every stage, then print the table and write summary.json and report.png."""
+    apply_thread_policy(None, workers=0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages()
@@ -150,18 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     except SignstreamError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    head, base = _json(out / "head" / "metrics.json"), _json(out / "head_random" / "metrics.json")
-    finetune = _json(out / "finetune" / "metrics.json")
-    summary = {"dev_wer": head["dev_wer"], "test_wer": head["test_wer"],
-               "baseline_dev_wer": base["dev_wer"], "baseline_test_wer": base["test_wer"],
-               "finetune_best_dev_wer": finetune["best_dev_wer"],
-               "stages": stages.rows, "total_seconds": round(time.perf_counter() - t0, 1),
-               "outputs": {**outputs, "signjoey_files": str(Path(outputs["features"]) / "synth.s3d.{train,dev,test}"),
-                           "hypotheses": str(Path(outputs["head"]) / "test.hyp.txt"),
-                           "summary": str(out / "summary.json")}}
+    summary = summarise(out, outputs, stages, time.perf_counter() - t0)
     write_json(out / "summary.json", summary)
+    write_report(summary, out / "report.png")
     print_table(summary)
     return 0
+
+
+def summarise(out: Path, outputs: dict, stages: Stages, seconds: float) -> dict:
+    """The figures of a finished run: WERs, learning curves, stage rows, outputs."""
+    head, base = _json(out / "head" / "metrics.json"), _json(out / "head_random" / "metrics.json")
+    finetune = _json(out / "finetune" / "metrics.json")
+    return {"dev_wer": head["dev_wer"], "test_wer": head["test_wer"],
+            "baseline_dev_wer": base["dev_wer"], "baseline_test_wer": base["test_wer"],
+            "finetune_best_dev_wer": finetune["best_dev_wer"],
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+            "curves": {"finetune": finetune["history"], "head": head["history"],
+                       "head_random": base["history"]},
+            "stages": stages.rows, "total_seconds": round(seconds, 1),
+            "outputs": {**outputs, "signjoey_files": str(Path(outputs["features"]) / "synth.s3d.{train,dev,test}"),
+                        "hypotheses": str(Path(outputs["head"]) / "test.hyp.txt"),
+                        "summary": str(out / "summary.json"), "report": str(out / "report.png")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="signstream demo", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ def test_quick_loader_benchmark_writes_its_report(tmp_path):
     assert loaders["pyav vp9"]["bytes_per_frame"] < loaders["pngdir"]["bytes_per_frame"] / 10
     assert all(r["frames"] == frames for r in bare.values())
     markdown = (tmp_path / "loaders.md").read_text()
-    assert "÷ pngdir" in markdown and "Best CPU shard loader" in markdown
+    assert "÷ pngdir" in markdown and "dali-cpu loader ÷ bare DALI decode" in markdown
+    assert {"pngdir", "pyav", "dali-cpu"} == set(saved["profile_ms_per_frame"])
+    assert all(v > 0 for stages in saved["profile_ms_per_frame"].values() for v in stages.values())
+    assert "ms per frame by stage" in markdown
     assert (tmp_path / "loaders.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if not torch.cuda.is_available():
         assert any("no CUDA" in m for m in saved["skipped"]) and "no CUDA" in markdown
