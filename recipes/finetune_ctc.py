@@ -45,7 +45,7 @@ from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
 from signstream.models.decoding import get_decoder
 from signstream.models.head import ctc_loss, get_head
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import outputs
+from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
     Choice,
     FileStem,
@@ -122,9 +122,7 @@ def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
 
 def owned_files(out: Path, record: dict):
     """The files an earlier fine-tuning run into ``out`` wrote (deleted on ``overwrite=true``)."""
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir():
-        yield from (p for p in ckpts.iterdir() if re.fullmatch(r"epoch_\d{3,}", p.name))
+    yield from checkpoints.checkpoint_dirs(out)
     yield from (out / n for n in ("config.yaml", "glosses.txt", "model.safetensors", "best.safetensors",
                                   "metrics.json"))
 
@@ -175,20 +173,6 @@ def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([i for seq in ids for i in seq]), torch.tensor([len(s) for s in ids])
 
 
-def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
-    """Dev WER over a split that every rank reads its own part of (exactly once)."""
-    model.eval()
-    pairs = []
-    with torch.no_grad():
-        for batch in loader:
-            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
-            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
-            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
-    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    refs = {n: r for n, r, _ in pairs}
-    return wer_score(refs, {n: h for n, _, h in pairs}, cleanup=cfg.cleanup)
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
     shards, out = remote.location(cfg.shards), Path(cfg.out)  # shards: a directory or a URL
@@ -232,17 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         save_config(cfg, out / "config.yaml")
         vocab.save(out / "glosses.txt")
     accelerator.wait_for_everyone()
-    start, history = resume(accelerator, out, cfg)
+    start, history = checkpoints.resume(accelerator, out, cfg.resume)
     meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
                                {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, vocab, cfg, epoch,
                              steps_per_epoch)
-        record["dev_wer"] = evaluate(accelerator, model, dev_loader, vocab, cfg)["wer"]
+        record["dev_wer"] = wer_score(*evaluate(accelerator, model, dev_loader, vocab, cfg), cfg.cleanup)["wer"]
         history.append(record)
         accelerator.print(json.dumps(record))
-        save_epoch(accelerator, model, out, epoch, history, meta)
+        checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch, meta))
     metrics = {"history": history, "best_dev_wer": min((h["dev_wer"] for h in history), default=None),
                "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
                **peak_memory()}
@@ -280,28 +264,27 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, ep
             "frames_per_s": round(frames / seconds, 1) if seconds else None}
 
 
-def resume(accelerator, out: Path, cfg) -> tuple[int, list[dict]]:
-    """Load the newest complete checkpoint; returns (first epoch to run, history)."""
-    done = sorted(p for p in (out / "checkpoints").glob("epoch_*") if (p / "DONE").exists())
-    if not cfg.resume or not done:
-        return 0, []
-    accelerator.load_state(str(done[-1]))
-    accelerator.print(f"resumed from {done[-1]}")
-    return int(done[-1].name.split("_")[1]) + 1, json.loads((done[-1] / "history.json").read_text())
+def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
+    """Decode a split that every rank reads its own part of (exactly once); returns (refs, hyps) by name."""
+    model.eval()
+    pairs = []
+    with torch.no_grad():
+        for batch in loader:
+            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
+            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
+            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
+    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+    return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
 
 
-def save_epoch(accelerator, model, out: Path, epoch: int, history: list[dict], meta: dict) -> None:
-    """Exact-resume state, the last model file, and the best one by dev WER."""
-    ckpt = out / "checkpoints" / f"epoch_{epoch:03d}"
-    accelerator.save_state(str(ckpt))
-    if accelerator.is_main_process:
+def model_files(accelerator, model, out: Path, epoch: int, meta: dict):
+    """What :func:`checkpoints.save_epoch` writes beside the state: the last model and the best one."""
+    def save(best: bool) -> None:
         unwrapped = accelerator.unwrap_model(model)
         save_checkpoint(unwrapped, out / "model.safetensors", {**meta, "epoch": str(epoch)})
-        if history[-1]["dev_wer"] <= min(h["dev_wer"] for h in history):
+        if best:
             save_checkpoint(unwrapped, out / "best.safetensors", {**meta, "epoch": str(epoch)})
-        write_json(ckpt / "history.json", history)
-        (ckpt / "DONE").write_text("complete\n")  # written last: the checkpoint is whole
-    accelerator.wait_for_everyone()
+    return save
 
 
 if __name__ == "__main__":
