@@ -51,6 +51,7 @@ from signstream.recipes.config import (
     FileStem,
     NonNegativeInt,
     PositiveInt,
+    Precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -65,7 +66,7 @@ from signstream.tools.export import (
     write_video,
 )
 
-PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -80,7 +81,7 @@ class ExtractConfig:
     stop_after: PositiveInt | None = None
     image_size: PositiveInt = 224
     batch_size: PositiveInt = 1
-    precision: Literal["fp32", "no", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
     mode: Literal["dense", "window"] = "dense"
@@ -153,7 +154,6 @@ def run_fingerprint(cfg: ExtractConfig, shards: Path) -> dict:
             shards / cfg.splits[0] / "manifest.json") if cfg.calibrate_bn else None)
     options = {k: getattr(cfg, k) for k in ("image_size", "precision", "mode", "clip_len", "stride",
                                             "chunk_len", "dtype")}
-    options["precision"] = "fp32" if cfg.precision == "no" else cfg.precision
     return {"model": model, "options": options,
             "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in cfg.splits}}
 

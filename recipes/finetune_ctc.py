@@ -54,8 +54,10 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Precision,
     Probability,
     Range,
+    accelerate_precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -96,7 +98,7 @@ class FinetuneConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 100
     clip_grad: NonNegativeFloat = 1.0
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
     decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
@@ -115,6 +117,7 @@ NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "wei
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
     """The config (less what does not change the numbers), weight-file and shard hashes."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    config["precision"] = accelerate_precision(cfg.precision)  # as runs before fp32 was a spelling recorded it
     return {"config": config, "weights": outputs.file_digest(cfg.weights),
             "glosses": outputs.file_digest(shards / "glosses.txt"),
             "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in (cfg.train_split, cfg.dev_split)}}
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
     if verdict == "resume" and not cfg.resume:
         verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
+    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision),
+                              gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     with remote.local_copy(shards / "glosses.txt") as glosses:
         vocab = Vocabulary.from_file(glosses)

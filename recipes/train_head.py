@@ -50,7 +50,9 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Precision,
     Probability,
+    accelerate_precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -85,7 +87,7 @@ class TrainHeadConfig:
     decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
     beam_width: PositiveInt = 5
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Precision = "fp32"
     seed: int = 0
     out: str = "runs/head"
     resume: bool = True
@@ -108,6 +110,7 @@ def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
 
 def run_fingerprint(cfg: TrainHeadConfig, datasets: dict, vocab_path: Path) -> dict:
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    config["precision"] = accelerate_precision(cfg.precision)  # as runs before fp32 was a spelling recorded it
     return {"config": config, "data": data_digest(datasets, vocab_path)}
 
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out, features = Path(cfg.out), Path(cfg.features)
     if not features.is_dir():
         raise SignstreamError(f"features directory not found: {features}")
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision), cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed)
     vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
