@@ -9,7 +9,7 @@ comma-separated on the command line (``writers=npy,signjoey``).
 
 Fields may carry checks, so that every recipe refuses a bad value with one
 line before it touches its output folder: ``Literal[...]`` choices,
-``Annotated[int, Range(1)]`` bounds, ``Annotated[str, Choice(get_head)]``
+``Annotated[int, Range(1)]`` bounds, ``Annotated[str, Choice(HEADS, "head")]``
 names looked up in a registry. YAML values of the wrong kind (a number where
 a list is expected, a list where a number is) are refused the same way.
 """
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+import signstream
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 
@@ -59,13 +60,17 @@ class Range:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A name that a registry lookup (``get_head``, ``get_cleanup``...) must accept."""
+    """A name a registry must hold: ``Choice(HEADS, "head")``, or a look-up function (``get_cleanup``)."""
 
     lookup: Any
+    what: str = "name"
 
     def check(self, name: str, value: Any) -> None:
         try:
-            self.lookup(value)
+            if isinstance(self.lookup, dict):
+                signstream.lookup(self.lookup, value, self.what)
+            else:
+                self.lookup(value)
         except SignstreamError as exc:
             raise SignstreamError(f"config key {name!r}: {exc}") from None
 

@@ -46,7 +46,7 @@ from signstream.loaders.fileio import write_json
 from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
-from signstream.models.features import extract_features
+from signstream.models.features import FeatureMode, extract_features
 from signstream.recipes import outputs
 from signstream.recipes.config import (
     Choice,
@@ -86,7 +86,7 @@ class ExtractConfig:
     precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
-    mode: Literal["dense", "window"] = "dense"
+    mode: FeatureMode = "dense"
     clip_len: PositiveInt = 16
     stride: PositiveInt | None = None
     chunk_len: PositiveInt | None = None

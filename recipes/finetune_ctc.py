@@ -42,8 +42,7 @@ from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.fileio import write_json
 from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
-from signstream.models.decoding import get_decoder
-from signstream.models.head import ctc_loss, get_head
+from signstream.models.head import HEADS, ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
@@ -80,7 +79,7 @@ class FinetuneConfig:
     backbone: str = "s3d"
     weights: str | None = None
     stop_after: PositiveInt | None = None
-    head: typing.Annotated[str, Choice(get_head)] = "linear"
+    head: typing.Annotated[str, Choice(HEADS, "head")] = "linear"
     hidden: PositiveInt = 256
     dropout: Probability = 0.1
     freeze: typing.Annotated[str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")] = "none"
@@ -101,7 +100,7 @@ class FinetuneConfig:
     precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
-    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    decoder: Literal["greedy", "beam"] = "greedy"
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
     max_steps_per_epoch: PositiveInt | None = None
     seed: int = 0

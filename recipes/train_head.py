@@ -39,8 +39,7 @@ from torch.utils.data import DataLoader
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import FeatureSample, load_split
 from signstream.loaders.fileio import write_json
-from signstream.models.decoding import get_decoder
-from signstream.models.head import RecognitionHead, ctc_loss, get_head
+from signstream.models.head import HEADS, RecognitionHead, ctc_loss
 from signstream.models.vocab import Vocabulary
 from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
@@ -73,7 +72,7 @@ class TrainHeadConfig:
     vocab: str = ""
     train_split: FileStem = "train"
     eval_splits: list[FileStem] = field(default_factory=lambda: ["dev", "test"])
-    head: typing.Annotated[str, Choice(get_head)] = "conv_bilstm"
+    head: typing.Annotated[str, Choice(HEADS, "head")] = "conv_bilstm"
     hidden: PositiveInt = 256
     num_layers: PositiveInt = 2
     num_heads: PositiveInt = 4
@@ -84,7 +83,7 @@ class TrainHeadConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 50
     clip_grad: NonNegativeFloat = 1.0
-    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: PositiveInt = 5
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
     precision: Precision = "fp32"
