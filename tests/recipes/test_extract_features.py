@@ -175,3 +175,22 @@ def test_a_resumed_run_decodes_no_finished_video(packed, one_process, tmp_path, 
     assert one.keys() == again.keys()
     for k in one:
         np.testing.assert_allclose(one[k], again[k], rtol=1e-3, atol=1e-3)
+
+
+def test_unfinished_leaves_out_finished_samples_or_for_dali_only_finished_shards(packed, tmp_path):
+    from signstream.loaders.shards import resolve_shards
+    from signstream.recipes.extract_features import unfinished
+    from signstream.tools.export import write_video
+
+    shardset = resolve_shards(packed / "train")
+    assert [len(s.samples) for s in shardset.shards] == [4, 2]
+    first, second = shardset.shards
+    for ref in [*first.samples, second.samples[0]]:
+        write_video(tmp_path, "train", ref.key, {"name": ref.key}, np.zeros((2, 3), np.float32), "float32")
+    todo, finished = unfinished(shardset, tmp_path, "train", whole_shards=False)
+    assert finished == {r.key for r in [*first.samples, second.samples[0]]}
+    assert [s.path for s in todo.shards] == [second.path]
+    assert [(r.key, r.shard) for r in todo.refs] == [(second.samples[1].key, 0)]
+    todo, finished = unfinished(shardset, tmp_path, "train", whole_shards=True)
+    assert finished == {r.key for r in first.samples}
+    assert [r.key for r in todo.refs] == [r.key for r in second.samples] and {r.shard for r in todo.refs} == {0}
