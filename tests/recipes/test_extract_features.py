@@ -98,7 +98,8 @@ def test_rerun_after_a_kill_skips_finished_videos_and_ends_identical(packed, one
     cmd = [sys.executable, "-m", "signstream.tools.cli", "extract_features", *_args(packed, out)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("train/*.npy"))) < 2:
+    # a video is finished once its JSON sidecar (written after its .npy) is there
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("train/*.json"))) < 2:
         time.sleep(0.02)
     assert proc.poll() is None, "extraction finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
