@@ -24,7 +24,6 @@ from typing import Any
 _EXPORTS = {
     "make_loader": "signstream.loaders.api",
     "BACKENDS": "signstream.loaders.api",
-    "get_backend": "signstream.loaders.api",
     "Transform": "signstream.loaders.transform",
     "get_normalization": "signstream.loaders.transform",
     "get_window": "signstream.loaders.transform",

@@ -6,7 +6,8 @@
 ...     ...
 >>> print(loader.stats.summary())  # samples, frames, padding, skipped (key, shard, reason)
 
-Backends are a dict of builder functions (:data:`BACKENDS`, :func:`get_backend`);
+Backends are a dict of builder functions (:data:`BACKENDS`, looked up with
+:func:`signstream.lookup`);
 DALI is imported only when asked for.
 """
 
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.base import BaseLoader, default_workers, process_rank_world
 from signstream.loaders.shards import resolve_shards
 from signstream.loaders.transform import Transform
@@ -52,14 +53,6 @@ BACKENDS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], BaseLoader]]
     "dali": _build_dali,
     "pngdir": _build_pngdir,
 }
-
-
-def get_backend(name: str) -> Callable[[Any, dict[str, Any], dict[str, Any]], BaseLoader]:
-    """Return the builder of backend ``name`` (``pyav``, ``dali`` or ``pngdir``)."""
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown loader backend {name!r}; choose from auto, {', '.join(BACKENDS)}") from None
 
 
 def make_loader(source: str | os.PathLike | list | Any, *, backend: str = "auto", device: str = "cpu",
@@ -102,7 +95,7 @@ def make_loader(source: str | os.PathLike | list | Any, *, backend: str = "auto"
     """
     if backend == "auto":
         backend = "dali" if str(device).startswith("cuda") else "pyav"
-    build = get_backend(backend)
+    build = lookup(BACKENDS, backend, "loader backend (or auto)")
     unknown = sorted(set(options) - OPTIONS[backend])
     if unknown:
         raise SignstreamError(f"backend {backend!r} does not take option(s) {', '.join(unknown)} "

@@ -6,7 +6,7 @@ this package registers every backbone file (:mod:`~signstream.models.i3d`,
 """
 
 from signstream.models import i3d, resnet2d, s3d  # noqa: F401  (registers the backbones)
-from signstream.models.features import extract_features, get_feature_mode, list_feature_modes
+from signstream.models.features import extract_features
 from signstream.models.layers import VideoBackbone
 from signstream.models.registry import (
     InputSpec,
@@ -22,9 +22,7 @@ __all__ = [
     "VideoBackbone",
     "create_model",
     "extract_features",
-    "get_feature_mode",
     "is_model",
-    "list_feature_modes",
     "list_models",
     "load_pretrained",
     "read_state_dict",

@@ -1,8 +1,8 @@
 """Feature modes: turn one whole video into a ``[T', D]`` feature sequence.
 
-Strategies are plain functions in :data:`FEATURE_MODES`, picked with
-:func:`get_feature_mode`; :func:`extract_features` is the entry point used by
-the extraction recipe and the benchmarks.
+Two strategies, plain functions named by :data:`FeatureMode`;
+:func:`extract_features` is the entry point used by the extraction recipe and
+the benchmarks.
 
 * ``dense`` — one feature per ``temporal_stride`` frames over the whole video,
   computed in overlapping chunks so peak memory depends on the chunk size, not
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -28,12 +30,11 @@ from torch import nn
 from signstream import SignstreamError
 
 __all__ = [
-    "FEATURE_MODES",
+    "MODES",
+    "FeatureMode",
     "FeatureOptions",
     "extract_features",
     "frames_between",
-    "get_feature_mode",
-    "list_feature_modes",
     "pad_frames",
 ]
 
@@ -208,36 +209,14 @@ def window(model: nn.Module, video: torch.Tensor, opts: FeatureOptions) -> torch
     return torch.cat(pooled)
 
 
-FEATURE_MODES: dict[str, Callable[[nn.Module, torch.Tensor, FeatureOptions], torch.Tensor]] = {
-    "dense": dense,
-    "window": window,
-}
-
-
-def list_feature_modes() -> list[str]:
-    """Return the names of the feature modes."""
-    return sorted(FEATURE_MODES)
-
-
-def get_feature_mode(
-    name: str,
-) -> Callable[[nn.Module, torch.Tensor, FeatureOptions], torch.Tensor]:
-    """Return the strategy function for ``name``.
-
-    Raises:
-        SignstreamError: for an unknown mode.
-    """
-    if name not in FEATURE_MODES:
-        raise SignstreamError(
-            f"unknown feature mode {name!r}; available: {', '.join(list_feature_modes())}"
-        )
-    return FEATURE_MODES[name]
+FeatureMode = Literal["dense", "window"]
+MODES = typing.get_args(FeatureMode)
 
 
 def extract_features(
     model: nn.Module,
     video: torch.Tensor,
-    mode: str = "dense",
+    mode: FeatureMode = "dense",
     *,
     chunk_len: int | None = None,
     overlap: int | None = None,
@@ -269,7 +248,9 @@ def extract_features(
     Raises:
         SignstreamError: for a bad shape, mode or option.
     """
-    strategy = get_feature_mode(mode)
+    if mode not in MODES:
+        raise SignstreamError(f"unknown feature mode {mode!r}; available: {', '.join(MODES)}")
+    strategy = dense if mode == "dense" else window
     if pad not in PAD_POLICIES:
         raise SignstreamError(f"pad must be one of {', '.join(PAD_POLICIES)}, got {pad!r}")
     if video.dim() == 4:

@@ -1,7 +1,7 @@
 """Recognition heads: frame features ``[B, T, D]`` -> CTC log-probabilities.
 
-Three sequence models, chosen by name through :data:`HEADS` /
-:func:`get_head` and wrapped by :class:`RecognitionHead`:
+Three sequence models, registered by name in :data:`HEADS` and wrapped by
+:class:`RecognitionHead`:
 
 - ``conv_bilstm`` (VAC / CorrNet): temporal conv ``K5-P2-K5-P2`` (stride 4)
   then a 2-layer BiLSTM over packed sequences;
@@ -18,14 +18,14 @@ in eval mode. Outputs are ``[T', B, C]`` log-softmax with blank = 0, ready for
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 
 
 def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -175,35 +175,24 @@ class LinearEncoder(nn.Module):
         return self.drop(x), lengths
 
 
-def _build_conv_bilstm(in_dim, *, hidden, dropout, num_layers, num_heads):
-    return ConvBiLSTMEncoder(in_dim, hidden, dropout, num_layers=num_layers)
-
-
-def _build_transformer(in_dim, *, hidden, dropout, num_layers, num_heads):
-    return TransformerEncoderBody(in_dim, hidden, dropout, num_layers, num_heads)
-
-
-def _build_linear(in_dim, *, hidden, dropout, num_layers, num_heads):
-    return LinearEncoder(in_dim, dropout)
-
-
-HEADS: dict[str, Callable[..., nn.Module]] = {
-    "conv_bilstm": _build_conv_bilstm,
-    "transformer": _build_transformer,
-    "linear": _build_linear,
+# The heads users pick by name (and may extend): encoder classes built as
+# ``cls(in_dim, dropout=..., **options)`` with only the options their ``__init__`` declares.
+HEADS: dict[str, type[nn.Module]] = {
+    "conv_bilstm": ConvBiLSTMEncoder,
+    "transformer": TransformerEncoderBody,
+    "linear": LinearEncoder,
 }
 
 
-def get_head(kind: str) -> Callable[..., nn.Module]:
-    """Return the encoder builder registered as ``kind``.
+def build_encoder(kind: str, in_dim: int, *, dropout: float, **options) -> nn.Module:
+    """Build the ``HEADS[kind]`` encoder, passing it the ``options`` it takes.
 
     Raises:
         SignstreamError: unknown kind (the message lists the choices).
     """
-    try:
-        return HEADS[kind]
-    except KeyError:
-        raise SignstreamError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}") from None
+    cls = lookup(HEADS, kind, "head")
+    takes = inspect.signature(cls).parameters
+    return cls(in_dim, dropout=dropout, **{k: v for k, v in options.items() if k in takes})
 
 
 class RecognitionHead(nn.Module):
@@ -218,6 +207,9 @@ class RecognitionHead(nn.Module):
         dropout: dropout inside the encoder and before the classifier.
         num_layers: BiLSTM / transformer layers.
         num_heads: attention heads (transformer only).
+
+    An encoder gets only the options its class takes (``linear`` takes none of
+    ``hidden``, ``num_layers``, ``num_heads``).
     """
 
     def __init__(
@@ -234,8 +226,8 @@ class RecognitionHead(nn.Module):
         if num_classes < 2:
             raise SignstreamError(f"head needs >= 2 classes (blank + glosses), got {num_classes}")
         self.kind = kind
-        self.encoder = get_head(kind)(
-            in_dim, hidden=hidden, dropout=dropout, num_layers=num_layers, num_heads=num_heads
+        self.encoder = build_encoder(
+            kind, in_dim, hidden=hidden, dropout=dropout, num_layers=num_layers, num_heads=num_heads
         )
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.encoder.out_dim, num_classes)

@@ -9,7 +9,7 @@ comma-separated on the command line (``writers=npy,signjoey``).
 
 Fields may carry checks, so that every recipe refuses a bad value with one
 line before it touches its output folder: ``Literal[...]`` choices,
-``Annotated[int, Range(1)]`` bounds, ``Annotated[str, Choice(get_head)]``
+``Annotated[int, Range(1)]`` bounds, ``Annotated[str, Choice(HEADS, "head")]``
 names looked up in a registry. YAML values of the wrong kind (a number where
 a list is expected, a list where a number is) are refused the same way.
 """
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+import signstream
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 
@@ -59,13 +60,17 @@ class Range:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A name that a registry lookup (``get_head``, ``get_cleanup``...) must accept."""
+    """A name a registry must hold: ``Choice(HEADS, "head")``, or a look-up function (``get_cleanup``)."""
 
     lookup: Any
+    what: str = "name"
 
     def check(self, name: str, value: Any) -> None:
         try:
-            self.lookup(value)
+            if isinstance(self.lookup, dict):
+                signstream.lookup(self.lookup, value, self.what)
+            else:
+                self.lookup(value)
         except SignstreamError as exc:
             raise SignstreamError(f"config key {name!r}: {exc}") from None
 
@@ -84,6 +89,19 @@ class Matches:
             raise SignstreamError(f"config key {name!r}: {value!r} is not {self.meaning}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Renamed:
+    """Older spellings of a choice, accepted and replaced by the current name before the checks run."""
+
+    old: dict[str, str]
+
+    def rename(self, value: Any) -> Any:
+        return self.old.get(value, value) if isinstance(value, str) else value
+
+    def check(self, name: str, value: Any) -> None:
+        """Nothing to check: the renaming is done by :meth:`rename`."""
+
+
 # Shorthands used by the recipe configs.
 FileStem = typing.Annotated[str, Matches(r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
                                          "a plain file name (letters, digits, _ . -)")]
@@ -92,6 +110,13 @@ NonNegativeInt = typing.Annotated[int, Range(0)]
 PositiveFloat = typing.Annotated[float, Range(0, open_lo=True)]
 NonNegativeFloat = typing.Annotated[float, Range(0)]
 Probability = typing.Annotated[float, Range(0, 1, open_hi=True)]
+# Compute precision in every recipe: fp32 | bf16 | fp16 ("no", Accelerate's name for fp32, is read as fp32).
+Precision = typing.Annotated[typing.Literal["fp32", "bf16", "fp16"], Renamed({"no": "fp32"})]
+
+
+def accelerate_precision(precision: str) -> str:
+    """Accelerate's ``mixed_precision`` value for a recipe's ``precision`` (fp32 -> ``no``)."""
+    return "no" if precision == "fp32" else precision
 
 
 def _kind(value: Any) -> str:
@@ -103,6 +128,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         base, *checks = typing.get_args(tp)
+        for check in checks:
+            value = check.rename(value) if hasattr(check, "rename") else value
         result = _coerce(name, value, base)
         if result is not None:
             for check in checks:

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
-from signstream.models.decoding import get_decoder
+from signstream.models.decoding import beam_decode, greedy_decode
 from signstream.models.vocab import Vocabulary
 from signstream.recipes.scoring import get_cleanup, wer_score, write_ctm, write_stm
 
 
 def decode_batch(log_probs, out_lengths, vocab: Vocabulary, decoder: str = "greedy",
                  beam_width: int = 5) -> list[str]:
-    """Decode ``[T', B, C]`` log-probs into gloss strings."""
-    fn = get_decoder(decoder)
-    kwargs = {"beam_width": beam_width} if decoder == "beam" else {}
-    ids = fn(log_probs.detach().float().cpu(), out_lengths.cpu(), **kwargs)
+    """Decode ``[T', B, C]`` log-probs into gloss strings (``decoder``: ``greedy`` or ``beam``)."""
+    log_probs, out_lengths = log_probs.detach().float().cpu(), out_lengths.cpu()
+    if decoder == "beam":
+        ids = beam_decode(log_probs, out_lengths, beam_width=beam_width)
+    elif decoder == "greedy":
+        ids = greedy_decode(log_probs, out_lengths)
+    else:
+        raise SignstreamError(f"unknown decoder {decoder!r}; choose greedy or beam")
     return [vocab.decode_string(seq) for seq in ids]
 
 

@@ -11,8 +11,10 @@ writes each video it owns as ``out/<split>/<key>.npy`` (``[T', D]``, named by
 the unique shard key) with a JSON sidecar, atomically; a sample without
 metadata is skipped and named (key, shard, reason). After every rank finishes, the main process merges
 the requested writers: ``npy`` (an index), ``signjoey`` (``out/<prefix>.<split>``
-gzip pickles) and ``shards`` (zstd feature shards). A rerun skips videos already
-written, so a killed job resumes and ends with the same outputs — but only
+gzip pickles) and ``shards`` (zstd feature shards). A rerun leaves videos already
+written out of what the loader reads (decided from the shard index before
+anything is decoded; DALI reads whole tars, so there only fully finished shards
+are left out), so a killed job resumes and ends with the same outputs — but only
 the same configuration: ``out/fingerprint.json`` records the backbone, the
 hashes of the weight/checkpoint files and shard manifests, and the feature
 options, and a different run into the same ``out`` is refused unless
@@ -49,16 +51,17 @@ from signstream.loaders.feature_writers import (
     write_video,
 )
 from signstream.loaders.fileio import write_json
-from signstream.loaders.shards import resolve_shards
+from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
-from signstream.models.features import extract_features
+from signstream.models.features import FeatureMode, extract_features
 from signstream.recipes import outputs
 from signstream.recipes.config import (
     Choice,
     FileStem,
     NonNegativeInt,
     PositiveInt,
+    Precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -66,7 +69,7 @@ from signstream.recipes.config import (
 )
 from signstream.recipes.threads import apply_thread_policy
 
-PRECISIONS = {"fp32": None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -81,10 +84,10 @@ class ExtractConfig:
     stop_after: PositiveInt | None = None
     image_size: PositiveInt = 224
     batch_size: PositiveInt = 1
-    precision: Literal["fp32", "no", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
-    mode: Literal["dense", "window"] = "dense"
+    mode: FeatureMode = "dense"
     clip_len: PositiveInt = 16
     stride: PositiveInt | None = None
     chunk_len: PositiveInt | None = None
@@ -155,7 +158,6 @@ def run_fingerprint(cfg: ExtractConfig, shards: Path) -> dict:
             shards / cfg.splits[0] / "manifest.json") if cfg.calibrate_bn else None)
     options = {k: getattr(cfg, k) for k in ("image_size", "precision", "mode", "clip_len", "stride",
                                             "chunk_len", "dtype")}
-    options["precision"] = "fp32" if cfg.precision == "no" else cfg.precision
     return {"model": model, "options": options,
             "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in cfg.splits}}
 
@@ -197,17 +199,52 @@ def temp_dirs(out: Path, config: dict):
         yield out / "feature-shards" / split, re.compile(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)")
 
 
+def unfinished(shardset: ShardSet, out: Path, split: str, whole_shards: bool) -> tuple[ShardSet, set[str]]:
+    """The samples still to extract, and the file keys of those left out as finished.
+
+    Decided from the index and the files in ``out`` alone, before anything is
+    decoded. Only the first sample of each file key can be finished (a later
+    one is a duplicate and stays, to be named as one). With ``whole_shards``
+    (DALI, whose reader reads whole tars) a shard is left out only when all of
+    it is finished; a kept shard is read whole, its finished videos skipped after decode.
+    """
+    kept, finished, claimed = [], set(), set()
+    for shard in shardset.shards:
+        todo, done = [], set()
+        for ref in shard.samples:
+            key = file_key(ref.key)
+            if key not in claimed and is_done(out, split, key):
+                done.add(key)
+            else:
+                todo.append(ref)
+            claimed.add(key)
+        if todo and whole_shards:
+            todo, done = shard.samples, set()
+        finished |= done
+        if todo:
+            number = len(kept)
+            kept.append(Shard(shard.path, shard.index_path,
+                              [dataclasses.replace(ref, shard=number) for ref in todo]))
+    return ShardSet(kept, shardset.origin, shardset.manifest), finished
+
+
 def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) -> dict:
     """Extract this rank's part of one split; returns the rank's counts."""
-    spec = model.input_spec
-    transform = Transform.from_input_spec(spec, size=cfg.image_size)
-    loader = make_loader(shards / split, backend=cfg.backend, mode="eval", batch_size=cfg.batch_size,
-                         transform=transform, shuffle=False, num_workers=cfg.num_workers,
-                         device="cuda" if accelerator.device.type == "cuda" else "cpu")
-    shard_of = {ref.key: shard.path.name for shard in resolve_shards(shards / split).shards
-                for ref in shard.samples}
-    counts = {"videos": 0, "resumed": 0, "frames": 0, "features": 0}
-    skipped, seen = [], set()
+    device = "cuda" if accelerator.device.type == "cuda" else "cpu"
+    backend = ("dali" if device == "cuda" else "pyav") if cfg.backend == "auto" else cfg.backend
+    shardset = resolve_shards(shards / split)
+    shard_of = {ref.key: shard.path.name for shard in shardset.shards for ref in shard.samples}
+    # every rank reads the same finished set before any rank writes, so all split the same samples
+    todo, finished = unfinished(shardset, out, split, whole_shards=backend == "dali")
+    accelerator.wait_for_everyone()
+    counts = {"videos": 0, "resumed": len(finished) if accelerator.is_main_process else 0,
+              "frames": 0, "features": 0}
+    if todo.num_samples == 0:
+        return {**counts, "skipped": []}
+    transform = Transform.from_input_spec(model.input_spec, size=cfg.image_size)
+    loader = make_loader(todo, backend=backend, mode="eval", batch_size=cfg.batch_size,
+                         transform=transform, shuffle=False, num_workers=cfg.num_workers, device=device)
+    skipped, seen = [], set(finished)
     bar = _bar(accelerator, cfg, loader, split)
     for batch in loader:
         for i, meta in enumerate(batch.meta):

@@ -42,10 +42,9 @@ from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.fileio import write_json
 from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
-from signstream.models.decoding import get_decoder
-from signstream.models.head import ctc_loss, get_head
+from signstream.models.head import HEADS, ctc_loss
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import outputs
+from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
     Choice,
     FileStem,
@@ -54,8 +53,10 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Precision,
     Probability,
     Range,
+    accelerate_precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -78,7 +79,7 @@ class FinetuneConfig:
     backbone: str = "s3d"
     weights: str | None = None
     stop_after: PositiveInt | None = None
-    head: typing.Annotated[str, Choice(get_head)] = "linear"
+    head: typing.Annotated[str, Choice(HEADS, "head")] = "linear"
     hidden: PositiveInt = 256
     dropout: Probability = 0.1
     freeze: typing.Annotated[str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")] = "none"
@@ -96,10 +97,10 @@ class FinetuneConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 100
     clip_grad: NonNegativeFloat = 1.0
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Precision = "fp32"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
-    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    decoder: Literal["greedy", "beam"] = "greedy"
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
     max_steps_per_epoch: PositiveInt | None = None
     seed: int = 0
@@ -116,6 +117,7 @@ NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "wei
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
     """The config (less what does not change the numbers), weight-file and shard hashes."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    config["precision"] = accelerate_precision(cfg.precision)  # as runs before fp32 was a spelling recorded it
     return {"config": config, "weights": outputs.file_digest(cfg.weights),
             "glosses": outputs.file_digest(shards / "glosses.txt"),
             "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in (cfg.train_split, cfg.dev_split)}}
@@ -123,9 +125,7 @@ def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
 
 def owned_files(out: Path, record: dict):
     """The files an earlier fine-tuning run into ``out`` wrote (deleted on ``overwrite=true``)."""
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir():
-        yield from (p for p in ckpts.iterdir() if re.fullmatch(r"epoch_\d{3,}", p.name))
+    yield from checkpoints.checkpoint_dirs(out)
     yield from (out / n for n in ("config.yaml", "glosses.txt", "model.safetensors", "best.safetensors",
                                   "metrics.json"))
 
@@ -176,20 +176,6 @@ def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([i for seq in ids for i in seq]), torch.tensor([len(s) for s in ids])
 
 
-def evaluate(accelerator, model, loader, vocab, cfg) -> dict:
-    """Dev WER over a split that every rank reads its own part of (exactly once)."""
-    model.eval()
-    pairs = []
-    with torch.no_grad():
-        for batch in loader:
-            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
-            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
-            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
-    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    refs = {n: r for n, r, _ in pairs}
-    return wer_score(refs, {n: h for n, _, h in pairs}, cleanup=cfg.cleanup)
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
     apply_thread_policy(cfg.threads, workers=cfg.num_workers)
@@ -202,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
     if verdict == "resume" and not cfg.resume:
         verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
+    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision),
+                              gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
     with remote.local_copy(shards / "glosses.txt") as glosses:
         vocab = Vocabulary.from_file(glosses)
@@ -234,17 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         save_config(cfg, out / "config.yaml")
         vocab.save(out / "glosses.txt")
     accelerator.wait_for_everyone()
-    start, history = resume(accelerator, out, cfg)
+    start, history = checkpoints.resume(accelerator, out, cfg.resume)
     meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
                                {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, vocab, cfg, epoch,
                              steps_per_epoch)
-        record["dev_wer"] = evaluate(accelerator, model, dev_loader, vocab, cfg)["wer"]
+        record["dev_wer"] = wer_score(*evaluate(accelerator, model, dev_loader, vocab, cfg), cfg.cleanup)["wer"]
         history.append(record)
         accelerator.print(json.dumps(record))
-        save_epoch(accelerator, model, out, epoch, history, meta)
+        checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch, meta))
     metrics = {"history": history, "best_dev_wer": min((h["dev_wer"] for h in history), default=None),
                "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
                **peak_memory()}
@@ -282,28 +269,27 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, ep
             "frames_per_s": round(frames / seconds, 1) if seconds else None}
 
 
-def resume(accelerator, out: Path, cfg) -> tuple[int, list[dict]]:
-    """Load the newest complete checkpoint; returns (first epoch to run, history)."""
-    done = sorted(p for p in (out / "checkpoints").glob("epoch_*") if (p / "DONE").exists())
-    if not cfg.resume or not done:
-        return 0, []
-    accelerator.load_state(str(done[-1]))
-    accelerator.print(f"resumed from {done[-1]}")
-    return int(done[-1].name.split("_")[1]) + 1, json.loads((done[-1] / "history.json").read_text())
+def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
+    """Decode a split that every rank reads its own part of (exactly once); returns (refs, hyps) by name."""
+    model.eval()
+    pairs = []
+    with torch.no_grad():
+        for batch in loader:
+            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
+            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
+            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
+    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+    return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
 
 
-def save_epoch(accelerator, model, out: Path, epoch: int, history: list[dict], meta: dict) -> None:
-    """Exact-resume state, the last model file, and the best one by dev WER."""
-    ckpt = out / "checkpoints" / f"epoch_{epoch:03d}"
-    accelerator.save_state(str(ckpt))
-    if accelerator.is_main_process:
+def model_files(accelerator, model, out: Path, epoch: int, meta: dict):
+    """What :func:`checkpoints.save_epoch` writes beside the state: the last model and the best one."""
+    def save(best: bool) -> None:
         unwrapped = accelerator.unwrap_model(model)
         save_checkpoint(unwrapped, out / "model.safetensors", {**meta, "epoch": str(epoch)})
-        if history[-1]["dev_wer"] <= min(h["dev_wer"] for h in history):
+        if best:
             save_checkpoint(unwrapped, out / "best.safetensors", {**meta, "epoch": str(epoch)})
-        write_json(ckpt / "history.json", history)
-        (ckpt / "DONE").write_text("complete\n")  # written last: the checkpoint is whole
-    accelerator.wait_for_everyone()
+    return save
 
 
 if __name__ == "__main__":

@@ -39,10 +39,9 @@ from torch.utils.data import DataLoader
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import FeatureSample, load_split
 from signstream.loaders.fileio import write_json
-from signstream.models.decoding import get_decoder
-from signstream.models.head import RecognitionHead, ctc_loss, get_head
+from signstream.models.head import HEADS, RecognitionHead, ctc_loss
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import outputs
+from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
     Choice,
     FileStem,
@@ -50,7 +49,9 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Precision,
     Probability,
+    accelerate_precision,
     main_guard,
     parse_config,
     peak_memory,
@@ -58,7 +59,7 @@ from signstream.recipes.config import (
 )
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
-from signstream.recipes.scoring import get_cleanup
+from signstream.recipes.scoring import get_cleanup, wer_score
 from signstream.recipes.threads import apply_thread_policy
 
 
@@ -71,7 +72,7 @@ class TrainHeadConfig:
     vocab: str = ""
     train_split: FileStem = "train"
     eval_splits: list[FileStem] = field(default_factory=lambda: ["dev", "test"])
-    head: typing.Annotated[str, Choice(get_head)] = "conv_bilstm"
+    head: typing.Annotated[str, Choice(HEADS, "head")] = "conv_bilstm"
     hidden: PositiveInt = 256
     num_layers: PositiveInt = 2
     num_heads: PositiveInt = 4
@@ -82,10 +83,10 @@ class TrainHeadConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 50
     clip_grad: NonNegativeFloat = 1.0
-    decoder: typing.Annotated[str, Choice(get_decoder)] = "greedy"
+    decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: PositiveInt = 5
     cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Precision = "fp32"
     seed: int = 0
     threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/head"
@@ -109,14 +110,13 @@ def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
 
 def run_fingerprint(cfg: TrainHeadConfig, datasets: dict, vocab_path: Path) -> dict:
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    config["precision"] = accelerate_precision(cfg.precision)  # as runs before fp32 was a spelling recorded it
     return {"config": config, "data": data_digest(datasets, vocab_path)}
 
 
 def owned_files(out: Path, record: dict):
     """The files an earlier head-training run into ``out`` wrote (deleted on ``overwrite=true``)."""
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir():
-        yield from (p for p in ckpts.iterdir() if re.fullmatch(r"epoch_\d{3,}", p.name))
+    yield from checkpoints.checkpoint_dirs(out)
     config = record.get("config") or {}
     for split in config.get("eval_splits") or []:
         if isinstance(split, str) and re.fullmatch(r"[\w.-]+", split):
@@ -155,24 +155,10 @@ def collate(items):
     return x, lengths, y, torch.tensor([t.numel() for t in targets]), torch.tensor(idx)
 
 
-def evaluate(accelerator, model, loader, dataset, vocab, cfg) -> tuple[dict, dict]:
-    """Greedy/beam decode a split on every rank; gather {name: hypothesis}."""
-    model.eval()
-    pairs = []
-    with torch.no_grad():
-        for x, lengths, _y, _yl, idx in loader:
-            log_probs, out_lengths = model(x, lengths)
-            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder, cfg.beam_width)
-            pairs += [(dataset.samples[int(i)].name, h) for i, h in zip(idx, hyps)]
-    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    refs = {s.name: s.gloss for s in dataset.samples}
-    return refs, dict(pairs)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
-    """The newest complete ``epoch_NNN`` checkpoint and its epoch (-1 if none)."""
-    done = sorted(p for p in ckpt_dir.glob("epoch_*") if (p / "DONE").exists())
-    return (done[-1], int(done[-1].name.split("_")[1])) if done else (None, -1)
+def build_model(cfg: TrainHeadConfig, dim: int, num_classes: int) -> RecognitionHead:
+    """The recognition head for ``dim``-wide features (initialised from the global seed)."""
+    return RecognitionHead(dim, num_classes, kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout,
+                           num_layers=cfg.num_layers, num_heads=cfg.num_heads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     out, features = Path(cfg.out), Path(cfg.features)
     if not features.is_dir():
         raise SignstreamError(f"features directory not found: {features}")
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision), cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed)
     vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
@@ -195,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if verdict == "resume" and not cfg.resume:
         verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
     train = datasets[cfg.train_split]
-    dim = train.samples[0].features.shape[1]
-    model = RecognitionHead(dim, len(vocab), kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout,
-                            num_layers=cfg.num_layers, num_heads=cfg.num_heads)
+    model = build_model(cfg, train.samples[0].features.shape[1], len(vocab))
     train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                               generator=torch.Generator().manual_seed(cfg.seed))
     eval_loaders = {s: DataLoader(d, batch_size=cfg.batch_size, collate_fn=collate)
@@ -213,38 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         save_config(cfg, out / "config.yaml")
         vocab.save(out / "glosses.txt")
     accelerator.wait_for_everyone()
-    ckpt, start = latest_checkpoint(out / "checkpoints") if cfg.resume else (None, -1)
-    history = []
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        history = json.loads((ckpt / "history.json").read_text())
-        accelerator.print(f"resumed from {ckpt}")
+    start, history = checkpoints.resume(accelerator, out, cfg.resume)
     dev = cfg.eval_splits[0] if cfg.eval_splits else None
     t0 = time.perf_counter()
-    for epoch in range(start + 1, cfg.epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        total, count = 0.0, 0
-        for step, (x, lengths, y, ylen, _) in enumerate(train_loader):
-            torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
-            log_probs, out_lengths = model(x, lengths)
-            loss = ctc_loss(log_probs, y, out_lengths, ylen)
-            accelerator.backward(loss)
-            if cfg.clip_grad:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            total, count = total + loss.item(), count + 1
-        record = {"epoch": epoch, "train_loss": total / max(count, 1)}
+    for epoch in range(start, cfg.epochs):
+        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, cfg, epoch)
         if dev:
-            refs, hyps = evaluate(accelerator, model, eval_loaders[dev], datasets[dev], vocab, cfg)
-            from signstream.recipes.scoring import wer_score
-
-            record["dev_wer"] = wer_score(refs, hyps, cfg.cleanup)["wer"]
+            record["dev_wer"] = wer_score(*evaluate(accelerator, model, eval_loaders[dev], vocab, cfg),
+                                          cfg.cleanup)["wer"]
         history.append(record)
         accelerator.print(json.dumps(record))
-        save_epoch(accelerator, model, out, epoch, history)
+        checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch))
     metrics = final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, history)
     metrics.update(train_seconds=round(time.perf_counter() - t0, 2), **peak_memory())
     if accelerator.is_main_process:
@@ -254,18 +217,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def save_epoch(accelerator, model, out: Path, epoch: int, history: list[dict]) -> None:
-    """Save the exact-resume state and, when dev WER improved, the best head weights."""
-    ckpt = out / "checkpoints" / f"epoch_{epoch:03d}"
-    accelerator.save_state(str(ckpt))
-    if accelerator.is_main_process:
-        write_json(ckpt / "history.json", history)
-        scores = [h.get("dev_wer", h["train_loss"]) for h in history]  # lower is better
-        if scores[-1] <= min(scores):
+def train_epoch(accelerator, model, optimizer, scheduler, loader, cfg, epoch) -> dict:
+    """One pass over the train split; returns the epoch's mean loss."""
+    model.train()
+    loader.set_epoch(epoch)
+    total, count = 0.0, 0
+    for step, (x, lengths, y, ylen, _) in enumerate(loader):
+        # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
+        torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
+        log_probs, out_lengths = model(x, lengths)
+        loss = ctc_loss(log_probs, y, out_lengths, ylen)
+        accelerator.backward(loss)
+        if cfg.clip_grad:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        total, count = total + loss.item(), count + 1
+    return {"epoch": epoch, "train_loss": total / max(count, 1)}
+
+
+def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
+    """Decode a split that every rank reads its own part of; returns (refs, hyps) by name."""
+    model.eval()
+    samples = loader.dataset.samples
+    pairs = []
+    with torch.no_grad():
+        for x, lengths, _y, _yl, idx in loader:
+            log_probs, out_lengths = model(x, lengths)
+            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder, cfg.beam_width)
+            pairs += [(samples[int(i)].name, h) for i, h in zip(idx, hyps)]
+    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+    return {s.name: s.gloss for s in samples}, dict(pairs)
+
+
+def model_files(accelerator, model, out: Path, epoch: int):
+    """What :func:`checkpoints.save_epoch` writes beside the state: the best head's weights."""
+    def save(best: bool) -> None:
+        if best:
             state = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
             save_file(state, str(out / "head_best.safetensors"), metadata={"epoch": str(epoch)})
-        (ckpt / "DONE").write_text("complete\n")  # marker written last: the checkpoint is whole
-    accelerator.wait_for_everyone()
+    return save
 
 
 def final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, history) -> dict:
@@ -276,7 +268,7 @@ def final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, hi
         accelerator.unwrap_model(model).load_state_dict(load_file(str(best)))
     metrics = {"history": history, "vocab_size": len(vocab) - 2}
     for split, loader in eval_loaders.items():
-        refs, hyps = evaluate(accelerator, model, loader, datasets[split], vocab, cfg)
+        refs, hyps = evaluate(accelerator, model, loader, vocab, cfg)
         if accelerator.is_main_process:
             signers = {s.name: s.signer for s in datasets[split].samples}
             score = score_split(out, split, refs, hyps, cfg.cleanup, signers)

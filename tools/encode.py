@@ -76,13 +76,6 @@ def check_settings(codec: Codec, quality: int | None, speed: str | None, gop: in
         raise ValueError(f"{codec.name} has no speed setting; drop --speed")
 
 
-def get_codec(name: str) -> Codec:
-    """Return the :class:`Codec` called ``name`` (``vp9``, ``h264`` or ``mjpeg``)."""
-    if name not in CODECS:
-        raise KeyError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
-    return CODECS[name]
-
-
 def read_frames(files: tuple[str, ...] | list[str], resize: tuple[int, int] | None = None) -> np.ndarray:
     """Read PNG/JPEG frames into ``uint8 [T, H, W, 3]`` RGB.
 

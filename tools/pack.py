@@ -39,7 +39,7 @@ from pathlib import Path
 
 import av
 
-from signstream import SignstreamError, __version__
+from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
 from signstream.loaders.corpora import Row, get_adapter
 from signstream.loaders.fileio import atomic_write, write_json
@@ -100,7 +100,7 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
     index, row, key, opts = job
     if row.problem:
         return Encoded(index, None, reason=row.problem)
-    codec = enc.get_codec(opts.codec)
+    codec = enc.CODECS[opts.codec]
     try:
         if row.video:
             frames, fps = enc.read_video_file(row.video, opts.resize)
@@ -262,7 +262,7 @@ def _stats(frames: int, videos: int, seconds: float, workers: int) -> dict:
 
 def build_manifest(split: str, state: dict, opts: PackOptions) -> dict:
     """The split's manifest: shards, totals, skipped rows, options and versions."""
-    codec = enc.get_codec(opts.codec)
+    codec = enc.CODECS[opts.codec]
     shards = state["shards"]
     return {
         "format": FORMAT, "split": split, "codec": codec.name, "video_ext": codec.ext,
@@ -383,10 +383,9 @@ def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:
 
 
 def _check_options(opts: PackOptions) -> None:
+    codec = lookup(enc.CODECS, opts.codec, "codec")
     try:
-        enc.check_settings(enc.get_codec(opts.codec), opts.quality, opts.speed, opts.gop)
-    except KeyError as exc:
-        raise SignstreamError(str(exc.args[0])) from None
+        enc.check_settings(codec, opts.quality, opts.speed, opts.gop)
     except ValueError as exc:
         raise SignstreamError(str(exc)) from None
     if opts.max_samples < 1 or opts.max_bytes < 4096:

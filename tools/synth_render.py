@@ -133,13 +133,6 @@ SIGN_LOCATIONS = tuple(k for k in LOCATIONS if k != "low")  # "low" is for __ON_
 HAND_MODES = ("one", "mirror", "parallel", "base")
 
 
-def get_path(name: str):
-    """Return the path function called ``name`` (see ``PATHS``)."""
-    if name not in PATHS:
-        raise KeyError(f"unknown path {name!r}; choose from {sorted(PATHS)}")
-    return PATHS[name]
-
-
 # --------------------------------------------------------------------------- motions
 @dataclass(frozen=True)
 class Motion:
@@ -234,7 +227,7 @@ def sign_track(gloss: str, num_frames: int) -> list[Poses]:
     t = np.linspace(0.0, 1.0, num_frames)
     if m.reverse:
         t = t[::-1]  # the same phases backwards: reversed pairs mirror exactly
-    offsets, scales = get_path(m.path)(t, m.angle)
+    offsets, scales = PATHS[m.path](t, m.angle)
     offsets = offsets * AMPLITUDE
     au, av = LOCATIONS[m.location]
     if m.hands == "mirror":
@@ -348,13 +341,6 @@ SHAPES = {
     "flat": _shape_flat, "fist": _shape_fist, "point": _shape_point,
     "vee": _shape_vee, "spread": _shape_spread,
 }  # fmt: skip
-
-
-def get_shape(name: str):
-    """Return the hand-shape drawing function called ``name`` (see ``SHAPES``)."""
-    if name not in SHAPES:
-        raise KeyError(f"unknown hand shape {name!r}; choose from {sorted(SHAPES)}")
-    return SHAPES[name]
 
 
 GLOSS_MOTIONS: dict[str, Motion] = _build_motions()
@@ -487,7 +473,7 @@ class Painter:
                 cv2.line(img, _pt(*a), _pt(*b), self.signer.sleeve, max(1, round(w * k)),
                          cv2.LINE_AA, SHIFT)  # fmt: skip
         for hand in poses:
-            get_shape(hand.shape)(img, *self.px(hand.u, hand.v), k * hand.scale, hand.angle,
+            SHAPES[hand.shape](img, *self.px(hand.u, hand.v), k * hand.scale, hand.angle,
                                   self.signer.skin)  # fmt: skip
         if self.up is not None and rng is not None:
             oy, ox = rng.integers(0, 17, 2)

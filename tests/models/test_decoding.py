@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from signstream import SignstreamError
-from signstream.models.decoding import beam_decode, collapse, get_decoder, greedy_decode
+from signstream.models.decoding import beam_decode, collapse, greedy_decode
+from signstream.recipes.evaluation import decode_batch
 
 
 def _lp(rows):
@@ -73,8 +74,8 @@ def test_lengths_limit_decoding_per_batch_element():
     rows[3, :, ::2] = [0.05, 0.9]  # class 2 at t=3 for both, outside element 1's length
     lp = torch.from_numpy(np.log(rows / rows.sum(-1, keepdims=True)))
     lengths = torch.tensor([4, 2])
-    for name in ("greedy", "beam"):
-        assert get_decoder(name)(lp, lengths) == [[1, 2], [1]]
+    for decode in (greedy_decode, beam_decode):
+        assert decode(lp, lengths) == [[1, 2], [1]]
 
 
 def test_beam_handles_phoenix_sized_input_quickly():
@@ -97,5 +98,5 @@ def test_bad_shapes_and_names_raise():
         greedy_decode(np.zeros((3, 4)))
     with pytest.raises(SignstreamError, match="lengths"):
         greedy_decode(np.zeros((3, 1, 4)), [5])
-    with pytest.raises(SignstreamError, match="greedy"):
-        get_decoder("viterbi")
+    with pytest.raises(SignstreamError, match="greedy or beam"):
+        decode_batch(torch.zeros(3, 1, 4), torch.tensor([3]), vocab=None, decoder="viterbi")

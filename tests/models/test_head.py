@@ -5,7 +5,7 @@ import torch
 
 from signstream import SignstreamError
 from signstream.models.decoding import greedy_decode
-from signstream.models.head import HEADS, RecognitionHead, conv_out_length, ctc_loss, get_head
+from signstream.models.head import HEADS, RecognitionHead, build_encoder, conv_out_length, ctc_loss
 
 KINDS = sorted(HEADS)
 IN_DIM, CLASSES = 8, 6
@@ -141,10 +141,19 @@ def test_ctc_loss_normalises_by_target_length():
 
 
 def test_unknown_kind_and_bad_lengths_raise():
-    with pytest.raises(SignstreamError, match="conv_bilstm"):
-        get_head("gru")
+    with pytest.raises(SignstreamError, match="unknown head 'gru'; choose from conv_bilstm, linear, transformer"):
+        build_encoder("gru", IN_DIM, dropout=0.0)
     head = _head("linear")
     with pytest.raises(SignstreamError, match="lengths"):
         head(torch.randn(2, 5, IN_DIM), torch.tensor([5, 0]))
     with pytest.raises(SignstreamError, match="lengths"):
         head(torch.randn(2, 5, IN_DIM), torch.tensor([6, 5]))
+
+
+def test_each_head_gets_only_the_options_its_class_takes():
+    enc = build_encoder("transformer", IN_DIM, dropout=0.0, hidden=8, num_layers=1, num_heads=2)
+    assert len(enc.encoder.layers) == 1 and enc.out_dim == 8
+    assert build_encoder("conv_bilstm", IN_DIM, dropout=0.0, hidden=8, num_layers=3, num_heads=2).lstm.num_layers == 3
+    assert build_encoder("linear", IN_DIM, dropout=0.0, hidden=8, num_layers=3, num_heads=2).out_dim == IN_DIM
+    with pytest.raises(SignstreamError, match="num_heads=3"):
+        build_encoder("transformer", IN_DIM, dropout=0.0, hidden=8, num_heads=3)

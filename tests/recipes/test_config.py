@@ -12,7 +12,9 @@ from signstream import SignstreamError
 from signstream.recipes.config import (
     NonNegativeInt,
     PositiveInt,
+    Precision,
     Probability,
+    accelerate_precision,
     parse_config,
     save_config,
 )
@@ -85,3 +87,25 @@ def test_checked_fields_accept_bounds_and_refuse_values_outside_them():
                          ("sizes=1,0", "out of range"), ("limit=0", "out of range"), ("workers=1.5", "as int")]:
         with pytest.raises(SignstreamError, match=message):
             parse_config(Checked, [arg])
+
+
+def test_precision_is_one_vocabulary_in_every_recipe_and_accelerates_old_spelling_still_reads():
+    from signstream.recipes.extract_features import ExtractConfig
+    from signstream.recipes.finetune_ctc import FinetuneConfig
+    from signstream.recipes.train_head import TrainHeadConfig
+
+    for cls in (ExtractConfig, FinetuneConfig, TrainHeadConfig):
+        assert cls().precision == "fp32"
+        assert parse_config(cls, ["precision=no"]).precision == "fp32"
+        assert parse_config(cls, ["precision=bf16"]).precision == "bf16"
+        with pytest.raises(SignstreamError, match="'fp8' is not one of fp32, bf16, fp16"):
+            parse_config(cls, ["precision=fp8"])
+    assert [accelerate_precision(p) for p in ("fp32", "bf16", "fp16")] == ["no", "bf16", "fp16"]
+    assert parse_config(WithPrecision, ["precision=fp16"]).precision == "fp16"
+
+
+@dataclass
+class WithPrecision:
+    """A config with the shared precision field."""
+
+    precision: Precision = "fp32"

@@ -134,3 +134,68 @@ def test_missing_shard_directory_is_a_one_line_error(tmp_path, capsys):
     assert cli(["extract_features", f"shards={tmp_path / 'none'}", f"out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "shards directory not found" in err[0]
+
+
+def test_a_resumed_run_decodes_no_finished_video(packed, one_process, tmp_path, monkeypatch):
+    import shutil
+
+    from signstream.loaders import pyav_backend
+    from signstream.recipes import extract_features as recipe
+
+    decoded, extracting = [], []
+    real_decode, real_split = pyav_backend.decode_clip, recipe.extract_split
+
+    def counting_decode(data, plan, *args, **kwargs):
+        if extracting:  # BatchNorm calibration decodes its videos on every run; not counted
+            decoded.append(len(plan.indices))
+        return real_decode(data, plan, *args, **kwargs)
+
+    def split_counted(*args, **kwargs):
+        extracting.append(True)
+        try:
+            return real_split(*args, **kwargs)
+        finally:
+            extracting.pop()
+
+    monkeypatch.setattr(pyav_backend, "decode_clip", counting_decode)
+    monkeypatch.setattr(recipe, "extract_split", split_counted)
+    out = tmp_path / "again"
+    shutil.copytree(one_process, out)
+    assert cli(["extract_features", *_args(packed, out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    total = sum(json.loads((packed / s / "manifest.json").read_text())["totals"]["samples"]
+                for s in ("train", "dev", "test"))
+    assert decoded == [] and sum(s["resumed"] for s in summary["splits"].values()) == total
+    # two unfinished videos (one lost its sidecar, one both files): exactly those two are decoded
+    lost = sorted(p for p in out.glob("dev/*.json") if p.with_suffix(".npy").exists())[:2]
+    lost[0].unlink()
+    lost[1].unlink()
+    lost[1].with_suffix(".npy").unlink()
+    assert cli(["extract_features", *_args(packed, out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(decoded) == 2 and summary["splits"]["dev"]["videos"] == 2
+    dev_total = json.loads((packed / "dev" / "manifest.json").read_text())["totals"]["samples"]
+    assert summary["splits"]["dev"]["resumed"] == dev_total - 2
+    one, again = _outputs(one_process), _outputs(out)
+    assert one.keys() == again.keys()
+    for k in one:
+        np.testing.assert_allclose(one[k], again[k], rtol=1e-3, atol=1e-3)
+
+
+def test_unfinished_leaves_out_finished_samples_or_for_dali_only_finished_shards(packed, tmp_path):
+    from signstream.loaders.shards import resolve_shards
+    from signstream.recipes.extract_features import unfinished
+    from signstream.tools.export import write_video
+
+    shardset = resolve_shards(packed / "train")
+    assert [len(s.samples) for s in shardset.shards] == [4, 2]
+    first, second = shardset.shards
+    for ref in [*first.samples, second.samples[0]]:
+        write_video(tmp_path, "train", ref.key, {"name": ref.key}, np.zeros((2, 3), np.float32), "float32")
+    todo, finished = unfinished(shardset, tmp_path, "train", whole_shards=False)
+    assert finished == {r.key for r in [*first.samples, second.samples[0]]}
+    assert [s.path for s in todo.shards] == [second.path]
+    assert [(r.key, r.shard) for r in todo.refs] == [(second.samples[1].key, 0)]
+    todo, finished = unfinished(shardset, tmp_path, "train", whole_shards=True)
+    assert finished == {r.key for r in first.samples}
+    assert [r.key for r in todo.refs] == [r.key for r in second.samples] and {r.shard for r in todo.refs} == {0}

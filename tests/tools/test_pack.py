@@ -222,9 +222,9 @@ def test_csv_adapter_packs_video_files_and_frame_globs_and_reports_missing_video
     rows = [r for r in phoenix2014(synth_root) if r.split == "test"]
     video = tmp_path / "clip.with.dots.mp4"
     frames = np.stack([cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in rows[0].frames])
-    from signstream.tools.encode import encode_video, get_codec
+    from signstream.tools.encode import CODECS, encode_video
 
-    video.write_bytes(encode_video(frames, get_codec("h264")))
+    video.write_bytes(encode_video(frames, CODECS["h264"]))
     table = tmp_path / "table.tsv"
     table.write_text("name\tpath\tgloss\tsigner\tsplit\n"
                      f"clip.with.dots\t{video.name}\tA B\tS1\ttrain\n"
