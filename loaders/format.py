@@ -149,6 +149,9 @@ def write_tar(path: str | os.PathLike, samples: Iterable[list[tuple[str, bytes]]
     Returns:
         The members of each sample with their data offsets, for the index.
     """
+    # Plain tarfile rather than webdataset's TarWriter: with zeroed metadata the latter is
+    # deterministic too, but it reorders the members of a sample (so every shard's bytes and
+    # SHA-256 would change) and does not report the data offsets the DALI index needs.
     layout: list[list[Member]] = []
     with atomic_write(path, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
