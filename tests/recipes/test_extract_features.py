@@ -183,9 +183,9 @@ def test_a_resumed_run_decodes_no_finished_video(packed, one_process, tmp_path, 
 
 
 def test_unfinished_leaves_out_finished_samples_or_for_dali_only_finished_shards(packed, tmp_path):
+    from signstream.loaders.feature_writers import write_video
     from signstream.loaders.shards import resolve_shards
     from signstream.recipes.extract_features import unfinished
-    from signstream.loaders.feature_writers import write_video
 
     shardset = resolve_shards(packed / "train")
     assert [len(s.samples) for s in shardset.shards] == [4, 2]
