@@ -25,13 +25,38 @@ def test_quick_loader_benchmark_writes_its_report(tmp_path):
         assert row["frames"] == frames and row["fps"] > 0 and row["peak_pss_mib"] > 0
         assert row["vs_pngdir"] == pytest.approx(row["fps"] / loaders["pngdir"]["fps"])
         assert row["vs_bare"] == pytest.approx(row["fps"] / row["bare_fps"])
+        assert row["cpu_ms_per_frame"] > 0 and len(row["rounds"]) == 1
+        assert row["cpu_vs_pngdir"] == pytest.approx(loaders["pngdir"]["cpu_ms_per_frame"] / row["cpu_ms_per_frame"])
     assert loaders["pyav vp9"]["bytes_per_frame"] < loaders["pngdir"]["bytes_per_frame"] / 10
     assert all(r["frames"] == frames for r in bare.values())
     markdown = (tmp_path / "loaders.md").read_text()
-    assert "÷ pngdir" in markdown and "dali-cpu loader ÷ bare DALI decode" in markdown
+    assert "CPU ms/frame" in markdown and "÷ pngdir" in markdown and "dali-cpu loader ÷ bare DALI decode" in markdown
     assert {"pngdir", "pyav", "dali-cpu"} == set(saved["profile_ms_per_frame"])
     assert all(v > 0 for stages in saved["profile_ms_per_frame"].values() for v in stages.values())
     assert "ms per frame by stage" in markdown
     assert (tmp_path / "loaders.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if not torch.cuda.is_available():
         assert any("no CUDA" in m for m in saved["skipped"]) and "no CUDA" in markdown
+
+
+def test_best_of_rounds_keeps_the_fastest_round_every_rounds_figures_and_the_highest_memory():
+    from signstream.benchmarks.loaders import best_of_rounds
+
+    runs = [{"name": "pyav", "fps": 900.0, "cpu_ms_per_frame": 0.5, "load_avg_1min": 3.0, "peak_pss_mib": 1200},
+            {"name": "pyav", "fps": 1100.0, "cpu_ms_per_frame": 0.45, "load_avg_1min": 0.4, "peak_pss_mib": 1100}]
+    row = best_of_rounds(runs)
+    assert row["fps"] == 1100.0 and row["cpu_ms_per_frame"] == 0.45
+    assert [r["load_avg_1min"] for r in row["rounds"]] == [3.0, 0.4]
+    assert row["peak_pss_mib"] == 1200  # memory is a ceiling: the worst round counts
+
+
+def test_tree_cpu_seconds_counts_a_child_process_that_has_ended():
+    import subprocess
+    import sys
+
+    from signstream.benchmarks.loaders import tree_cpu_seconds
+
+    before = tree_cpu_seconds()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.4: pass"], check=True)
+    assert tree_cpu_seconds() - before >= 0.35
