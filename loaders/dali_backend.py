@@ -4,7 +4,7 @@
 
     samples of the epoch -> split by rank -> shuffle (replayed in training)   (the PyAV stages)
         -> read by offset + plan -> batch (optionally length-bucketed)
-        -> source callback: ``batches_per_run`` user batches per DALI iteration (1 CPU, 4 CUDA)
+        -> source callback: ``batches_per_run`` user batches per DALI iteration (CPU: ~8 clips, CUDA: 4)
     DALI (pipelined async executor, prefetch queue of PREFETCH_RUNS iterations):
         fn.external_source(source=feed, batch=True) -> fn.decoders.video(frames=plan)  [cpu | mixed]
           postprocess="dali":   -> fn.resize(ROI) -> jitter -> fn.sequence_rearrange
@@ -74,10 +74,18 @@ from signstream.loaders.transform import Transform, emit_frame, resize_frame, si
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
-# Default user batches per DALI iteration. CPU: 1 (benchmarks/loaders.py on 2 shared cores: 1 vs 4
-# gave 728/516, 926/961, 751/859 frames/s over three runs, within the noise; 1 peaks 125-270 MiB lower).
-# CUDA: 4, so NVDEC's engines get several clips at once (not measured: no GPU on the development box).
-BATCHES_PER_RUN = {"cpu": 1, "cuda": 4}
+# Default user batches per DALI iteration. CPU: enough batches for about CPU_CLIPS_PER_RUN clips, so
+# DALI's threads are not left idle by one long clip (2 cores, 98-frame clips, batch 2: 1, 4, 8 batches
+# per run gave 3394, 3666, 3051 frames/s; batch 8: 1, 2 gave 2999, 3118; the benchmark's separate
+# processes 2641 vs 3023 for batch 2); peak memory grows with the clips in flight, so no more than
+# that. CUDA: 4 batches, so NVDEC's engines get several clips at once (not measured: no GPU here).
+CPU_CLIPS_PER_RUN = 8
+CUDA_BATCHES_PER_RUN = 4
+
+
+def default_batches_per_run(batch_size: int, cuda: bool) -> int:
+    """User batches per DALI iteration when the caller does not choose."""
+    return CUDA_BATCHES_PER_RUN if cuda else max(1, CPU_CLIPS_PER_RUN // max(1, batch_size))
 
 # NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), from NVIDIA's
 # Video Codec SDK decoder programming guide (Turing and later GPUs).
@@ -248,7 +256,7 @@ class DaliLoader(BaseLoader):
         num_threads: DALI's CPU threads (and the OpenCV pool's size on the CPU).
         bucket: length-bucketing buffer in batches (0 = off).
         batches_per_run: user batches decoded by one DALI iteration (default:
-            :data:`BATCHES_PER_RUN` for the device).
+            :func:`default_batches_per_run`).
         postprocess: ``opencv`` (CPU), ``dali`` (DALI operators; the only choice on
             CUDA) or ``auto`` (``dali`` on CUDA, ``opencv`` on the CPU).
     """
@@ -268,7 +276,7 @@ class DaliLoader(BaseLoader):
             raise SignstreamError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
         self.device_id = self._device_index()
         if batches_per_run is None:
-            batches_per_run = BATCHES_PER_RUN["cpu" if self.device_id is None else "cuda"]
+            batches_per_run = default_batches_per_run(self.batch_size, cuda=self.device_id is not None)
         if batches_per_run < 1:
             raise SignstreamError(f"batches_per_run must be >= 1, got {batches_per_run}")
         if self.device_id is not None:

@@ -255,3 +255,12 @@ def test_nvdec_skips_and_names_corrupt_samples(tmp_path, phoenix_size_split):
     split = write_split(tmp_path, "dev", videos, damage={"c1": cut[: len(cut) // 3]})
     ld, batches = run(split, "dali", batch_size=2, handler="skip", device="cuda", transform=Transform(size=64))
     assert keys_of(batches) == ["c0", "c2", "c3"] and [s.key for s in ld.stats.skipped] == ["c1"]
+
+
+def test_default_batches_per_run_aims_at_eight_clips_per_cpu_iteration(vp9_split):
+    from signstream.loaders.dali_backend import default_batches_per_run
+
+    assert [default_batches_per_run(b, cuda=False) for b in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert default_batches_per_run(2, cuda=True) == 4
+    ld = make_loader(vp9_split, backend="dali", batch_size=2, transform=Transform(size=32), num_workers=1)
+    assert ld.describe()["batches_per_run"] == 4
