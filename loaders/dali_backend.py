@@ -87,8 +87,12 @@ def default_batches_per_run(batch_size: int, cuda: bool) -> int:
     """User batches per DALI iteration when the caller does not choose."""
     return CUDA_BATCHES_PER_RUN if cuda else max(1, CPU_CLIPS_PER_RUN // max(1, batch_size))
 
-# NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), from NVIDIA's
-# Video Codec SDK decoder programming guide (Turing and later GPUs).
+# NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), for Turing, A100 and Hopper
+# GPUs. Maxima as the Video Codec SDK 13.0 NVDEC application note's capability table gives them
+# (HEVC and VP9 8192x8192; H.264 8192x8192 only from Blackwell, so 4096 here). Minima from the
+# decoder programming guide's capability table, not re-read for this version: a GPU session can
+# confirm them (cuvidGetDecoderCaps reports both). The same note lists no AV1 decoding on
+# A100/Hopper (only GA10x, Ada, Blackwell); pack writes no AV1, so the entry is for foreign shards.
 NVDEC_LIMITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "h264": ((16, 48), (4096, 4096)),
     "vp8": ((16, 48), (4096, 4096)),
