@@ -28,7 +28,10 @@ import numpy as np
 from signstream import SignstreamError
 
 # ------------------------------------------------------------------ normalisation
-# mean/std in 0-1 units, RGB order; the output is (x / 255 - mean) / std.
+# mean/std in 0-1 units, RGB order; the output is (x / 255 - mean) / std. The one table:
+# the backbones' input specs (models/registry.py) take their statistics from here.
+# mean = std = 0.5 is exactly the [-1, 1] scaling of the TensorFlow-trained
+# checkpoints (pytorch-i3d, kylemin S3D).
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),

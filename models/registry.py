@@ -17,17 +17,14 @@ import torch
 from torch import nn
 
 from signstream import SignstreamError
+from signstream.loaders.transform import NORMALIZATIONS
 
 __all__ = ["InputSpec", "create_model", "is_model", "list_models", "register_model"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
-# mean = std = 0.5 on [0, 1] pixels is exactly the [-1, 1] scaling of the
-# TensorFlow-trained checkpoints (pytorch-i3d, kylemin S3D).
-SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
-SYMMETRIC_STD = (0.5, 0.5, 0.5)
+# The backbones' input statistics, by name from the one table (the loaders' presets).
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATIONS["imagenet"]
+KINETICS_MEAN, KINETICS_STD = NORMALIZATIONS["kinetics"]
+SYMMETRIC_MEAN, SYMMETRIC_STD = NORMALIZATIONS["minus_one_one"]
 
 
 @dataclass(frozen=True)
