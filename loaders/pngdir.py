@@ -32,6 +32,7 @@ from signstream import SignstreamError
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import Batch, Decoded, SharedRing, collate
 from signstream.loaders.corpora import Row, csv_table, get_adapter
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.format import make_keys
 from signstream.loaders.shards import rank_range
 from signstream.loaders.stats import Report, Skipped, get_handler
@@ -231,7 +232,7 @@ class _Collate:
 
 
 def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
+    one_opencv_thread()
 
 
 class PngDirLoader(BaseLoader):

@@ -43,6 +43,7 @@ from signstream.loaders.batch import (
     group_batches,
     new_buffer,
 )
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.shards import SampleError, SampleReader, SampleRef, ShardSet, rank_range
 from signstream.loaders.stats import Report, Skipped, get_handler
 from signstream.loaders.transform import (
@@ -283,7 +284,7 @@ class PyAVStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if info is not None:
-            cv2.setNumThreads(1)  # one decode per worker process; no nested thread pools
+            one_opencv_thread()
         self._ring = getattr(self, "_ring", None) or (SharedRing(RING_SLOTS) if info is not None else None)
         # Persistent workers keep this object between epochs: each iteration is the next epoch.
         self._current, self.epoch = self.epoch, self.epoch + 1

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from signstream import SignstreamError, __version__
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.synth_render import (
     GLOSS_MOTIONS,
@@ -288,10 +289,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------- rendering
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one video per process; no nested thread pools
-
-
 def _write_video(job: tuple) -> tuple[int, int]:
     """Render one video into a temporary folder, then rename it into place.
 
@@ -327,7 +324,7 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple[int, int]]:
     # fork starts fast and works from notebooks and stdin scripts; the workers
     # only use numpy and cv2 (one thread each). macOS cannot fork safely.
     ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
+    with ctx.Pool(workers, initializer=one_opencv_thread) as pool:
         return pool.map(_write_video, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
 
 
