@@ -15,7 +15,7 @@ main process after all ranks finish:
 * ``shards``: ``<out>/feature-shards/<split>/<split>-NNNNNN.tar`` WebDataset shards
   with ``<key>.npy.zst`` (zstd-compressed ``.npy`` bytes) and ``<key>.json``.
 
-Writers are plain functions in :data:`WRITERS`, chosen with :func:`get_writer`;
+Writers are plain functions in :data:`WRITERS`, chosen by name with :func:`signstream.lookup`;
 what they write is read back by :mod:`signstream.loaders.feature_readers`.
 """
 
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from signstream import SignstreamError
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
@@ -194,10 +193,3 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "signjoey": signjoey_writer,
     "shards": shards_writer,
 }
-
-
-def get_writer(name: str) -> Callable[..., Path]:
-    """Return the feature writer called ``name`` (``npy``, ``signjoey``, ``shards``)."""
-    if name not in WRITERS:
-        raise SignstreamError(f"unknown feature writer {name!r}; choose from {', '.join(WRITERS)}")
-    return WRITERS[name]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import (
     Batch,
@@ -45,7 +45,7 @@ from signstream.loaders.batch import (
 )
 from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.shards import SampleError, SampleReader, SampleRef, ShardSet, rank_range
-from signstream.loaders.stats import Report, Skipped, get_handler
+from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import (
     SamplePlan,
     Transform,
@@ -318,7 +318,7 @@ class PyAVStream(torch.utils.data.IterableDataset):
     def _skip(self, ref: SampleRef, reason: str) -> None:
         record = Skipped(ref.key, self.shardset.shard_of(ref), reason)
         self._report.skipped.append(record)
-        get_handler(self.handler)(record)
+        lookup(HANDLERS, self.handler, "handler")(record)
         # Training replays a share forever: if it has no good sample at all, stop
         # after two full passes without one instead of spinning.
         self._streak += 1

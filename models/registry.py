@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.transform import NORMALIZATIONS
 
 __all__ = ["InputSpec", "create_model", "is_model", "list_models", "register_model"]
@@ -116,9 +116,7 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) 
         SignstreamError: for an unknown name, an unknown option, or a checkpoint
             that is missing or does not match.
     """
-    if name not in _MODELS:
-        raise SignstreamError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    fn = _MODELS[name]
+    fn = lookup(_MODELS, name, "model")
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

@@ -60,17 +60,14 @@ class Range:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A name a registry must hold: ``Choice(HEADS, "head")``, or a look-up function (``get_cleanup``)."""
+    """A name a table must hold: ``Choice(HEADS, "head")``, ``Choice(CLEANUPS, "cleanup")``."""
 
-    lookup: Any
+    table: dict
     what: str = "name"
 
     def check(self, name: str, value: Any) -> None:
         try:
-            if isinstance(self.lookup, dict):
-                signstream.lookup(self.lookup, value, self.what)
-            else:
-                self.lookup(value)
+            signstream.lookup(self.table, value, self.what)
         except SignstreamError as exc:
             raise SignstreamError(f"config key {name!r}: {exc}") from None
 

@@ -41,7 +41,7 @@ import av
 
 from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
-from signstream.loaders.corpora import Row, get_adapter
+from signstream.loaders.corpora import ADAPTERS, Row
 from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
@@ -359,7 +359,7 @@ def _make_dirs(out: Path, splits: list[str]) -> None:
 
 def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:
     """The rows to pack and the set of splits the whole table has."""
-    fn = get_adapter(adapter)
+    fn = lookup(ADAPTERS, adapter, "corpus adapter")
     if adapter == "csv":
         if table is None:
             raise SignstreamError("the csv adapter needs --table FILE")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from signstream import SignstreamError
+from signstream.loaders.corpora import ADAPTERS
 from signstream.tools import pack as pack_mod
 from signstream.tools.cli import main as cli
 from signstream.tools.pack import STATE_FILE, pack_corpus
@@ -154,7 +155,7 @@ def test_packing_dev_alone_keeps_the_train_vocabulary(packed, synth_root, tmp_pa
     out = tmp_path / "out"
     shutil.copytree(packed, out)
     vocab = (out / "glosses.txt").read_bytes()
-    dev_only = {g for row in pack_mod.get_adapter("phoenix2014")(synth_root) if row.split == "dev"
+    dev_only = {g for row in ADAPTERS["phoenix2014"](synth_root) if row.split == "dev"
                 for g in row.gloss.split()}
     assert dev_only != set(vocab.decode().split())  # the case only bites when they differ
     result = pack_corpus("phoenix2014", out, root=synth_root, splits=["dev"], **OPTS)

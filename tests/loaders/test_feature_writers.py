@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.feature_readers import detect_format, load_split
-from signstream.loaders.feature_writers import get_writer, is_done, write_video
+from signstream.loaders.feature_writers import WRITERS, is_done, write_video
 
 
 def _store(tmp_path, n=5, dim=6):
@@ -26,7 +26,7 @@ def _store(tmp_path, n=5, dim=6):
 
 def test_signjoey_file_loads_with_plain_gzip_pickle_and_has_the_expected_entries(tmp_path):
     store = _store(tmp_path)
-    path = get_writer("signjoey")(store, store, "dev", prefix="demo")
+    path = WRITERS["signjoey"](store, store, "dev", prefix="demo")
     assert path.name == "demo.dev"
     with gzip.open(path, "rb") as f:
         entries = pickle.load(f)
@@ -41,8 +41,8 @@ def test_signjoey_file_loads_with_plain_gzip_pickle_and_has_the_expected_entries
 @pytest.mark.parametrize("fmt", ["npy", "signjoey", "shards"])
 def test_every_format_reads_back_the_same_features(tmp_path, fmt):
     store = _store(tmp_path)
-    get_writer("npy")(store, store, "dev")
-    get_writer(fmt)(store, store, "dev")
+    WRITERS["npy"](store, store, "dev")
+    WRITERS[fmt](store, store, "dev")
     samples = load_split(store, "dev", fmt)
     reference = load_split(store, "dev", "npy") if fmt != "npy" else samples
     assert [s.name for s in samples] == [f"vid.{i}" for i in range(5)]
@@ -53,9 +53,9 @@ def test_every_format_reads_back_the_same_features(tmp_path, fmt):
 
 def test_format_detection_and_missing_split_error(tmp_path):
     store = _store(tmp_path)
-    get_writer("shards")(store, store, "dev")
+    WRITERS["shards"](store, store, "dev")
     assert detect_format(store, "dev") == "shards"
-    get_writer("npy")(store, store, "dev")
+    WRITERS["npy"](store, store, "dev")
     assert detect_format(store, "dev") == "npy"
     with pytest.raises(SignstreamError, match="no features for split 'test'"):
         load_split(store, "test")
@@ -63,8 +63,8 @@ def test_format_detection_and_missing_split_error(tmp_path):
 
 def test_feature_shards_are_deterministic(tmp_path):
     store = _store(tmp_path)
-    a = get_writer("shards")(store, tmp_path / "a", "dev")
-    b = get_writer("shards")(store, tmp_path / "b", "dev")
+    a = WRITERS["shards"](store, tmp_path / "a", "dev")
+    b = WRITERS["shards"](store, tmp_path / "b", "dev")
     assert [p.read_bytes() for p in sorted(a.iterdir())] == [p.read_bytes() for p in sorted(b.iterdir())]
 
 
@@ -76,5 +76,5 @@ def test_video_counts_as_done_only_when_both_files_exist(tmp_path):
 
 
 def test_unknown_writer_is_a_clear_error():
-    with pytest.raises(SignstreamError, match="unknown feature writer 'csv'"):
-        get_writer("csv")
+    with pytest.raises(SignstreamError, match="unknown feature writer 'csv'; choose from npy, shards, signjoey"):
+        lookup(WRITERS, "csv", "feature writer")
