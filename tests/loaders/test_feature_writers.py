@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,25 @@ def test_video_counts_as_done_only_when_both_files_exist(tmp_path):
 def test_unknown_writer_is_a_clear_error():
     with pytest.raises(SignstreamError, match="unknown feature writer 'csv'; choose from npy, shards, signjoey"):
         lookup(WRITERS, "csv", "feature writer")
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_every_writer_takes_the_recipe_call_and_refuses_an_option_it_does_not_name(tmp_path, name):
+    store = _store(tmp_path, n=2)
+    out = tmp_path / "out"
+    assert WRITERS[name](store, out, "dev", prefix="demo").exists()  # what extract_features passes
+    with pytest.raises(TypeError, match="prefx"):
+        WRITERS[name](store, out, "dev", prefx="demo")  # a misspelt option is not swallowed
+
+
+def test_writer_options_are_their_own():
+    store = Path("unused")
+    with pytest.raises(TypeError, match="max_samples"):
+        WRITERS["npy"](store, store, "dev", max_samples=3)
+    with pytest.raises(TypeError, match="max_samples"):
+        WRITERS["signjoey"](store, store, "dev", max_samples=3)
+
+
+def test_feature_shards_hold_max_samples_videos_each(tmp_path):
+    split_dir = WRITERS["shards"](_store(tmp_path), tmp_path / "out", "dev", max_samples=2)
+    assert sorted(p.name for p in split_dir.glob("*.tar")) == ["dev-000000.tar", "dev-000001.tar", "dev-000002.tar"]
