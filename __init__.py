@@ -20,8 +20,11 @@ class SignstreamError(Exception):
 def lookup(table: dict, name: str, what: str):
     """Return ``table[name]``; an unknown name is a :class:`SignstreamError` listing the choices.
 
-    The one look-up helper for the registries users extend (backbones, loader
-    backends, feature writers, heads): ``lookup(BACKENDS, "pyav", "loader backend")``.
+    The one look-up by name, for the registries users extend (backbones, loader
+    backends, feature writers, heads) and for every fixed choice (normalisation
+    presets, temporal windows, pad modes, bad-sample handlers, corpus adapters,
+    gloss cleanups, synthetic layouts), which are plain dicts:
+    ``lookup(BACKENDS, "pyav", "loader backend")``.
     """
     try:
         return table[name]

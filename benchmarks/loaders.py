@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 
 GOALS = {"pyav_vs_pngdir_min": 4.0, "dali_cpu_vs_pngdir_min": 2.5, "dali_cpu_vs_bare_min": 0.7}
@@ -197,7 +198,7 @@ class _BareDecode(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        cv2.setNumThreads(1)
+        one_opencv_thread()
         items = self._items()
         start, stop = rank_range(len(items), worker, workers)
         if self.kind == "png":
@@ -297,7 +298,7 @@ def profile_stages(inputs: dict, videos: int = 8) -> dict[str, dict[str, float]]
     from signstream.loaders.shards import SampleReader, resolve_shards
     from signstream.loaders.transform import plan_sample, resize_frame
 
-    cv2.setNumThreads(1)
+    one_opencv_thread()
     t = _transform()
     plan = plan_sample(1, 210, 260, t, train=False, rng=np.random.default_rng(0))
     mean, std = t.mean_std()

@@ -4,7 +4,7 @@ Public API (imported lazily, so ``signstream.loaders.fileio`` stays light)::
 
     make_loader(source, *, backend="auto"|"dali"|"pyav"|"pngdir", device, batch_size,
                 transform, mode, shuffle, seed, num_workers, ...) -> loader
-    Transform, Batch, LoaderStats, resolve_shards, get_normalization, get_window
+    Transform, Batch, LoaderStats, resolve_shards, NORMALIZATIONS, WINDOWS
 
 Modules: ``api`` (make_loader), ``transform`` (shared preprocessing and
 sampling plans), ``batch`` (Batch, padding, bucketing, normalisation),
@@ -25,8 +25,8 @@ _EXPORTS = {
     "make_loader": "signstream.loaders.api",
     "BACKENDS": "signstream.loaders.api",
     "Transform": "signstream.loaders.transform",
-    "get_normalization": "signstream.loaders.transform",
-    "get_window": "signstream.loaders.transform",
+    "NORMALIZATIONS": "signstream.loaders.transform",
+    "WINDOWS": "signstream.loaders.transform",
     "Batch": "signstream.loaders.batch",
     "LoaderStats": "signstream.loaders.stats",
     "resolve_shards": "signstream.loaders.shards",

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.batch import Batch, BufferPool, finalize
-from signstream.loaders.stats import LoaderStats, Report, get_handler
+from signstream.loaders.stats import HANDLERS, LoaderStats, Report
 from signstream.loaders.transform import Transform
 
 MODES = ("eval", "train")
@@ -85,7 +85,7 @@ class BaseLoader:
             raise SignstreamError(f"batch_size must be >= 1, got {batch_size}")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise SignstreamError("device='cuda' but no CUDA device is available; use device='cpu'")
-        get_handler(handler)
+        lookup(HANDLERS, handler, "handler")
         self.transform = transform
         self.device = device
         self.mode = mode

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.transform import Transform
 
 T = TypeVar("T")
@@ -86,14 +86,6 @@ def _pad_zeros(video: np.ndarray, length: int) -> None:
 PADS: dict[str, Callable[[np.ndarray, int], None]] = {"replicate": _pad_replicate, "zeros": _pad_zeros}
 
 
-def get_pad(name: str) -> Callable[[np.ndarray, int], None]:
-    """Return the padding function ``name`` (fills ``[C, T, H, W]`` past ``length``)."""
-    try:
-        return PADS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown pad mode {name!r}; choose from {', '.join(PADS)}") from None
-
-
 def collate(samples: list[Decoded], transform: Transform,
             alloc: Callable[[tuple[int, ...]], torch.Tensor] | None = None) -> Batch:
     """Pad decoded clips to the batch's T and stack them as uint8 ``[B, C, T, H, W]``.
@@ -131,7 +123,7 @@ def finish_batch(video: torch.Tensor, lengths: list[int], keys: list[str], meta:
     t = transform.batch_frames(max(lengths))
     video = video[:len(lengths), :, :t]
     out = video.numpy()
-    pad = get_pad(transform.pad)
+    pad = lookup(PADS, transform.pad, "pad mode")
     for i, n in enumerate(lengths):
         if n < t:
             pad(out[i], n)

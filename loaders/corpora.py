@@ -7,7 +7,7 @@ loader both list videos through it. Adapters only *describe* the videos (where
 the frames or the video file are); reading and validating the pixels is the
 caller's job, so one broken row never stops the listing.
 
-Adapters are plain functions in :data:`ADAPTERS`, chosen with :func:`get_adapter`.
+Adapters are plain functions in :data:`ADAPTERS`, chosen by name with :func:`signstream.lookup`.
 """
 
 from __future__ import annotations
@@ -218,11 +218,3 @@ ADAPTERS: dict[str, Callable[..., list[Row]]] = {
     "phoenix2014t": phoenix2014t,
     "csv": csv_table,
 }
-
-
-def get_adapter(name: str) -> Callable[..., list[Row]]:
-    """Return the adapter function registered under ``name``."""
-    try:
-        return ADAPTERS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown corpus adapter {name!r}; choose from {', '.join(ADAPTERS)}") from None

@@ -48,13 +48,13 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders import remote
 from signstream.loaders.base import BaseLoader, train_batches
 from signstream.loaders.batch import (
+    PADS,
     Batch,
     check_frame_sizes,
-    get_pad,
     group_batches,
     mask_padding,
     normalize_clip,
@@ -68,7 +68,7 @@ from signstream.loaders.pyav_backend import (
     take_range,
 )
 from signstream.loaders.shards import SampleError, SampleReader, ShardSet, rank_range
-from signstream.loaders.stats import Report, Skipped, get_handler
+from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import Transform, emit_frame, resize_frame, size_mismatch
 
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
@@ -360,7 +360,7 @@ class DaliLoader(BaseLoader):
     def _skip(self, ref, reason: str) -> None:
         record = Skipped(ref.key, self.shardset.shard_of(ref), reason)
         self._pending.skipped.append(record)
-        get_handler(self.handler)(record)
+        lookup(HANDLERS, self.handler, "handler")(record)
         # Training replays the share forever: stop after two passes without a good sample.
         self._streak += 1
         if self.train and self._streak > 2 * max(1, self._share):
@@ -513,7 +513,7 @@ class DaliLoader(BaseLoader):
             resize_frame(frames[i], p.plan.box, p.plan.out_hw, local.frame)
             emit_frame(clip, positions, local.frame, p.plan)
         if p.plan.length < t:
-            get_pad(self.transform.pad)(clip, p.plan.length)
+            lookup(PADS, self.transform.pad, "pad mode")(clip, p.plan.length)
         if clip is not dst:
             mean, std = self.transform.mean_std()
             normalize_clip(clip, dst, mean, (1.0 / std).astype(np.float32))

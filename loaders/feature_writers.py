@@ -15,8 +15,11 @@ main process after all ranks finish:
 * ``shards``: ``<out>/feature-shards/<split>/<split>-NNNNNN.tar`` WebDataset shards
   with ``<key>.npy.zst`` (zstd-compressed ``.npy`` bytes) and ``<key>.json``.
 
-Writers are plain functions in :data:`WRITERS`, chosen with :func:`get_writer`;
-what they write is read back by :mod:`signstream.loaders.feature_readers`.
+Writers are plain functions in :data:`WRITERS`, chosen by name with :func:`signstream.lookup`
+and called as ``writer(store, out, split, prefix=...)``: every writer takes the
+keyword ``prefix`` (the file stem; only the SignJoey pickles carry it) and no
+option it does not name, so a misspelt option is a ``TypeError``, never ignored.
+What they write is read back by :mod:`signstream.loaders.feature_readers`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from signstream import SignstreamError
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
@@ -147,13 +149,13 @@ class _DeterministicPickler(pickle.Pickler):
         return NotImplemented
 
 
-def npy_writer(store: Path, out: Path, split: str, **_) -> Path:
-    """The per-video store itself is the ``npy`` output; index it."""
+def npy_writer(store: Path, out: Path, split: str, *, prefix: str = "features") -> Path:
+    """The per-video store itself is the ``npy`` output; index it (``prefix`` names nothing here)."""
     write_store_index(store, split)
     return store / split
 
 
-def signjoey_writer(store: Path, out: Path, split: str, prefix: str = "features", **_) -> Path:
+def signjoey_writer(store: Path, out: Path, split: str, *, prefix: str = "features") -> Path:
     """Merge a split into one SignJoey gzip pickle ``<out>/<prefix>.<split>``."""
     import torch
 
@@ -169,8 +171,12 @@ def signjoey_writer(store: Path, out: Path, split: str, prefix: str = "features"
     return path
 
 
-def shards_writer(store: Path, out: Path, split: str, max_samples: int = 1000, **_) -> Path:
-    """Merge a split into zstd-compressed feature WebDataset shards (deterministic)."""
+def shards_writer(store: Path, out: Path, split: str, *, prefix: str = "features",
+                  max_samples: int = 1000) -> Path:
+    """Merge a split into zstd-compressed feature WebDataset shards (deterministic).
+
+    The shards are named by split (``prefix`` names nothing here), ``max_samples`` videos each.
+    """
     import zstandard
 
     cctx = zstandard.ZstdCompressor(level=3)
@@ -194,10 +200,3 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "signjoey": signjoey_writer,
     "shards": shards_writer,
 }
-
-
-def get_writer(name: str) -> Callable[..., Path]:
-    """Return the feature writer called ``name`` (``npy``, ``signjoey``, ``shards``)."""
-    if name not in WRITERS:
-        raise SignstreamError(f"unknown feature writer {name!r}; choose from {', '.join(WRITERS)}")
-    return WRITERS[name]

@@ -36,8 +36,9 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 
 FORMAT = "signstream-shards/1"
@@ -102,20 +103,25 @@ def shard_name(split: str, number: int) -> str:
 
 @dataclass(frozen=True)
 class Member:
-    """A tar member's place in the file: name, data offset and size."""
+    """A tar member's place in the file: name, data offset and size.
+
+    ``ext`` is the member's extension: the part of its base name after the
+    first dot, unless given (an index line states it, and DALI goes by that).
+    """
 
     name: str
     offset: int
     size: int
+    ext: str = None  # type: ignore[assignment]  # None: taken from the name
+
+    def __post_init__(self) -> None:
+        if self.ext is None:
+            object.__setattr__(self, "ext", split_name(self.name)[1])
 
     @property
     def key(self) -> str:
         """Sample key: the base name up to its first dot (WebDataset/DALI rule)."""
         return split_name(self.name)[0]
-
-    @property
-    def ext(self) -> str:
-        return split_name(self.name)[1]
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -180,6 +186,41 @@ def write_index(path: str | os.PathLike, layout: list[list[Member]]) -> None:
         f.write(index_text(layout))
 
 
+def read_index(path) -> list[list[Member]]:
+    """Read a DALI v1.2 index (the inverse of :func:`write_index`): the members of each sample.
+
+    ``path`` is a local path or anything with ``read_text`` (a remote path).
+    Each member's ``ext`` is the one the index line gives.
+
+    Raises:
+        SignstreamError: an unreadable file, a header that is not ``v1.2 <n>``,
+            a line that is not ``ext offset size name`` groups of integers, or
+            a sample count that disagrees with the header (naming file and line).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SignstreamError(f"cannot read index {path}: {exc.strerror}") from None
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
+        raise SignstreamError(f"{path} is not a DALI v1.2 index (first line {lines[:1]})")
+    layout = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        tokens = line.split()
+        if len(tokens) % 4:
+            raise SignstreamError(f"{path}:{lineno}: expected 'ext offset size name' groups")
+        try:
+            layout.append([Member(tokens[i + 3], int(tokens[i + 1]), int(tokens[i + 2]), tokens[i])
+                           for i in range(0, len(tokens), 4)])
+        except ValueError:
+            raise SignstreamError(f"{path}:{lineno}: offsets and sizes must be integers") from None
+    if len(layout) != int(head[1]):
+        raise SignstreamError(f"{path}: header says {head[1]} samples, found {len(layout)} lines")
+    return layout
+
+
 def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
     """Read a tar's regular members and group consecutive ones by key.
 
@@ -193,16 +234,24 @@ def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
     return layout
 
 
-def read_layout(path: str | os.PathLike) -> tuple[list[list[Member]], tarfile.TarError | None]:
+def read_layout(path: str | os.PathLike, fileobj: IO[bytes] | None = None
+                ) -> tuple[list[list[Member]], tarfile.TarError | None]:
     """Like :func:`scan_tar`, but a damaged archive gives what was read before the damage.
+
+    Args:
+        path: the tar file.
+        fileobj: read the tar from this sequential stream instead (a remote
+            shard streamed once; the caller closes it).
 
     Returns:
         ``(layout, error)``: the samples found, and the ``tarfile`` error that
-        stopped the scan (``None`` when the whole archive read cleanly).
+        stopped the scan (``None`` when the whole archive read cleanly). A tar
+        cut inside a member keeps that member with its recorded size.
     """
     infos: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with (tarfile.open(path, mode="r:") if fileobj is None
+              else tarfile.open(fileobj=fileobj, mode="r|")) as tar:
             for info in tar:
                 infos.append(info)
     except tarfile.TarError as exc:
@@ -211,7 +260,12 @@ def read_layout(path: str | os.PathLike) -> tuple[list[list[Member]], tarfile.Ta
 
 
 def group_members(infos: Iterable[tarfile.TarInfo]) -> list[list[Member]]:
-    """Group a tar's regular members into samples by key, as ``wds2idx`` does (see :func:`scan_tar`)."""
+    """Group a tar's regular members into samples by key, as ``wds2idx`` does (see :func:`scan_tar`).
+
+    Consecutive members with the same key form one sample. Members whose key is
+    empty or ends in ``/`` (hidden files such as ``._x.webm``) are left out; a
+    member without an extension is kept (its key is its whole name).
+    """
     layout: list[list[Member]] = []
     last_key = None
     for info in infos:

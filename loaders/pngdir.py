@@ -28,13 +28,14 @@ import cv2
 import numpy as np
 import torch
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import Batch, Decoded, SharedRing, collate
-from signstream.loaders.corpora import Row, csv_table, get_adapter
+from signstream.loaders.corpora import ADAPTERS, Row, csv_table
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.format import make_keys
 from signstream.loaders.shards import rank_range
-from signstream.loaders.stats import Report, Skipped, get_handler
+from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import (
     Transform,
     crop_resize,
@@ -111,7 +112,7 @@ def corpus_items(source: Any, *, split: str | None = None, layout: str | None = 
                 raise SignstreamError(f"corpus root is not a directory: {path}")
             if split is None:
                 raise SignstreamError("backend='pngdir' with a corpus root needs split= (train, dev or test)")
-            rows = get_adapter(layout)(path, splits=(split,))
+            rows = lookup(ADAPTERS, layout, "corpus adapter")(path, splits=(split,))
         items = _row_items(rows)
     if not items:
         raise SignstreamError(f"empty split: no videos listed in {source}" + (f" for {split}" if split else ""))
@@ -172,7 +173,7 @@ class PngDirDataset(torch.utils.data.Dataset):
         except OSError as exc:
             record = Skipped(key, it.folder, str(exc))
             report.skipped.append(record)
-            get_handler(self.handler)(record)
+            lookup(HANDLERS, self.handler, "handler")(record)
             return None, report
         meta = {**it.meta, "num_frames": len(files), "height": h, "width": w}
         return Decoded(key, clip, meta, str(Path(files[0]).parent)), report
@@ -231,7 +232,7 @@ class _Collate:
 
 
 def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
+    one_opencv_thread()
 
 
 class PngDirLoader(BaseLoader):

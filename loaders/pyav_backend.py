@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import (
     Batch,
@@ -43,8 +43,9 @@ from signstream.loaders.batch import (
     group_batches,
     new_buffer,
 )
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.shards import SampleError, SampleReader, SampleRef, ShardSet, rank_range
-from signstream.loaders.stats import Report, Skipped, get_handler
+from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import (
     SamplePlan,
     Transform,
@@ -286,7 +287,7 @@ class PyAVStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if info is not None:
-            cv2.setNumThreads(1)  # one decode per worker process; no nested thread pools
+            one_opencv_thread()
         self._ring = getattr(self, "_ring", None) or (SharedRing(RING_SLOTS) if info is not None else None)
         # Persistent workers keep this object between epochs: each iteration is the next epoch.
         self._current, self.epoch = self.epoch, self.epoch + 1
@@ -320,7 +321,7 @@ class PyAVStream(torch.utils.data.IterableDataset):
     def _skip(self, ref: SampleRef, reason: str) -> None:
         record = Skipped(ref.key, self.shardset.shard_of(ref), reason)
         self._report.skipped.append(record)
-        get_handler(self.handler)(record)
+        lookup(HANDLERS, self.handler, "handler")(record)
         # Training replays a share forever: if it has no good sample at all, stop
         # after two full passes without one instead of spinning.
         self._streak += 1

@@ -20,14 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from signstream import SignstreamError
 from signstream.loaders import remote
-from signstream.loaders.format import EXT_CODEC, INDEX_VERSION, MANIFEST, VIDEO_EXTS
+from signstream.loaders.format import (
+    EXT_CODEC,
+    MANIFEST,
+    VIDEO_EXTS,
+    Member,
+    read_index,
+    read_layout,
+)
 from signstream.loaders.format import FORMAT as MANIFEST_FORMAT
 
 log = logging.getLogger("signstream.loaders")
@@ -93,96 +99,45 @@ class ShardSet:
         return self.shards[ref.shard].path.name
 
 
-# ------------------------------------------------------------------- indexes
-def parse_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
-    """Read a DALI v1.2 index: per sample, ``(ext, offset, size, member name)`` per member."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SignstreamError(f"cannot read index {path}: {exc.strerror}") from None
-    head = lines[0].split() if lines else []
-    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise SignstreamError(f"{path} is not a DALI v1.2 index (first line {lines[:1]})")
-    samples = []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        tokens = line.split()
-        if len(tokens) % 4:
-            raise SignstreamError(f"{path}:{lineno}: expected 'ext offset size name' groups")
-        try:
-            samples.append([(tokens[i], int(tokens[i + 1]), int(tokens[i + 2]), tokens[i + 3])
-                            for i in range(0, len(tokens), 4)])
-        except ValueError:
-            raise SignstreamError(f"{path}:{lineno}: offsets and sizes must be integers") from None
-    if len(samples) != int(head[1]):
-        raise SignstreamError(f"{path}: header says {head[1]} samples, found {len(samples)} lines")
-    return samples
-
-
-def scan_tar(path: Path) -> list[list[tuple[str, int, int, str]]]:
-    """Index a tar without an index file (same grouping as DALI: key = name up to the first dot).
+# ------------------------------------------------------------------- layouts
+def scan_layout(path: Path) -> list[list[Member]]:
+    """Lay out a tar without an index file by scanning it (:func:`format.read_layout`).
 
     A tar cut short (a killed copy, a full disk) keeps every sample whose
     header was read: the members before the cut are intact, and the one the
     cut runs through is listed with its full recorded size, so reading it
     fails as a truncated member that the loaders skip and name. Only a file
-    that is not a tar at all is an error.
+    that is not a tar at all is an error. A remote tar is streamed once.
     """
-    layout: list[list[tuple[str, int, int, str]]] = []
-    last = None
     try:
-        with _tar_members(path) as tar:
-            while True:
-                try:
-                    info = tar.next()
-                except tarfile.ReadError as exc:  # cut short: keep what was read
-                    if not layout:
-                        raise
-                    log.warning("shard %s ends early (%s): reading the %d samples before the cut",
-                                path, exc, len(layout))
-                    break
-                if info is None:
-                    break
-                base = info.name.rsplit("/", 1)[-1]
-                if not info.isreg() or base.startswith(".") or "." not in base:
-                    continue
-                key = info.name[: len(info.name) - len(base) + base.index(".")]
-                entry = (base[base.index(".") + 1:], info.offset_data, info.size, info.name)
-                if key != last:
-                    layout.append([entry])
-                    last = key
-                else:
-                    layout[-1].append(entry)
-    except (tarfile.TarError, OSError) as exc:
+        if remote.is_url(path):
+            with remote.open_stream(path) as raw:
+                layout, error = read_layout(path, fileobj=raw)
+        else:
+            layout, error = read_layout(path)
+    except OSError as exc:
         raise SignstreamError(f"cannot read shard {path}: {exc}") from None
+    if error is not None:
+        if not layout:
+            raise SignstreamError(f"cannot read shard {path}: {error}")
+        log.warning("shard %s ends early (%s): reading the %d samples before the cut",
+                    path, error, len(layout))
     return layout
 
 
-def _tar_members(path):
-    """The members of a local tar, or of a remote one streamed once (a context manager)."""
-    if remote.is_url(path):
-        return tarfile.open(fileobj=remote.open_stream(path), mode="r|")
-    return tarfile.open(path, mode="r:")
-
-
-def _member_key(name: str) -> str:
-    base = name.rsplit("/", 1)[-1]
-    return name[: len(name) - len(base) + base.index(".")] if "." in base else name
-
-
 def _shard_from_layout(number: int, path: Path, index_path: Path | None,
-                       layout: list[list[tuple[str, int, int, str]]]) -> Shard:
+                       layout: list[list[Member]]) -> Shard:
     shard = Shard(path, index_path)
     for members in layout:
-        key = _member_key(members[0][3])
-        video = [(ext, off, size) for ext, off, size, _ in members if ext in VIDEO_EXTS]
-        meta = [(off, size) for ext, off, size, _ in members if ext == "json"]
+        key = members[0].key
+        video = [m for m in members if m.ext in VIDEO_EXTS]
+        meta = [(m.offset, m.size) for m in members if m.ext == "json"]
         if not video:
             raise SignstreamError(f"sample {key} in {path} has no video member "
                                   f"({'/'.join(VIDEO_EXTS)})")
-        ext, off, size = video[0]
-        shard.samples.append(SampleRef(number, key, ext, (off, size), meta[0] if meta else None))
+        first = video[0]
+        shard.samples.append(SampleRef(number, key, first.ext, (first.offset, first.size),
+                                       meta[0] if meta else None))
     return shard
 
 
@@ -192,8 +147,8 @@ def load_shard(number: int, path: Path, index_path: Path | None = None) -> Shard
         raise SignstreamError(f"shard file not found: {path}")
     index_path = index_path or path.with_suffix(".idx")
     if index_path.is_file():
-        return _shard_from_layout(number, path, index_path, parse_index(index_path))
-    return _shard_from_layout(number, path, None, scan_tar(path))
+        return _shard_from_layout(number, path, index_path, read_index(index_path))
+    return _shard_from_layout(number, path, None, scan_layout(path))
 
 
 # -------------------------------------------------------------------- resolve

@@ -104,18 +104,8 @@ def _reraise(record: Skipped) -> None:
     raise SignstreamError(f"bad sample {record.key} in {record.shard}: {record.reason}")
 
 
+# The bad-sample policies, by the name a loader's ``handler=`` takes: ``warn`` (skip,
+# count and log; for long jobs), ``skip`` (skip and count silently) or ``raise``
+# (stop with a SignstreamError; for tests and for checking new shards). Every
+# policy that skips still records the sample in ``loader.stats.skipped``.
 HANDLERS: dict[str, Callable[[Skipped], None]] = {"warn": _warn, "skip": _quiet, "raise": _reraise}
-
-
-def get_handler(name: str) -> Callable[[Skipped], None]:
-    """Return the bad-sample policy ``name``.
-
-    ``warn`` (skip, count and log; for long jobs), ``skip`` (skip and count
-    silently) or ``raise`` (stop with a :class:`SignstreamError`; for tests and
-    for checking new shards). Every policy that skips still records the sample
-    in ``loader.stats.skipped``.
-    """
-    try:
-        return HANDLERS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown handler {name!r}; choose from {', '.join(HANDLERS)}") from None

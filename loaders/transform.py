@@ -11,8 +11,8 @@ primitives (DALI operators, PyAV + OpenCV, ``cv2.imread``). Plans never depend
 on the backend, the worker count or the batch a sample lands in, which is what
 lets the backends agree frame for frame.
 
-Strategy choices are dicts of plain functions: :data:`NORMALIZATIONS`
-(``get_normalization``) and temporal windows :data:`WINDOWS` (``get_window``).
+Strategy choices are plain dicts, looked up with :func:`signstream.lookup`:
+:data:`NORMALIZATIONS` (mean/std presets) and temporal windows :data:`WINDOWS`.
 """
 
 from __future__ import annotations
@@ -25,25 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 
 # ------------------------------------------------------------------ normalisation
-# mean/std in 0-1 units, RGB order; the output is (x / 255 - mean) / std.
+# mean/std in 0-1 units, RGB order; the output is (x / 255 - mean) / std. The one table:
+# the backbones' input specs (models/registry.py) take their statistics from here.
+# mean = std = 0.5 is exactly the [-1, 1] scaling of the TensorFlow-trained
+# checkpoints (pytorch-i3d, kylemin S3D).
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "kinetics": ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)),
     "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "zero_one": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-
-
-def get_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return ``(mean, std)`` (0-1 units) of the normalisation preset ``name``."""
-    try:
-        return NORMALIZATIONS[name]
-    except KeyError:
-        raise SignstreamError(
-            f"unknown normalisation {name!r}; choose from {', '.join(NORMALIZATIONS)}") from None
 
 
 # --------------------------------------------------------------- temporal windows
@@ -72,14 +66,6 @@ WINDOWS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]]
     "start": _window_start,
     "uniform": _window_uniform,
 }
-
-
-def get_window(name: str) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
-    """Return the ``max_frames`` window strategy ``name`` (``centre``, ``random``, ...)."""
-    try:
-        return WINDOWS[name]
-    except KeyError:
-        raise SignstreamError(f"unknown temporal window {name!r}; choose from {', '.join(WINDOWS)}") from None
 
 
 PAD_MODES = ("replicate", "zeros")
@@ -145,10 +131,10 @@ class Transform:
     hflip: bool = False
 
     def __post_init__(self) -> None:
-        get_window(self.window)
-        get_window(self.train_window)
+        lookup(WINDOWS, self.window, "temporal window")
+        lookup(WINDOWS, self.train_window, "temporal window")
         if self.mean is None or self.std is None:
-            get_normalization(self.normalize)
+            lookup(NORMALIZATIONS, self.normalize, "normalisation")
         checks = [
             (self.output in OUTPUTS, f"output must be one of {OUTPUTS}, got {self.output!r}"),
             (self.pad in PAD_MODES, f"pad must be one of {PAD_MODES}, got {self.pad!r}"),
@@ -213,7 +199,7 @@ class Transform:
         if self.mean is not None and self.std is not None:
             mean, std = self.mean, self.std
         else:
-            mean, std = get_normalization(self.normalize)
+            mean, std = lookup(NORMALIZATIONS, self.normalize, "normalisation")
         return np.asarray(mean, np.float32) * 255.0, np.asarray(std, np.float32) * 255.0
 
     def batch_frames(self, longest: int) -> int:
@@ -303,7 +289,7 @@ def temporal_indices(num_frames: int, t: Transform, train: bool, rng: np.random.
         n = max(1, int(round(len(idx) * factor)))
         idx = idx[np.round(np.linspace(0, len(idx) - 1, n)).astype(np.int64)]
     if t.max_frames is not None and len(idx) > t.max_frames:
-        idx = get_window(t.train_window if train else t.window)(idx, t.max_frames, rng)
+        idx = lookup(WINDOWS, t.train_window if train else t.window, "temporal window")(idx, t.max_frames, rng)
     return idx
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from signstream import SignstreamError
 from signstream.models.head import RecognitionHead
 from signstream.models.registry import create_model
+from signstream.models.weights import apply_state_dict
 
 FORMAT = "signstream-videoctc/1"
 
@@ -100,8 +101,6 @@ def load_backbone(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict
     backbone = create_model(meta["backbone"], **kwargs)
     prefix = "backbone."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    result = backbone.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise SignstreamError(f"{path}: backbone keys do not match {meta['backbone']} "
-                              f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+    # The keys are the model's own (saved from its state dict): no checkpoint_filter_fn.
+    apply_state_dict(backbone, weights, path)
     return backbone, meta

@@ -16,18 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
+from signstream.loaders.transform import NORMALIZATIONS
 
 __all__ = ["InputSpec", "create_model", "is_model", "list_models", "register_model"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
-# mean = std = 0.5 on [0, 1] pixels is exactly the [-1, 1] scaling of the
-# TensorFlow-trained checkpoints (pytorch-i3d, kylemin S3D).
-SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
-SYMMETRIC_STD = (0.5, 0.5, 0.5)
+# The backbones' input statistics, by name from the one table (the loaders' presets).
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATIONS["imagenet"]
+KINETICS_MEAN, KINETICS_STD = NORMALIZATIONS["kinetics"]
+SYMMETRIC_MEAN, SYMMETRIC_STD = NORMALIZATIONS["minus_one_one"]
 
 
 @dataclass(frozen=True)
@@ -119,9 +116,7 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) 
         SignstreamError: for an unknown name, an unknown option, or a checkpoint
             that is missing or does not match.
     """
-    if name not in _MODELS:
-        raise SignstreamError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    fn = _MODELS[name]
+    fn = lookup(_MODELS, name, "model")
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

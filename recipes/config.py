@@ -60,17 +60,14 @@ class Range:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A name a registry must hold: ``Choice(HEADS, "head")``, or a look-up function (``get_cleanup``)."""
+    """A name a table must hold: ``Choice(HEADS, "head")``, ``Choice(CLEANUPS, "cleanup")``."""
 
-    lookup: Any
+    table: dict
     what: str = "name"
 
     def check(self, name: str, value: Any) -> None:
         try:
-            if isinstance(self.lookup, dict):
-                signstream.lookup(self.lookup, value, self.what)
-            else:
-                self.lookup(value)
+            signstream.lookup(self.table, value, self.what)
         except SignstreamError as exc:
             raise SignstreamError(f"config key {name!r}: {exc}") from None
 
@@ -275,11 +272,23 @@ def list_presets(recipe: str, folder: Path = PRESETS) -> list[tuple[str, str]]:
     return found
 
 
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident set size (MB, i.e. MiB) of this process, or of its largest waited-for child.
+
+    The one peak-RSS probe of the recipes and the demo: the kernel's own high-water
+    mark (``ru_maxrss``, KiB on Linux), so no short peak is missed. With
+    ``children`` it is the peak of the largest child that has finished (the
+    kernel reports the largest, not a sum).
+    """
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
 def peak_memory() -> dict:
     """Peak RSS of this process (MB) and, with CUDA, max allocated (MB)."""
     import torch
 
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
     if torch.cuda.is_available():
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.fileio import atomic_write
 from signstream.models.decoding import beam_decode, greedy_decode
 from signstream.models.vocab import Vocabulary
-from signstream.recipes.scoring import get_cleanup, wer_score, write_ctm, write_stm
+from signstream.recipes.scoring import CLEANUPS, wer_score, write_ctm, write_stm
 
 
 def decode_batch(log_probs, out_lengths, vocab: Vocabulary, decoder: str = "greedy",
@@ -40,7 +40,7 @@ def score_split(out: Path, split: str, refs: dict[str, str], hyps: dict[str, str
                 cleanup: str, signers: dict[str, str] | None = None) -> dict:
     """Score one split and write its hypothesis, reference, CTM and STM files."""
     score = wer_score(refs, hyps, cleanup=cleanup)
-    clean = get_cleanup(cleanup)
+    clean = lookup(CLEANUPS, cleanup, "cleanup")
     write_gloss_file(out / f"{split}.hyp.txt", hyps)
     write_gloss_file(out / f"{split}.ref.txt", refs)
     write_ctm(out / f"{split}.ctm", {k: clean(v) for k, v in hyps.items()})

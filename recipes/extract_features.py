@@ -39,13 +39,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders import Transform, make_loader, remote
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.feature_writers import (
     FILE_RE,
+    WRITERS,
     file_key,
-    get_writer,
     is_done,
     store_entries,
     write_video,
@@ -91,7 +91,7 @@ class ExtractConfig:
     clip_len: PositiveInt = 16
     stride: PositiveInt | None = None
     chunk_len: PositiveInt | None = None
-    writers: list[typing.Annotated[str, Choice(get_writer)]] = field(default_factory=lambda: ["npy", "signjoey"])
+    writers: list[typing.Annotated[str, Choice(WRITERS, "feature writer")]] = field(default_factory=lambda: ["npy", "signjoey"])
     prefix: FileStem = "features"
     dtype: Literal["float16", "float32"] = "float16"
     calibrate_bn: NonNegativeInt = 8
@@ -310,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     memory = gather_object([peak_memory()])
     if accelerator.is_main_process:
-        merged = {split: {w: str(get_writer(w)(out, out, split, prefix=cfg.prefix)) for w in cfg.writers}
-                   for split in cfg.splits}
+        merged = {split: {w: str(lookup(WRITERS, w, "feature writer")(out, out, split, prefix=cfg.prefix))
+                          for w in cfg.writers}
+                  for split in cfg.splits}
         frames = sum(c["frames"] for c in per_split.values())
         summary = {"splits": per_split, "outputs": merged, "seconds": round(seconds, 2),
                    "frames_per_s": round(frames / seconds, 1) if seconds else None,

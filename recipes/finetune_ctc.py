@@ -65,7 +65,7 @@ from signstream.recipes.config import (
 from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.replicas import replica_report
 from signstream.recipes.schedules import warmup_cosine
-from signstream.recipes.scoring import get_cleanup, wer_score
+from signstream.recipes.scoring import CLEANUPS, wer_score
 from signstream.recipes.threads import apply_thread_policy
 
 
@@ -101,7 +101,7 @@ class FinetuneConfig:
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
     decoder: Literal["greedy", "beam"] = "greedy"
-    cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
+    cleanup: typing.Annotated[str, Choice(CLEANUPS, "cleanup")] = "phoenix2014"
     max_steps_per_epoch: PositiveInt | None = None
     seed: int = 0
     threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py

@@ -2,7 +2,7 @@
 
 What the recipes report and what ``signstream wer`` prints are computed here,
 once. Scoring follows the PHOENIX evaluation kit: both references and
-hypotheses are cleaned (:func:`get_cleanup`), then the corpus WER is
+hypotheses are cleaned (:data:`CLEANUPS`), then the corpus WER is
 ``(S + D + I) / N`` summed over the whole split -- not a mean of per-sentence
 rates. Alignment is Levenshtein on gloss tokens via ``jiwer``. The CTM/STM
 writers produce files that NIST sclite (Debian package ``sctk``) scores the
@@ -17,8 +17,8 @@ The RWTH-PHOENIX-Weather evaluation kit rewrites every recognised sequence with
 a chain of ``sed``/``perl`` substitutions before handing it to sclite, so that
 annotation variants the corpus treats as equivalent are not counted as errors.
 This module implements those rules on whitespace-separated gloss tokens and
-exposes them as a dict of plain functions with a :func:`get_cleanup`
-dispatcher (``phoenix2014``, ``phoenix2014t``, ``none``).
+exposes them as a dict of plain functions, :data:`CLEANUPS` (``phoenix2014``,
+``phoenix2014t``, ``none``), looked up with :func:`signstream.lookup`.
 
 Order of operations (the order of the official script, one step per line):
 
@@ -58,7 +58,7 @@ from collections.abc import Callable, Mapping
 
 import jiwer
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.loaders.fileio import atomic_write
 
 # ------------------------------------------------------------------- cleanup
@@ -212,23 +212,6 @@ CLEANUPS: dict[str, Callable[[str], str]] = {
 }
 
 
-def get_cleanup(name: str) -> Callable[[str], str]:
-    """Return the cleanup function registered under ``name``.
-
-    Args:
-        name: one of ``phoenix2014``, ``phoenix2014t``, ``none``.
-
-    Raises:
-        SignstreamError: for an unknown name (the message lists the choices).
-    """
-    try:
-        return CLEANUPS[name]
-    except KeyError:
-        raise SignstreamError(
-            f"unknown cleanup {name!r}; choose one of {', '.join(CLEANUPS)}"
-        ) from None
-
-
 # ----------------------------------------------------------------------- WER
 # CTM tokens get synthetic, evenly spaced times inside one STM segment that
 # spans the whole "recording": sclite only needs each word inside its segment.
@@ -330,7 +313,7 @@ def wer_score(
         SignstreamError: a hypothesis name that is not a reference, no
             references, or no reference tokens left after cleanup.
     """
-    clean = get_cleanup(cleanup)
+    clean = lookup(CLEANUPS, cleanup, "cleanup")
     check_no_extra(refs, hyps)
     if not refs:
         raise SignstreamError("no reference sentences to score")

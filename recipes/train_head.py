@@ -59,7 +59,7 @@ from signstream.recipes.config import (
 )
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.schedules import warmup_cosine
-from signstream.recipes.scoring import get_cleanup, wer_score
+from signstream.recipes.scoring import CLEANUPS, wer_score
 from signstream.recipes.threads import apply_thread_policy
 
 
@@ -85,7 +85,7 @@ class TrainHeadConfig:
     clip_grad: NonNegativeFloat = 1.0
     decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: PositiveInt = 5
-    cleanup: typing.Annotated[str, Choice(get_cleanup)] = "phoenix2014"
+    cleanup: typing.Annotated[str, Choice(CLEANUPS, "cleanup")] = "phoenix2014"
     precision: Precision = "fp32"
     seed: int = 0
     threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,16 +31,12 @@ from pathlib import Path
 
 from signstream import SignstreamError
 from signstream.loaders.fileio import write_json
+from signstream.recipes.config import peak_rss_mb
 from signstream.recipes.threads import apply_thread_policy
 from signstream.tools.demo_report import write_report
 
 HELP = "run every stage end to end on a synthetic corpus (synth to WER, about 12 minutes on a quiet 2-core box)"
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs"
-
-
-def _peak_rss_mb(children: bool = False) -> float:
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
 class Stages:
@@ -56,7 +51,7 @@ class Stages:
         result = fn()
         seconds = time.perf_counter() - t0
         frames = frames_of(result) if frames_of else None
-        memory = memory_of(result) if memory_of else max(_peak_rss_mb(), _peak_rss_mb(children=True))
+        memory = memory_of(result) if memory_of else max(peak_rss_mb(), peak_rss_mb(children=True))
         self.rows.append({"stage": name, "seconds": round(seconds, 1), "frames": frames,
                           "frames_per_s": round(frames / seconds, 1) if frames else None,
                           "peak_rss_mb": round(memory, 1) if memory else None})

@@ -41,7 +41,8 @@ import av
 
 from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
-from signstream.loaders.corpora import Row, get_adapter
+from signstream.loaders.corpora import ADAPTERS, Row
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
     FORMAT,
@@ -124,20 +125,13 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
     return Encoded(index, sample_members(key, codec.ext, data, meta), t, src_bytes)
 
 
-def _init_worker() -> None:
-    # One process per core already; OpenCV's own thread pool would oversubscribe.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def encode_all(jobs: list, workers: int) -> Iterator[Encoded]:
     """Encode jobs in parallel, yielding results in job order with bounded look-ahead."""
     if workers <= 1:
         yield from map(encode_row, jobs)
         return
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
+    with ctx.Pool(workers, initializer=one_opencv_thread) as pool:
         # imap keeps order; chunksize 1 keeps long videos from stalling a batch.
         yield from pool.imap(encode_row, jobs, chunksize=1)
 
@@ -365,7 +359,7 @@ def _make_dirs(out: Path, splits: list[str]) -> None:
 
 def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:
     """The rows to pack and the set of splits the whole table has."""
-    fn = get_adapter(adapter)
+    fn = lookup(ADAPTERS, adapter, "corpus adapter")
     if adapter == "csv":
         if table is None:
             raise SignstreamError("the csv adapter needs --table FILE")

@@ -44,7 +44,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from signstream import SignstreamError, __version__
+from signstream import SignstreamError, __version__, lookup
+from signstream.loaders.cvthreads import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.synth_render import (
     GLOSS_MOTIONS,
@@ -58,7 +59,7 @@ from signstream.tools.synth_render import (
 )
 
 __all__ = ["GLOSS_MOTIONS", "REVERSED_PAIRS", "LAYOUTS", "make_corpus", "plan_corpus",
-           "corpus_summary", "video_rng", "vocabulary", "get_layout"]  # fmt: skip
+           "corpus_summary", "video_rng", "vocabulary"]  # fmt: skip
 
 HELP = "write a synthetic sign language corpus in the PHOENIX-2014 / 2014-T release layout"
 SPLITS = ("train", "dev", "test")
@@ -138,13 +139,6 @@ LAYOUTS = {
 }
 
 
-def get_layout(name: str) -> Layout:
-    """Return the release layout called ``name`` (``phoenix2014`` or ``phoenix2014t``)."""
-    if name not in LAYOUTS:
-        raise SignstreamError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
-    return LAYOUTS[name]
-
-
 # --------------------------------------------------------------------------- planning
 def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator that renders video ``index`` of ``split`` (speed, lighting, noise).
@@ -218,7 +212,7 @@ def plan_corpus(layout: str = "phoenix2014", seed: int = 0, train: int = 300, de
     Returns:
         split -> list of :class:`Plan`, in CSV row order.
     """
-    lay = get_layout(layout)
+    lay = lookup(LAYOUTS, layout, "layout")
     words = vocabulary(vocab)
     ids = [s.ident for s in make_signers(seed, signers)]
     plans, serial = {}, 0
@@ -266,7 +260,7 @@ def _check_options(o: dict) -> None:
     # Worst case of synth_render.timeline: 2 markers, slowest pace, rest frames.
     signs = o["max_glosses"] + 2
     worst = signs * (math.ceil(o["gloss_frames"] * 1.43) + math.ceil(o["transition_frames"] * 1.56))
-    need(worst + o["transition_frames"] * 2 + 8 <= get_layout(o["layout"]).max_frames,
+    need(worst + o["transition_frames"] * 2 + 8 <= lookup(LAYOUTS, o["layout"], "layout").max_frames,
          "gloss_frames", "videos would exceed the layout's frame-name limit")
 
 
@@ -288,10 +282,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------- rendering
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one video per process; no nested thread pools
-
-
 def _write_video(job: tuple) -> tuple[int, int]:
     """Render one video into a temporary folder, then rename it into place.
 
@@ -302,7 +292,7 @@ def _write_video(job: tuple) -> tuple[int, int]:
         (frames, bytes) written.
     """
     layout, split_dir, plan, signer, seed, opts = job
-    lay = get_layout(layout)
+    lay = lookup(LAYOUTS, layout, "layout")
     final = Path(split_dir) / plan.name
     tmp = Path(split_dir) / f".{plan.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -327,7 +317,7 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple[int, int]]:
     # fork starts fast and works from notebooks and stdin scripts; the workers
     # only use numpy and cv2 (one thread each). macOS cannot fork safely.
     ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
+    with ctx.Pool(workers, initializer=one_opencv_thread) as pool:
         return pool.map(_write_video, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
 
 
@@ -382,7 +372,7 @@ def make_corpus(out: str | os.PathLike, layout: str = "phoenix2014", seed: int =
                 height=height, width=width, min_glosses=min_glosses, max_glosses=max_glosses,
                 gloss_frames=gloss_frames, transition_frames=transition_frames,
                 signers=signers, on_off_rate=on_off_rate, noise=noise)  # fmt: skip
-    lay = get_layout(layout)
+    lay = lookup(LAYOUTS, layout, "layout")
     _check_options(opts)
     out = Path(out)
     _prepare_out(out, overwrite)

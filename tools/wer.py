@@ -16,11 +16,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 from signstream.recipes.scoring import (
     CLEANUPS,
     check_no_extra,
-    get_cleanup,
     read_gloss_file,
     wer_score,
     write_ctm,
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise SignstreamError("--ctm and --stm name the same file")
     refs, hyps = _read_inputs(args)
     score = wer_score(refs, hyps, cleanup=args.cleanup)
-    clean = get_cleanup(args.cleanup)
+    clean = lookup(CLEANUPS, args.cleanup, "cleanup")
     outputs = [("--ctm", args.ctm, write_ctm, {name: clean(hyps.get(name, "")) for name in refs}),
                ("--stm", args.stm, write_stm, {name: clean(ref) for name, ref in refs.items()})]
     for flag, path, write, sentences in outputs:

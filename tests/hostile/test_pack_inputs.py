@@ -8,22 +8,8 @@ from pathlib import Path
 import pytest
 
 from signstream.loaders.corpora import phoenix2014
-from signstream.tools.cli import main as cli
 
 pytestmark = pytest.mark.hostile
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return cli(argv)
-    except SystemExit as exc:  # argparse errors
-        return exc.code
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
 
 
 def _pack(root: Path, out: Path, *extra: str) -> list[str]:
@@ -47,27 +33,27 @@ def _pack(root: Path, out: Path, *extra: str) -> list[str]:
     (["--max-bytes", "lots"], "--max-bytes: expected a size"),
 ])
 def test_bad_encoder_and_worker_options_are_one_line_before_anything_is_written(
-        synth_root, tmp_path, capsys, extra, says):
+        synth_root, tmp_path, extra, says, run_cli, one_line):
     out = tmp_path / "out"
-    assert _run(_pack(synth_root, out, *extra)) == 2
-    assert says in _one_line(capsys)
+    assert run_cli(_pack(synth_root, out, *extra)) == 2
+    assert says in one_line()
     assert not out.exists()
 
 
-def test_out_that_is_an_existing_file_is_a_one_line_error(synth_root, tmp_path, capsys):
+def test_out_that_is_an_existing_file_is_a_one_line_error(synth_root, tmp_path, run_cli, one_line):
     out = tmp_path / "out"
     out.write_text("my notes\n")
-    assert _run(_pack(synth_root, out)) == 2
-    assert "exists and is not a directory" in _one_line(capsys)
+    assert run_cli(_pack(synth_root, out)) == 2
+    assert "exists and is not a directory" in one_line()
     assert out.read_text() == "my notes\n"
 
 
-def test_split_path_that_is_a_file_is_a_one_line_error(synth_root, tmp_path, capsys):
+def test_split_path_that_is_a_file_is_a_one_line_error(synth_root, tmp_path, run_cli, one_line):
     out = tmp_path / "out"
     out.mkdir()
     (out / "dev").write_text("not a folder\n")
-    assert _run(_pack(synth_root, out)) == 2
-    assert "dev exists and is not a directory" in _one_line(capsys)
+    assert run_cli(_pack(synth_root, out)) == 2
+    assert "dev exists and is not a directory" in one_line()
     assert sorted(p.name for p in out.iterdir()) == ["dev"]
 
 
@@ -79,30 +65,31 @@ def _csv_table(synth_root: Path, tmp_path: Path, encoding: str, gloss: str) -> P
     return table
 
 
-def test_table_that_is_not_utf8_is_a_one_line_error(synth_root, tmp_path, capsys):
+def test_table_that_is_not_utf8_is_a_one_line_error(synth_root, tmp_path, run_cli, one_line):
     table = _csv_table(synth_root, tmp_path, "latin-1", "GRÜN")
     out = tmp_path / "out"
-    assert _run(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet"]) == 2
-    line = _one_line(capsys)
+    assert run_cli(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet"]) == 2
+    line = one_line()
     assert "not UTF-8" in line and "table.csv" in line
     assert not out.exists()
 
 
-def test_table_with_a_utf8_byte_order_mark_packs(synth_root, tmp_path, capsys):
+def test_table_with_a_utf8_byte_order_mark_packs(synth_root, tmp_path, run_cli):
     table = _csv_table(synth_root, tmp_path, "utf-8-sig", "GRÜN")
     assert table.read_bytes().startswith(b"\xef\xbb\xbf")
     out = tmp_path / "out"
-    assert _run(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    assert run_cli(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet", "--workers", "1"]) == 0
     assert (out / "glosses.txt").read_text(encoding="utf-8") == "GRÜN\n"
 
 
 @pytest.mark.parametrize("split", ["../escape", "a/b", "."])
-def test_table_split_that_is_not_a_plain_name_cannot_leave_out(synth_root, tmp_path, capsys, split):
+def test_table_split_that_is_not_a_plain_name_cannot_leave_out(
+        synth_root, tmp_path, split, run_cli, one_line):
     row = next(r for r in phoenix2014(synth_root) if r.split == "dev")
     table = tmp_path / "t" / "table.csv"
     table.parent.mkdir()
     table.write_text(f"name,path,gloss,split\nclip,{Path(row.frames[0]).parent}/*.png,A,{split}\n")
     out = tmp_path / "t" / "out"
-    assert _run(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet"]) == 2
-    assert "is not a plain name" in _one_line(capsys)
+    assert run_cli(["pack", "csv", "--table", str(table), "--out", str(out), "--quiet"]) == 2
+    assert "is not a plain name" in one_line()
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table.csv"]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from signstream import SignstreamError
+from signstream.loaders.corpora import ADAPTERS
 from signstream.tools import pack as pack_mod
-from signstream.tools.cli import main as cli
 from signstream.tools.pack import STATE_FILE, pack_corpus
 
 pytestmark = pytest.mark.hostile
@@ -29,26 +29,13 @@ def _tree(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "pack-stats.json"}
 
 
-def _run(argv: list[str]) -> int:
-    try:
-        return cli(argv)
-    except SystemExit as exc:  # argparse errors
-        return exc.code
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
-def test_unknown_tar_in_the_split_directory_survives_a_pack(synth_root, tmp_path):
+def test_unknown_tar_in_the_split_directory_survives_a_pack(synth_root, tmp_path, run_cli):
     out = tmp_path / "out"
     (out / "dev").mkdir(parents=True)
     (out / "dev" / "mine.tar").write_text("x\n")
     (out / "dev" / ".notes.tmp").write_text("mine too\n")
-    code = _run(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
-                 "--splits", "dev", "--workers", "1", "--quiet"])
+    code = run_cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
+                    "--splits", "dev", "--workers", "1", "--quiet"])
     assert code == 0
     assert (out / "dev" / "mine.tar").read_text() == "x\n"
     assert (out / "dev" / ".notes.tmp").read_text() == "mine too\n"
@@ -57,26 +44,27 @@ def test_unknown_tar_in_the_split_directory_survives_a_pack(synth_root, tmp_path
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_file_with_a_shard_name_pack_did_not_record_stops_the_run_untouched(
-        synth_root, tmp_path, capsys, overwrite):
+        synth_root, tmp_path, overwrite, run_cli, one_line):
     out = tmp_path / "out"
     (out / "dev").mkdir(parents=True)
     (out / "dev" / "dev-000000.tar").write_text("someone else's shard\n")
     argv = ["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--splits", "dev",
             "--workers", "1", "--quiet"] + (["--overwrite"] if overwrite else [])
-    assert _run(argv) == 2
-    line = _one_line(capsys)
+    assert run_cli(argv) == 2
+    line = one_line()
     assert "dev-000000.tar" in line and "not written by pack" in line
     assert (out / "dev" / "dev-000000.tar").read_text() == "someone else's shard\n"
     assert sorted(p.name for p in (out / "dev").iterdir()) == ["dev-000000.tar"]
 
 
-def test_a_stranger_in_one_split_stops_the_run_before_any_split_is_written(synth_root, tmp_path, capsys):
+def test_a_stranger_in_one_split_stops_the_run_before_any_split_is_written(
+        synth_root, tmp_path, run_cli, one_line):
     out = tmp_path / "out"
     (out / "test").mkdir(parents=True)
     (out / "test" / "test-000003.idx").write_text("not ours\n")
-    code = _run(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--workers", "1",
-                 "--quiet"])
-    assert code == 2 and "test-000003.idx" in _one_line(capsys)
+    code = run_cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--workers", "1",
+                    "--quiet"])
+    assert code == 2 and "test-000003.idx" in one_line()
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["test", "test/test-000003.idx"]
 
 
@@ -96,16 +84,17 @@ def test_overwrite_replaces_recorded_shards_and_leaves_foreign_files(packed, syn
     assert sorted(p.name for p in (out / "train").glob("train-??????.tar")) == [s["file"] for s in manifest["shards"]]
 
 
-def test_manifest_that_pack_did_not_write_is_refused_even_with_overwrite(synth_root, tmp_path, capsys):
+def test_manifest_that_pack_did_not_write_is_refused_even_with_overwrite(
+        synth_root, tmp_path, run_cli, one_line):
     out = tmp_path / "out"
     (out / "dev").mkdir(parents=True)
     (out / "dev" / "manifest.json").write_text('{"shards": [{"file": "../../victim.txt"}]}')
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     for extra in ([], ["--overwrite"]):
-        code = _run(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
-                     "--splits", "dev", "--workers", "1", "--quiet", *extra])
-        assert code == 2 and "not a signstream pack manifest" in _one_line(capsys)
+        code = run_cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
+                        "--splits", "dev", "--workers", "1", "--quiet", *extra])
+        assert code == 2 and "not a signstream pack manifest" in one_line()
     assert victim.read_text() == "keep me"
 
 
@@ -154,7 +143,7 @@ def test_packing_dev_alone_keeps_the_train_vocabulary(packed, synth_root, tmp_pa
     out = tmp_path / "out"
     shutil.copytree(packed, out)
     vocab = (out / "glosses.txt").read_bytes()
-    dev_only = {g for row in pack_mod.get_adapter("phoenix2014")(synth_root) if row.split == "dev"
+    dev_only = {g for row in ADAPTERS["phoenix2014"](synth_root) if row.split == "dev"
                 for g in row.gloss.split()}
     assert dev_only != set(vocab.decode().split())  # the case only bites when they differ
     result = pack_corpus("phoenix2014", out, root=synth_root, splits=["dev"], **OPTS)
@@ -165,10 +154,11 @@ def test_packing_dev_alone_keeps_the_train_vocabulary(packed, synth_root, tmp_pa
     assert (out / "glosses.txt").read_bytes() == vocab
 
 
-def test_packing_dev_alone_into_an_empty_output_writes_no_vocabulary(synth_root, tmp_path, capsys):
+def test_packing_dev_alone_into_an_empty_output_writes_no_vocabulary(
+        synth_root, tmp_path, capsys, run_cli):
     out = tmp_path / "out"
-    assert _run(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
-                 "--splits", "dev", "--workers", "1", "--quiet"]) == 0
+    assert run_cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out),
+                    "--splits", "dev", "--workers", "1", "--quiet"]) == 0
     assert not (out / "glosses.txt").exists()
     assert "vocabulary: not written" in capsys.readouterr().out
 
@@ -189,8 +179,8 @@ main(sys.argv[2:])
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["pack-stats.json", "glosses.txt"])
-def test_kill_while_writing_stats_or_vocabulary_leaves_no_temp_after_rerun(packed, synth_root, tmp_path,
-                                                                           target):
+def test_kill_while_writing_stats_or_vocabulary_leaves_no_temp_after_rerun(
+        packed, synth_root, tmp_path, target, run_cli):
     out = tmp_path / "out"
     argv = ["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--workers", "1",
             "--max-samples", "4", "--quiet"]
@@ -198,7 +188,7 @@ def test_kill_while_writing_stats_or_vocabulary_leaves_no_temp_after_rerun(packe
     assert proc.returncode == -signal.SIGKILL
     leftovers = [p for p in out.rglob(f".{target}.*.tmp")]
     assert leftovers, "the kill should have left the temporary file the rerun must clean"
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     assert not list(out.rglob("*.tmp"))
     assert _tree(out) == _tree(packed)
 

@@ -19,7 +19,7 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import load_split
-from signstream.loaders.feature_writers import get_writer, write_video
+from signstream.loaders.feature_writers import WRITERS, write_video
 from signstream.tools.cli import main as cli
 
 pytestmark = pytest.mark.hostile
@@ -147,7 +147,7 @@ def test_feature_shard_member_names_come_from_the_sanitised_key_never_from_metad
     sidecar = store / "dev" / "ok.json"  # metadata edited to point elsewhere
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "key": "../../y"}))
     assert sorted(p.name for p in (store / "dev").iterdir()) == ["______x.json", "______x.npy", "ok.json", "ok.npy"]
-    shard_dir = get_writer("shards")(store, tmp_path / "out", "dev")
+    shard_dir = WRITERS["shards"](store, tmp_path / "out", "dev")
     names = [m.name for tar in sorted(shard_dir.glob("*.tar")) for m in tarfile.open(tar)]
     assert len(names) == 4
     for name in names:
@@ -160,8 +160,8 @@ _WRITE = """
 import sys, torch
 from pathlib import Path
 junk = [torch.empty(int(sys.argv[3])) for _ in range(5)]  # other allocations: other addresses
-from signstream.loaders.feature_writers import get_writer
-print(get_writer("signjoey")(Path(sys.argv[1]), Path(sys.argv[2]), "dev", prefix="demo"))
+from signstream.loaders.feature_writers import WRITERS
+print(WRITERS["signjoey"](Path(sys.argv[1]), Path(sys.argv[2]), "dev", prefix="demo"))
 """
 
 

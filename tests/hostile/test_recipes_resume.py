@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from signstream.loaders.feature_writers import get_writer, write_video
+from signstream.loaders.feature_writers import WRITERS, write_video
 from signstream.tools.cli import main as cli
 
 pytestmark = pytest.mark.hostile
@@ -108,7 +108,7 @@ def _features(root: Path, seed: int) -> Path:
         for i in range(n):
             frames = rng.normal(size=(8, 6)).astype(np.float32)
             write_video(root, split, f"{split}_{i}", {"name": f"{split}_{i}", "gloss": "AA BB"}, frames, "float32")
-        get_writer("npy")(root, root, split)
+        WRITERS["npy"](root, root, split)
     (root / "glosses.txt").write_text("AA\nBB\n")
     return root
 

@@ -40,6 +40,8 @@ def test_unknown_options_and_modes_are_rejected(vp9_split):
         make_loader(vp9_split, mode="test", rank=0, world_size=1)
     with pytest.raises(SignstreamError, match="batch_size"):
         make_loader(vp9_split, batch_size=0, rank=0, world_size=1)
+    with pytest.raises(SignstreamError, match="unknown handler 'ignore'; choose from raise, skip, warn"):
+        make_loader(vp9_split, handler="ignore", rank=0, world_size=1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")

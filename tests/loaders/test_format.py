@@ -1,8 +1,21 @@
-"""The shard format: the key rule."""
+"""The shard format: the key rule, tars and their DALI index."""
 
 from __future__ import annotations
 
-from signstream.loaders.format import KEY_MAX, is_key, make_keys, sample_key
+import pytest
+
+from signstream import SignstreamError
+from signstream.loaders.format import (
+    KEY_MAX,
+    Member,
+    is_key,
+    make_keys,
+    read_index,
+    sample_key,
+    sample_members,
+    write_index,
+    write_tar,
+)
 
 
 def test_keys_are_dot_free_and_unique():
@@ -43,3 +56,34 @@ def test_tar_and_index_round_trip_byte_for_byte(tmp_path):
     assert [k for k, _ in iter_samples(tar)] == ["a_b", "_"]
     assert [m["name"] for m in read_json_members(tar)] == ["a.b", "ü"]
     assert "ü".encode() in dict(samples[1])["_.json"]  # names keep their own characters
+
+
+def test_an_index_reads_back_as_the_layout_it_was_written_from(tmp_path):
+    layout = write_tar(tmp_path / "a.tar", [sample_members("k", "mp4", b"v" * 700, {"key": "k"})])
+    write_index(tmp_path / "a.idx", layout)
+    assert read_index(tmp_path / "a.idx") == layout
+    assert [m.ext for m in layout[0]] == ["mp4", "json"] and layout[0][0].offset == 512
+
+
+def test_an_index_line_states_the_extension():
+    assert Member("x/a.b.webm", 0, 1).ext == "b.webm" and Member("x/a.b.webm", 0, 1).key == "x/a"
+    assert Member("a.webm", 0, 1, "mp4").ext == "mp4"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", r"is not a DALI v1.2 index \(first line \[\]\)"),
+    ("v1.1 1\nwebm 512 10 a.webm\n", "is not a DALI v1.2 index"),
+    ("v1.2 1\nwebm 512 10\n", r"a.idx:2: expected 'ext offset size name' groups"),
+    ("v1.2 1\nwebm 512 ten a.webm\n", r"a.idx:2: offsets and sizes must be integers"),
+    ("v1.2 2\nwebm 512 10 a.webm\n\n", r"a.idx: header says 2 samples, found 1 lines"),
+])
+def test_a_malformed_index_is_a_one_line_error_naming_the_file(tmp_path, text, message):
+    (tmp_path / "a.idx").write_text(text)
+    with pytest.raises(SignstreamError, match=message) as info:
+        read_index(tmp_path / "a.idx")
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_index_is_an_error_naming_it(tmp_path):
+    with pytest.raises(SignstreamError, match="cannot read index .*gone.idx"):
+        read_index(tmp_path / "gone.idx")

@@ -79,6 +79,22 @@ def test_dali_over_http_is_a_one_line_error_naming_pyav(http_packed):
     assert "http://" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_http_tars_without_an_index_are_streamed_once_and_laid_out_like_local(packed, tmp_path, monkeypatch):
+    for name, value in FAST_FAILURE.items():
+        monkeypatch.setenv(name, value)
+    shutil.copytree(packed / "dev", tmp_path / "dev")
+    for idx in (tmp_path / "dev").glob("*.idx"):
+        idx.unlink()
+    (tmp_path / "dev" / "manifest.json").unlink()
+    local = resolve_shards(packed / "dev")
+    with http_server(tmp_path) as base:
+        served = resolve_shards(f"{base}/dev/dev-{{000000..{len(local.shards) - 1:06d}}}.tar")
+        got, stats = clips(served)
+    assert all(s.index_path is None for s in served.shards)
+    assert [(r.key, r.video, r.meta) for r in served.refs] == [(r.key, r.video, r.meta) for r in local.refs]
+    assert sorted(got) == sorted(r.key for r in local.refs) and not stats.skipped
+
+
 def test_a_shard_missing_from_the_server_is_a_one_line_error(packed, tmp_path, monkeypatch):
     for name, value in FAST_FAILURE.items():
         monkeypatch.setenv(name, value)

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from signstream import SignstreamError
-from signstream.loaders.shards import SampleReader, rank_range, resolve_shards, scan_tar
+from signstream.loaders.format import sample_members, scan_tar, write_tar
+from signstream.loaders.shards import SampleReader, rank_range, resolve_shards
 
 
 def test_every_way_of_naming_a_split_gives_the_same_samples(vp9_split):
@@ -27,7 +28,7 @@ def test_index_and_tar_scan_agree(vp9_split):
     shardset = resolve_shards(vp9_split)
     for shard in shardset.shards:
         scanned = scan_tar(shard.path)
-        assert [(m[0][1], m[0][2]) for m in scanned] == [r.video for r in shard.samples]
+        assert [(m[0].offset, m[0].size) for m in scanned] == [r.video for r in shard.samples]
 
 
 def test_reader_returns_video_bytes_and_metadata(vp9_split):
@@ -74,6 +75,22 @@ def test_shard_without_index_is_scanned(vp9_split, tmp_path):
     shardset = resolve_shards(copy)
     assert shardset.shards[0].index_path is None
     assert [r.key for r in shardset.refs] == [r.key for r in resolve_shards(vp9_split).refs]
+
+
+def test_a_file_that_is_not_a_tar_is_a_one_line_error_naming_it(tmp_path):
+    bad = tmp_path / "dev-000000.tar"
+    bad.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(SignstreamError, match="cannot read shard .*dev-000000.tar") as info:
+        resolve_shards(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_a_member_without_an_extension_is_a_sample_without_video(tmp_path):
+    # the format's (and wds2idx's) grouping: "README" is a sample of its own, never silently dropped
+    tar = tmp_path / "dev-000000.tar"
+    write_tar(tar, [sample_members("v0", "webm", b"x" * 10, {"key": "v0"}), [("README", b"hello")]])
+    with pytest.raises(SignstreamError, match="sample README in .*dev-000000.tar has no video member"):
+        resolve_shards(tar)
 
 
 def test_duplicate_keys_across_shards_are_an_error(vp9_split):

@@ -12,8 +12,6 @@ from signstream.loaders.transform import (
     Transform,
     apply_jitter,
     crop_resize,
-    get_normalization,
-    get_window,
     plan_sample,
     sample_rng,
     spatial_plan,
@@ -133,8 +131,8 @@ def test_from_input_spec_converts_value_range():
 
 def test_presets_and_strategies_are_registered():
     assert set(NORMALIZATIONS) >= {"imagenet", "kinetics", "minus_one_one"}
-    assert get_normalization("kinetics")[0] == (0.43216, 0.394666, 0.37645)
-    assert set(WINDOWS) >= {"centre", "random"} and get_window("centre") is WINDOWS["centre"]
+    assert NORMALIZATIONS["kinetics"][0] == (0.43216, 0.394666, 0.37645)
+    assert set(WINDOWS) >= {"centre", "random"}
 
 
 @pytest.mark.parametrize("kwargs", [dict(normalize="nope"), dict(window="nope"), dict(output="half"),
@@ -144,6 +142,16 @@ def test_bad_settings_raise_one_line_errors(kwargs):
     with pytest.raises(SignstreamError) as info:
         Transform(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(normalize="nope"), "unknown normalisation 'nope'; choose from imagenet, kinetics, minus_one_one, zero_one"),
+    (dict(window="nope"), "unknown temporal window 'nope'; choose from centre, random, start, uniform"),
+    (dict(train_window="nope"), "unknown temporal window 'nope'; choose from centre"),
+])
+def test_an_unknown_preset_or_window_names_the_value_and_the_choices(kwargs, message):
+    with pytest.raises(SignstreamError, match=message):
+        Transform(**kwargs)
 
 
 def test_crop_resize_picks_the_box_and_resizes():

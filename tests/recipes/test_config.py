@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,6 +18,8 @@ from signstream.recipes.config import (
     Probability,
     accelerate_precision,
     parse_config,
+    peak_memory,
+    peak_rss_mb,
     save_config,
 )
 
@@ -109,3 +113,12 @@ class WithPrecision:
     """A config with the shared precision field."""
 
     precision: Precision = "fp32"
+
+
+def test_peak_rss_is_the_kernels_high_water_mark_of_self_and_of_children():
+    before = peak_rss_mb()
+    grab = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"  # touch every page
+    subprocess.run([sys.executable, "-c", grab], check=True)
+    assert peak_rss_mb(children=True) >= 200  # the child's peak, not this process's
+    assert before > 0 and peak_rss_mb() >= before
+    assert abs(peak_memory()["peak_rss_mb"] - peak_rss_mb()) <= 0.1

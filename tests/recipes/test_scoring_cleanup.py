@@ -2,8 +2,8 @@
 
 import pytest
 
-from signstream import SignstreamError
-from signstream.recipes.scoring import clean_phoenix2014, clean_phoenix2014t, get_cleanup
+from signstream import SignstreamError, lookup
+from signstream.recipes.scoring import CLEANUPS, clean_phoenix2014, clean_phoenix2014t, wer_score
 
 
 @pytest.mark.parametrize("prefix", ["loc-", "cl-", "qu-", "poss-", "lh-"])
@@ -108,9 +108,11 @@ def test_phoenix2014t_keeps_lowercase_or_partial_underscore_tokens():
 
 
 def test_none_cleanup_changes_nothing_but_spaces():
-    assert get_cleanup("none")(" loc-NORD  NORD ") == "loc-NORD NORD"
+    assert CLEANUPS["none"](" loc-NORD  NORD ") == "loc-NORD NORD"
 
 
-def test_get_cleanup_unknown_name_raises_listing_choices():
-    with pytest.raises(SignstreamError, match="phoenix2014t"):
-        get_cleanup("phoenix2015")
+def test_an_unknown_cleanup_names_itself_and_the_choices():
+    with pytest.raises(SignstreamError, match="unknown cleanup 'phoenix2015'; choose from none, phoenix2014, phoenix2014t"):
+        lookup(CLEANUPS, "phoenix2015", "cleanup")
+    with pytest.raises(SignstreamError, match="unknown cleanup 'phoenix2015'"):
+        wer_score({"a": "X"}, {"a": "X"}, cleanup="phoenix2015")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from signstream import SignstreamError
-from signstream.loaders.feature_writers import get_writer, write_video
+from signstream.loaders.feature_writers import WRITERS, write_video
 from signstream.recipes.train_head import main
 
 GLOSSES = ["AA", "BB", "CC", "DD", "EE", "FF"]
@@ -28,7 +28,7 @@ def make_features(root, seed=0, n_train=40, n_eval=10, dim=16):
             meta = {"name": f"{split}_{i:03d}", "gloss": " ".join(GLOSSES[g] for g in ids),
                     "signer": "S1", "num_frames": len(frames)}
             write_video(root, split, meta["name"], meta, frames.astype(np.float32), dtype="float32")
-        get_writer("npy")(root, root, split)
+        WRITERS["npy"](root, root, split)
     (root / "glosses.txt").write_text("\n".join(GLOSSES) + "\n")
     return root
 

@@ -199,6 +199,12 @@ def test_bad_root_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
     assert "does not look like PHOENIX-2014-T" in capsys.readouterr().err
 
 
+def test_an_unknown_corpus_adapter_names_it_and_the_choices(tmp_path):
+    with pytest.raises(SignstreamError, match="unknown corpus adapter 'nope'; choose from csv, phoenix2014, phoenix2014t"):
+        pack_corpus("nope", tmp_path / "o", root=tmp_path, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_table_is_a_one_line_error(tmp_path, capsys):
     table = tmp_path / "t.csv"
     table.write_text("name,video,gloss\na,b.mp4,X\n")

@@ -267,3 +267,9 @@ def test_library_errors_name_the_option(tmp_path):
         synth.make_corpus(tmp_path / "x", layout="phoenix2015")
     with pytest.raises(SignstreamError, match="signers"):
         _make(tmp_path / "y", signers=0)
+
+
+def test_an_unknown_layout_names_it_and_the_choices(tmp_path):
+    with pytest.raises(SignstreamError, match="unknown layout 'nope'; choose from phoenix2014, phoenix2014t"):
+        synth.make_corpus(tmp_path / "out", layout="nope")
+    assert not (tmp_path / "out").exists()
