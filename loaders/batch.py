@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from signstream import SignstreamError, lookup
-from signstream.loaders.transform import Transform
+from signstream.loaders.transform import PADS, Transform
 
 T = TypeVar("T")
 
@@ -72,18 +72,6 @@ class Decoded:
     clip: np.ndarray
     meta: dict[str, Any]
     source: str
-
-
-# --------------------------------------------------------------------- padding
-def _pad_replicate(video: np.ndarray, length: int) -> None:
-    video[:, length:] = video[:, length - 1:length]
-
-
-def _pad_zeros(video: np.ndarray, length: int) -> None:
-    video[:, length:] = 0
-
-
-PADS: dict[str, Callable[[np.ndarray, int], None]] = {"replicate": _pad_replicate, "zeros": _pad_zeros}
 
 
 def collate(samples: list[Decoded], transform: Transform,

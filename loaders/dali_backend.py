@@ -52,7 +52,6 @@ from signstream import SignstreamError, lookup
 from signstream.loaders import remote
 from signstream.loaders.base import BaseLoader, train_batches
 from signstream.loaders.batch import (
-    PADS,
     Batch,
     check_frame_sizes,
     group_batches,
@@ -69,7 +68,7 @@ from signstream.loaders.pyav_backend import (
 )
 from signstream.loaders.shards import SampleError, SampleReader, ShardSet, rank_range
 from signstream.loaders.stats import HANDLERS, Report, Skipped
-from signstream.loaders.transform import Transform, emit_frame, resize_frame, size_mismatch
+from signstream.loaders.transform import PADS, Transform, emit_frame, resize_frame, size_mismatch
 
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")

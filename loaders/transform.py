@@ -68,7 +68,17 @@ WINDOWS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]]
 }
 
 
-PAD_MODES = ("replicate", "zeros")
+def _pad_replicate(video: np.ndarray, length: int) -> None:
+    video[:, length:] = video[:, length - 1:length]
+
+
+def _pad_zeros(video: np.ndarray, length: int) -> None:
+    video[:, length:] = 0
+
+
+# How frames past a clip's length are filled in a batch ``[C, T, H, W]`` slot (in place).
+PADS: dict[str, Callable[[np.ndarray, int], None]] = {"replicate": _pad_replicate, "zeros": _pad_zeros}
+PAD_MODES = tuple(PADS)
 OUTPUTS = ("float", "float16", "uint8")
 
 

@@ -32,12 +32,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 @pytest.fixture(scope="module")
 def extracted(packed, tmp_path_factory):
     """A finished 832-d extraction of the dev split."""
@@ -47,7 +41,7 @@ def extracted(packed, tmp_path_factory):
 
 
 def test_extraction_killed_then_rerun_with_another_model_is_refused_and_changes_nothing(packed, extracted,
-                                                                                       tmp_path, capsys):
+                                                                                       tmp_path, one_line):
     out = tmp_path / "out"
     shutil.copytree(extracted, out)
     for p in sorted(out.glob("dev/*.npy"))[1:]:  # the run was killed after its first video
@@ -56,7 +50,7 @@ def test_extraction_killed_then_rerun_with_another_model_is_refused_and_changes_
     (out / "summary.json").unlink()
     before = _snapshot(out)
     assert _extract(packed, out, "stop_after=2") == 2
-    line = _one_line(capsys)
+    line = one_line()
     assert "another configuration" in line and "stop_after" in line and "overwrite=true" in line
     assert _snapshot(out) == before
 
@@ -91,14 +85,14 @@ def test_rerun_of_the_same_configuration_resumes_and_removes_only_our_stray_temp
     assert summary["splits"]["dev"]["resumed"] == 3 and summary["splits"]["dev"]["videos"] == 0
 
 
-def test_extraction_into_another_runs_out_with_changed_weights_file_is_refused(packed, tmp_path, capsys):
+def test_extraction_into_another_runs_out_with_changed_weights_file_is_refused(packed, tmp_path, one_line):
     out = tmp_path / "out"
     out.mkdir()
     (out / "fingerprint.json").write_text(json.dumps({"recipe": "extract_features", "fingerprint": {
         "model": {"backbone": "s3d", "weights": "0" * 64}, "options": {}, "shards": {}}, "config": {}}))
     before = _snapshot(out)
     assert _extract(packed, out, "stop_after=4") == 2
-    assert "another configuration" in _one_line(capsys)
+    assert "another configuration" in one_line()
     assert _snapshot(out) == before
 
 
@@ -113,31 +107,31 @@ def _features(root: Path, seed: int) -> Path:
     return root
 
 
-def test_head_training_never_resumes_another_configurations_checkpoints(tmp_path, capsys):
+def test_head_training_never_resumes_another_configurations_checkpoints(tmp_path, capsys, one_line):
     out = tmp_path / "run"
     base = [f"features={_features(tmp_path / 'a', 0)}", f"out={out}", "head=linear", "epochs=1", "cleanup=none"]
     assert cli(["train_head", *base]) == 0
     capsys.readouterr()
     before = _snapshot(out)
     assert cli(["train_head", *base, "lr=0.01"]) == 2
-    assert "lr" in _one_line(capsys)
+    assert "lr" in one_line()
     other = [f"features={_features(tmp_path / 'b', 1)}", *base[1:]]
     assert cli(["train_head", *other]) == 2  # same config, other features
-    assert "data" in _one_line(capsys)
+    assert "data" in one_line()
     assert _snapshot(out) == before
     assert cli(["train_head", *other, "overwrite=true"]) == 0
     assert "resumed" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_finetune_rerun_with_another_config_is_refused_and_overwrite_starts_over(packed, tmp_path, capsys):
+def test_finetune_rerun_with_another_config_is_refused_and_overwrite_starts_over(packed, tmp_path, capsys, one_line):
     out = tmp_path / "ft"
     args = ["finetune_ctc", f"shards={packed}", f"out={out}", *FINETUNE, "epochs=1", "num_workers=0"]
     assert cli(args) == 0
     capsys.readouterr()
     before = _snapshot(out)
     assert cli([*args, "dropout=0.5"]) == 2
-    assert "dropout" in _one_line(capsys)
+    assert "dropout" in one_line()
     assert _snapshot(out) == before
     assert cli([*args, "dropout=0.5", "overwrite=true"]) == 0
     assert "resumed" not in capsys.readouterr().out
