@@ -74,10 +74,10 @@ CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
 # Default user batches per DALI iteration. CPU: enough batches for about CPU_CLIPS_PER_RUN clips, so
-# DALI's threads are not left idle by one long clip (2 cores, 98-frame clips, batch 2: 1, 4, 8 batches
-# per run gave 3394, 3666, 3051 frames/s; batch 8: 1, 2 gave 2999, 3118; the benchmark's separate
-# processes 2641 vs 3023 for batch 2); peak memory grows with the clips in flight, so no more than
-# that. CUDA: 4 batches, so NVDEC's engines get several clips at once (not measured: no GPU here).
+# one long clip does not leave DALI's threads idle (more frames/s than 1 batch per run at batch size 2,
+# the same at batch size 8; benchmarks/loaders.py keeps a "1 batch per DALI run" row beside the default);
+# peak memory grows with the clips in flight, so no more than that. CUDA: 4 batches, so NVDEC's engines
+# get several clips at once (not measured: no GPU here).
 CPU_CLIPS_PER_RUN = 8
 CUDA_BATCHES_PER_RUN = 4
 
