@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from signstream.loaders.cvthreads import one_opencv_thread
+from signstream.loaders.cpu import one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 
 GOALS = {"pyav_vs_pngdir_min": 4.0, "dali_cpu_vs_pngdir_min": 2.5, "dali_cpu_vs_bare_min": 0.7}

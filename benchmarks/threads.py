@@ -29,8 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from signstream.loaders.cpu import available_cores
 from signstream.loaders.fileio import atomic_write, write_json
-from signstream.recipes.threads import available_cores
 
 PRESET = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "finetune_ctc-synthetic-s3d.yaml"
 COMPETITOR = ("import torch\n"

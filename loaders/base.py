@@ -16,7 +16,6 @@ Distributed rules, shared by all backends:
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from signstream import SignstreamError, lookup
 from signstream.loaders.batch import Batch, BufferPool, finalize
+from signstream.loaders.cpu import available_cores
 from signstream.loaders.stats import HANDLERS, LoaderStats, Report
 from signstream.loaders.transform import Transform
 
@@ -63,8 +63,8 @@ def train_batches(num_samples: int, world: int, batch_size: int) -> int:
 
 
 def default_workers() -> int:
-    """Worker processes/threads when the user names none: the CPU cores, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Loader worker processes/threads when the user names none: the available cores, at most 8."""
+    return max(1, min(8, available_cores()))
 
 
 class BaseLoader:

@@ -32,7 +32,7 @@ from signstream import SignstreamError, lookup
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import Batch, Decoded, SharedRing, collate
 from signstream.loaders.corpora import ADAPTERS, Row, csv_table
-from signstream.loaders.cvthreads import one_opencv_thread
+from signstream.loaders.cpu import one_opencv_thread
 from signstream.loaders.format import make_keys
 from signstream.loaders.shards import rank_range
 from signstream.loaders.stats import HANDLERS, Report, Skipped

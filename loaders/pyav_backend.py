@@ -43,7 +43,7 @@ from signstream.loaders.batch import (
     group_batches,
     new_buffer,
 )
-from signstream.loaders.cvthreads import one_opencv_thread
+from signstream.loaders.cpu import one_opencv_thread
 from signstream.loaders.shards import SampleError, SampleReader, SampleRef, ShardSet, rank_range
 from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import (

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from signstream.loaders.cpu import available_cores
+
 # Environment variables that say how many ranks run on this machine, in order of trust.
 LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
 
@@ -78,14 +80,6 @@ def plan_threads(cores: int, local_processes: int = 1, workers: int = 0,
     if from_env is not None:
         return ThreadPlan(from_env, "OMP_NUM_THREADS", cores, procs, workers)
     return ThreadPlan(max(1, cores // procs - workers), "policy", cores, procs, workers)
-
-
-def available_cores() -> int:
-    """CPUs this process may run on (affinity mask; ``os.cpu_count`` where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def local_processes(env: Mapping[str, str] | None = None) -> int:

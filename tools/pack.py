@@ -42,7 +42,7 @@ import av
 from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
 from signstream.loaders.corpora import ADAPTERS, Row
-from signstream.loaders.cvthreads import one_opencv_thread
+from signstream.loaders.cpu import available_cores, one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
     FORMAT,
@@ -327,7 +327,7 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
         keys = make_keys(r.name for r in split_rows)
         load_state(out / split, split, fingerprint(split_rows, keys, opts), overwrite, apply=False)
     _make_dirs(out, list(by_split))
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     remove_stale_temps(out, lambda name: name == VOCAB_FILE)
     manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress) for s, r in by_split.items()}
     if not any(m["totals"]["samples"] for m in manifests.values()):

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from signstream import SignstreamError, __version__, lookup
-from signstream.loaders.cvthreads import one_opencv_thread
+from signstream.loaders.cpu import available_cores, one_opencv_thread
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.synth_render import (
     GLOSS_MOTIONS,
@@ -321,13 +321,6 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple[int, int]]:
         return pool.map(_write_video, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> int:
     text = "".join("|".join(r) + "\n" for r in [list(header), *rows]).encode("utf-8")
     with atomic_write(path, "wb") as f:
@@ -387,7 +380,7 @@ def make_corpus(out: str | os.PathLike, layout: str = "phoenix2014", seed: int =
         split_dir = root / "features" / FRAME_FOLDER / split
         split_dir.mkdir(parents=True, exist_ok=True)
         jobs += [(layout, str(split_dir), p, people[p.signer], seed, render) for p in plans[split]]
-    results = iter(_run_jobs(jobs, workers or _default_workers()))
+    results = iter(_run_jobs(jobs, workers or available_cores()))
     splits = {}
     for split in SPLITS:
         done = [next(results) for _ in plans[split]]

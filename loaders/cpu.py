@@ -1,6 +1,21 @@
-"""OpenCV's own thread pool, switched off where the work is already spread over cores."""
+"""The CPUs this process may use, and OpenCV's own thread pool switched off where work is already per core.
+
+Light on purpose (no torch import), so the packer and the synthetic-corpus
+writer can use it in their worker processes.
+"""
 
 from __future__ import annotations
+
+import os
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (affinity mask, so a SLURM or container limit counts;
+    ``os.cpu_count`` where that is unknown). The one core count every default starts from."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def one_opencv_thread() -> None:
