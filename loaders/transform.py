@@ -94,7 +94,12 @@ def _pair(value: int | tuple[int, int] | None) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------- Transform
 @dataclass(frozen=True)
 class Transform:
-    """Preprocessing shared by the DALI, PyAV and PNG-folder backends.
+    """What preprocessing to apply, shared by the DALI, PyAV and PNG-folder backends.
+
+    A frozen description, not a callable: each backend turns it into per-sample
+    plans (:class:`SamplePlan`, from the sample's key, epoch and seed) and
+    carries those out with its own decoder, so the three deliver the same tensors.
+    The name is kept from the public API.
 
     Attributes:
         size: output crop ``(H, W)`` (an int means square); ``None`` keeps the
