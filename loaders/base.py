@@ -83,8 +83,11 @@ class BaseLoader:
             raise SignstreamError(f"mode must be one of {MODES}, got {mode!r}")
         if batch_size < 1:
             raise SignstreamError(f"batch_size must be >= 1, got {batch_size}")
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        target = torch.device(device)
+        if target.type == "cuda" and not torch.cuda.is_available():
             raise SignstreamError("device='cuda' but no CUDA device is available; use device='cpu'")
+        if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+            raise SignstreamError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s)")
         lookup(HANDLERS, handler, "handler")
         self.transform = transform
         self.device = device

@@ -109,11 +109,47 @@ NonNegativeFloat = typing.Annotated[float, Range(0)]
 Probability = typing.Annotated[float, Range(0, 1, open_hi=True)]
 # Compute precision in every recipe: fp32 | bf16 | fp16 ("no", Accelerate's name for fp32, is read as fp32).
 Precision = typing.Annotated[typing.Literal["fp32", "bf16", "fp16"], Renamed({"no": "fp32"})]
+# Where a recipe computes: auto (CUDA when there is one, else the CPU), cpu, cuda, or cuda:N (GPU N).
+Device = typing.Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "a device (auto, cpu, cuda or cuda:N)")]
 
 
 def accelerate_precision(precision: str) -> str:
     """Accelerate's ``mixed_precision`` value for a recipe's ``precision`` (fp32 -> ``no``)."""
     return "no" if precision == "fp32" else precision
+
+
+def make_accelerator(device: str = "auto", **kwargs: Any):
+    """The recipe's ``Accelerator`` on ``device`` (a :data:`Device` value); ``kwargs`` go to Accelerate.
+
+    ``auto`` is CUDA when there is one, else the CPU (MULTI_CPU over gloo under
+    a multi-process launch). ``cuda:N`` makes GPU N the current CUDA device, so
+    the model, the batches and the loaders, which the recipes put on ``"cuda"``,
+    all land there; it names one GPU, so it is refused under a multi-process
+    launch, where each process takes the GPU of its local rank (use ``cuda``).
+
+    Raises:
+        SignstreamError: CUDA asked for but absent, or ``cuda:N`` past the last
+            GPU (checked before CUDA is initialised), one line.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    index = None
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.device(device).index
+        if count == 0:
+            raise SignstreamError(f"device={device!r} but no CUDA device is available; use device=cpu or auto")
+        if index is not None and index >= count:
+            raise SignstreamError(f"device={device!r} but only {count} CUDA device(s) are visible "
+                                  f"(cuda:0 to cuda:{count - 1})")
+        if index is not None:
+            torch.cuda.set_device(index)
+    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(), **kwargs)
+    if index is not None and accelerator.num_processes > 1:
+        raise SignstreamError(f"device={device!r} names one GPU but this launch has {accelerator.num_processes} "
+                              "processes (each takes its local rank's GPU); use device=cuda")
+    return accelerator
 
 
 def _kind(value: Any) -> str:

@@ -22,6 +22,7 @@ options, and a different run into the same ``out`` is refused unless
 A randomly initialised backbone (no ``weights``/``checkpoint``) gets its
 BatchNorm statistics calibrated on ``calibrate_bn`` videos first, identically on
 every rank. ``out/summary.json`` holds counts, skipped samples, frames/s and peak memory.
+``device=auto|cpu|cuda|cuda:N`` picks where it computes (``auto``: CUDA when there is one).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from signstream import SignstreamError, lookup
@@ -58,11 +58,13 @@ from signstream.models.features import FeatureMode, extract_features
 from signstream.recipes import outputs
 from signstream.recipes.config import (
     Choice,
+    Device,
     FileStem,
     NonNegativeInt,
     PositiveInt,
     Precision,
     main_guard,
+    make_accelerator,
     parse_config,
     peak_memory,
     save_config,
@@ -85,6 +87,7 @@ class ExtractConfig:
     image_size: PositiveInt = 224
     batch_size: PositiveInt = 1
     precision: Precision = "fp32"
+    device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
     mode: FeatureMode = "dense"
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     fingerprint = run_fingerprint(cfg, shards)
     verdict = outputs.claim(out, "extract_features", fingerprint, overwrite=cfg.overwrite, compatible=compatible)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
+    accelerator = make_accelerator(cfg.device)  # auto: MULTI_CPU (gloo) without CUDA
     model = build_backbone(cfg).to(accelerator.device).eval()
     if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
         calibrate(model, cfg, shards, accelerator.device)

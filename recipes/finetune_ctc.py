@@ -19,6 +19,7 @@ restarts draw nothing that matters — and only the same configuration resumes:
 another configuration into the same ``out`` is refused unless ``overwrite=true``),
 ``model.safetensors`` (last epoch) and ``best.safetensors`` (best dev WER) —
 both accepted by ``extract_features`` as ``checkpoint=`` — and ``metrics.json``.
+``device=auto|cpu|cuda|cuda:N`` picks where it computes (``auto``: CUDA when there is one).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import Accelerator
 
 from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader, remote
@@ -47,6 +47,7 @@ from signstream.models.vocab import Vocabulary
 from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
     Choice,
+    Device,
     FileStem,
     Matches,
     NonNegativeFloat,
@@ -58,6 +59,7 @@ from signstream.recipes.config import (
     Range,
     accelerate_precision,
     main_guard,
+    make_accelerator,
     parse_config,
     peak_memory,
     save_config,
@@ -98,6 +100,7 @@ class FinetuneConfig:
     warmup_steps: NonNegativeInt = 100
     clip_grad: NonNegativeFloat = 1.0
     precision: Precision = "fp32"
+    device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
     decoder: Literal["greedy", "beam"] = "greedy"
@@ -111,7 +114,7 @@ class FinetuneConfig:
 
 
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights")
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights", "device")
 
 
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
@@ -188,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
     if verdict == "resume" and not cfg.resume:
         verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision),
-                              gradient_accumulation_steps=cfg.grad_accum,
-                              cpu=not torch.cuda.is_available())  # MULTI_CPU (gloo) without CUDA
+    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
+                                   gradient_accumulation_steps=cfg.grad_accum)  # auto: MULTI_CPU (gloo) without CUDA
     with remote.local_copy(shards / "glosses.txt") as glosses:
         vocab = Vocabulary.from_file(glosses)
     model = build_model(cfg, len(vocab))

@@ -14,6 +14,7 @@ configuration on the same features resumes: ``fingerprint.json`` holds the
 config and a hash of the loaded features and vocabulary; another run into the
 same ``out`` is refused unless ``overwrite=true``. SignJoey pickles are read
 with a restricted unpickler (data and tensors only), never plain ``pickle``.
+``device=auto|cpu|cuda|cuda:N`` picks where it computes (``auto``: CUDA when there is one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -44,6 +44,7 @@ from signstream.models.vocab import Vocabulary
 from signstream.recipes import checkpoints, outputs
 from signstream.recipes.config import (
     Choice,
+    Device,
     FileStem,
     NonNegativeFloat,
     NonNegativeInt,
@@ -53,6 +54,7 @@ from signstream.recipes.config import (
     Probability,
     accelerate_precision,
     main_guard,
+    make_accelerator,
     parse_config,
     peak_memory,
     save_config,
@@ -87,6 +89,7 @@ class TrainHeadConfig:
     beam_width: PositiveInt = 5
     cleanup: typing.Annotated[str, Choice(CLEANUPS, "cleanup")] = "phoenix2014"
     precision: Precision = "fp32"
+    device: Device = "auto"
     seed: int = 0
     threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/head"
@@ -94,7 +97,7 @@ class TrainHeadConfig:
     overwrite: bool = False
 
 
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab")
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab", "device")
 
 
 def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
@@ -169,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     out, features = Path(cfg.out), Path(cfg.features)
     if not features.is_dir():
         raise SignstreamError(f"features directory not found: {features}")
-    accelerator = Accelerator(mixed_precision=accelerate_precision(cfg.precision), cpu=not torch.cuda.is_available(),
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
+                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed)
     vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
     vocab = Vocabulary.from_file(vocab_path)
