@@ -128,8 +128,9 @@ def make_accelerator(device: str = "auto", **kwargs: Any):
     launch, where each process takes the GPU of its local rank (use ``cuda``).
 
     Raises:
-        SignstreamError: CUDA asked for but absent, or ``cuda:N`` past the last
-            GPU (checked before CUDA is initialised), one line.
+        SignstreamError: CUDA asked for but absent, ``cuda:N`` past the last
+            GPU (checked before CUDA is initialised), or fp16 training on the
+            CPU, one line each.
     """
     import torch
     from accelerate import Accelerator
@@ -145,7 +146,12 @@ def make_accelerator(device: str = "auto", **kwargs: Any):
                                   f"(cuda:0 to cuda:{count - 1})")
         if index is not None:
             torch.cuda.set_device(index)
-    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(), **kwargs)
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
+    if on_cpu and kwargs.get("mixed_precision") == "fp16":
+        # Accelerate applies no fp16 autocast on the CPU: the run would silently train in fp32
+        raise SignstreamError("precision=fp16 trains on CUDA only (on the CPU it would silently run in fp32); "
+                              "use precision=bf16 or fp32 on the CPU")
+    accelerator = Accelerator(cpu=on_cpu, **kwargs)
     if index is not None and accelerator.num_processes > 1:
         raise SignstreamError(f"device={device!r} names one GPU but this launch has {accelerator.num_processes} "
                               "processes (each takes its local rank's GPU); use device=cuda")

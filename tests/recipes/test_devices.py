@@ -252,3 +252,12 @@ def test_a_device_that_is_not_one_is_refused_by_the_config(packed, tmp_path, cap
     assert cli([recipe, *RECIPES[recipe](packed, tmp_path), f"out={out}", "device=gpu1"]) == 2
     assert "config key 'device': 'gpu1' is not a device (auto, cpu, cuda or cuda:N)" in _one_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe", ["finetune_ctc", "train_head"])
+def test_fp16_training_on_the_cpu_is_refused_rather_than_run_in_fp32(packed, tmp_path, capsys, recipe):
+    # Accelerate has no fp16 autocast on the CPU: without this check the run trains in fp32 silently.
+    out = tmp_path / "out"
+    assert cli([recipe, *RECIPES[recipe](packed, tmp_path), f"out={out}", "device=cpu", "precision=fp16"]) == 2
+    assert "precision=fp16 trains on CUDA only" in _one_line(capsys)
+    assert not out.exists()
