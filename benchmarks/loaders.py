@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 
+from signstream.benchmarks.report import save_report
 from signstream.loaders.cpu import one_opencv_thread
-from signstream.loaders.fileio import atomic_write, write_json
 
 GOALS = {"pyav_vs_pngdir_min": 4.0, "dali_cpu_vs_pngdir_min": 2.5, "dali_cpu_vs_bare_min": 0.7}
 OUTPUT_SIZE = 224
@@ -530,10 +530,7 @@ def run(out: str | os.PathLike, quick: bool = False, isolate: bool | None = None
               "profile_ms_per_frame": profile, "uptime": _uptime()}
     for r in result["rows"]:
         r.pop("source", None)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "loaders.json", result)
-    with atomic_write(out / "loaders.md", "w") as f:
-        f.write(markdown(result))
+    save_report(out, "loaders", result, markdown)
     plot(result, out / "loaders.png")
     return result
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from signstream.loaders.fileio import atomic_write, write_json
+from signstream.benchmarks.report import save_report
 
 MIB = 1024 * 1024
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -426,9 +426,7 @@ def run(
         skipped=skipped,
     )
     out = Path(out)
-    write_json(out / "models.json", result)
-    with atomic_write(out / "models.md", "w") as f:
-        f.write(markdown(result))
+    save_report(out, "models", result, markdown)
     return result
 
 

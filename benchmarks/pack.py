@@ -13,7 +13,6 @@ Run: ``python -m signstream.benchmarks.pack --out DIR [--quick]``; writes
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tempfile
@@ -24,8 +23,8 @@ import av
 import cv2
 import numpy as np
 
+from signstream.benchmarks.report import quick_cli, save_report
 from signstream.loaders.corpora import phoenix2014
-from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import iter_samples
 from signstream.tools.pack import pack_corpus
 
@@ -99,9 +98,7 @@ def run(out: str | Path, quick: bool = False) -> dict:
         "goals": {"size_ratio_max": 1 / 20, "psnr_min_db": 38.0, "pack_vs_png_read_min": 0.5,
                   "speedup_2_vs_1_min": 1.7},
     }
-    write_json(out / "pack.json", result)
-    with atomic_write(out / "pack.md", "w") as f:
-        f.write(render_markdown(result))
+    save_report(out, "pack", result, render_markdown)
     return result
 
 
@@ -125,12 +122,7 @@ def render_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true", help="small corpus at 96×128 (smoke test)")
-    args = parser.parse_args(argv)
-    result = run(args.out, quick=args.quick)
-    print(render_markdown(result))
+    quick_cli(__doc__, run, render_markdown, argv, quick_help='small corpus at 96×128 (smoke test)')
 
 
 if __name__ == "__main__":

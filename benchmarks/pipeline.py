@@ -15,7 +15,6 @@ Run: ``python -m signstream.benchmarks.pipeline --out DIR [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from signstream.benchmarks.report import quick_cli, save_report
 from signstream.loaders import Transform, make_loader
-from signstream.loaders.fileio import atomic_write, write_json
 from signstream.models import create_model, extract_features
 from signstream.models.ctc import VideoCTC
 from signstream.models.head import ctc_loss
@@ -171,9 +170,7 @@ def run(out: str | Path, quick: bool = False) -> dict:
         d = json.loads(demo.read_text())
         result["demo"] = {k: d.get(k) for k in ("dev_wer", "test_wer", "baseline_test_wer", "total_seconds", "stages")}
     result["goals"] = {"extract_ratio_min": 0.9}
-    write_json(out / "pipeline.json", result)
-    with atomic_write(out / "pipeline.md", "w") as f:
-        f.write(render_markdown(result))
+    save_report(out, "pipeline", result, render_markdown)
     return result
 
 
@@ -200,11 +197,7 @@ def render_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(render_markdown(run(args.out, quick=args.quick)))
+    quick_cli(__doc__, run, render_markdown, argv)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from signstream.benchmarks.report import save_report
 from signstream.benchmarks.servers import http_server_process, s3_server, upload_tree
-from signstream.loaders.fileio import atomic_write, write_json
 
 GOAL = 0.9
 WORKERS = 2
@@ -169,10 +169,7 @@ def run(out: str | os.PathLike, quick: bool = False, extraction: bool = True) ->
         result["meets_goal"] = all(r >= GOAL for r in result["ratio_vs_local"].values())
         if extraction:
             result["extraction"] = two_machine_extraction(str(root), http, work)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "remote.json", result)
-    with atomic_write(out / "remote.md", "w") as f:
-        f.write(markdown(result))
+    save_report(out, "remote", result, markdown)
     return result
 
 

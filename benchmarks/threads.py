@@ -20,7 +20,6 @@ Run: ``python -m signstream.benchmarks.threads --out DIR [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,8 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from signstream.benchmarks.report import quick_cli, save_report
 from signstream.loaders.cpu import available_cores
-from signstream.loaders.fileio import atomic_write, write_json
 
 PRESET = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "finetune_ctc-synthetic-s3d.yaml"
 COMPETITOR = ("import torch\n"
@@ -87,9 +86,7 @@ def run(out: str | Path, quick: bool = False) -> dict:
               "speedup": round(fps["after"] / fps["before"], 2) if fps["before"] else None,
               "speedup_no_worker": round(fps["after_no_worker"] / fps["before"], 2) if fps["before"] else None,
               **{f"log_{name}": rs[0]["log"] for name, rs in runs.items()}, "runs": runs}
-    write_json(out / "threads.json", result)
-    with atomic_write(out / "threads.md", "w") as f:
-        f.write(render_markdown(result))
+    save_report(out, "threads", result, render_markdown)
     return result
 
 
@@ -110,11 +107,7 @@ def render_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(render_markdown(run(args.out, quick=args.quick)))
+    quick_cli(__doc__, run, render_markdown, argv)
 
 
 if __name__ == "__main__":
