@@ -176,6 +176,9 @@ def index_text(layout: list[list[Member]]) -> str:
     """Render a DALI v1.2 index for samples laid out as ``layout``."""
     lines = [f"{INDEX_VERSION} {len(layout)}"]
     for members in layout:
+        for m in members:
+            if not m.ext:  # "ext offset size name": an empty extension would shift every field
+                raise SignstreamError(f"tar member {m.name!r} has no extension; a DALI index cannot list it")
         lines.append(" ".join(f"{m.ext} {m.offset} {m.size} {m.name}" for m in members))
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from signstream import SignstreamError
+from signstream import SignstreamError, lookup
 
 __all__ = [
     "MODES",
@@ -248,9 +248,7 @@ def extract_features(
     Raises:
         SignstreamError: for a bad shape, mode or option.
     """
-    if mode not in MODES:
-        raise SignstreamError(f"unknown feature mode {mode!r}; available: {', '.join(MODES)}")
-    strategy = dense if mode == "dense" else window
+    strategy = lookup({"dense": dense, "window": window}, mode, "feature mode")
     if pad not in PAD_POLICIES:
         raise SignstreamError(f"pad must be one of {', '.join(PAD_POLICIES)}, got {pad!r}")
     if video.dim() == 4:

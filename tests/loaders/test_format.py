@@ -87,3 +87,11 @@ def test_a_malformed_index_is_a_one_line_error_naming_the_file(tmp_path, text, m
 def test_a_missing_index_is_an_error_naming_it(tmp_path):
     with pytest.raises(SignstreamError, match="cannot read index .*gone.idx"):
         read_index(tmp_path / "gone.idx")
+
+
+def test_an_index_cannot_list_a_member_without_an_extension():
+    from signstream.loaders.format import index_text
+
+    assert index_text([[Member("a.mp4", 512, 10)]]) == "v1.2 1\nmp4 512 10 a.mp4\n"
+    with pytest.raises(SignstreamError, match="'README' has no extension"):
+        index_text([[Member("README", 512, 10)]])

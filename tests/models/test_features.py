@@ -159,7 +159,7 @@ def test_frames_between_repeats_the_last_frame_past_the_end():
 
 def test_bad_mode_and_options_raise_signstream_error():
     model = _model("i3d")
-    with pytest.raises(SignstreamError, match="unknown feature mode 'sparse'; available: dense, window"):
+    with pytest.raises(SignstreamError, match="unknown feature mode 'sparse'; choose from dense, window"):
         extract_features(model, _video(8), "sparse")
     with pytest.raises(SignstreamError, match="chunk_len=12 must be a positive multiple of 8"):
         extract_features(model, _video(8), chunk_len=12)
