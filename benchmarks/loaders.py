@@ -5,8 +5,9 @@ packed with the default settings, each loader delivers the same tensors —
 float32 ``[B, 3, T, 224, 224]`` (short side resized to 224, centre crop,
 ImageNet normalisation, every frame) — on the same machine and cores:
 
-* frames/s of each loader ÷ frames/s of ``pngdir`` (goal: best CPU shard loader ≥ 3×);
-* loader frames/s ÷ bare-decode frames/s of the same files (goal ≥ 0.85). Bare
+* frames/s of each loader ÷ frames/s of ``pngdir`` (goals in ``GOALS``: PyAV ≥ 4×,
+  DALI on the CPU ≥ 2.5×);
+* loader frames/s ÷ bare-decode frames/s of the same files (DALI on the CPU ≥ 0.7). Bare
   decode = the same decoder turning every frame of the same files into
   native-size RGB uint8 with the same number of processes/threads, and
   nothing else: no resize, crop, normalisation, batching or transfer;
@@ -17,7 +18,9 @@ ImageNet normalisation, every frame) — on the same machine and cores:
 * CPU time per delivered frame of the whole process tree (main process, loader
   workers and decoder threads). Unlike frames/s it hardly moves when other jobs
   share the machine, so ``pngdir CPU ÷ loader CPU`` is the load-independent
-  form of the speed-up (on a quiet machine with every core busy the two agree).
+  form of the speed-up (on a quiet machine with every core busy the two agree);
+* a per-stage profile (one thread, ms per frame), and pngdir's stage sum ÷ each
+  backend's: the ratio the stages allow before any loader overhead.
 
 Timing: a warm-up epoch and one more epoch with the memory sampler running,
 then the best of ``repeats`` timed epochs without it (other jobs on a shared
@@ -490,6 +493,24 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
             "pyav_cpu_vs_pngdir": pyav["cpu_vs_pngdir"], "dali_cpu_cpu_vs_pngdir": dali["cpu_vs_pngdir"]}
 
 
+def stage_sums(profile: dict[str, dict[str, float]]) -> dict[str, float]:
+    """ms per frame of each backend's profiled stages added up (comparison rows left out)."""
+    return {b: sum(v for k, v in stages.items() if "instead" not in k) for b, stages in profile.items()}
+
+
+def stage_ratios(profile: dict[str, dict[str, float]]) -> dict[str, float]:
+    """pngdir's stage sum ÷ each shard backend's: the ratio the stages alone allow.
+
+    A loader also pays for batching, process hand-over and caches it shares
+    with other processes, so its measured ``÷ pngdir`` rarely reaches this; a
+    goal above it needs cheaper stages, not a leaner loader.
+    """
+    sums = stage_sums(profile)
+    if "pngdir" not in sums:
+        return {}
+    return {b: sums["pngdir"] / v for b, v in sums.items() if b != "pngdir" and v > 0}
+
+
 def best_of_rounds(runs: list[dict]) -> dict:
     """One case's row from its rounds: the fastest round, with every round's figures kept."""
     best = dict(max(runs, key=lambda r: r["fps"]))
@@ -527,7 +548,7 @@ def run(out: str | os.PathLike, quick: bool = False, isolate: bool | None = None
                                                         ("root", "vp9", "h264")},
               "output": f"float32 [B, 3, T, {OUTPUT_SIZE}, {OUTPUT_SIZE}], imagenet normalisation, every frame",
               "rows": rows, "summary": summarise(rows), "goals": GOALS, "skipped": skipped,
-              "profile_ms_per_frame": profile, "uptime": _uptime()}
+              "profile_ms_per_frame": profile, "stage_ratios": stage_ratios(profile), "uptime": _uptime()}
     for r in result["rows"]:
         r.pop("source", None)
     save_report(out, "loaders", result, markdown)
@@ -594,8 +615,12 @@ def markdown(result: dict) -> str:
                   "| stage | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
         for stage in stages:
             lines.append(f"| {stage} | " + " | ".join(_fmt(profile[b].get(stage), ".3f") for b in backends) + " |")
-        lines.append("| **sum of the loader's stages** | " + " | ".join(
-            f"{sum(v for k, v in profile[b].items() if 'instead' not in k):.3f}" for b in backends) + " |")
+        sums, ratios = stage_sums(profile), result.get("stage_ratios") or {}
+        lines.append("| **sum of the loader's stages** | " + " | ".join(f"{sums[b]:.3f}" for b in backends) + " |")
+        lines.append("| pngdir ÷ this, stages only (no loader overhead) | " + " | ".join(
+            _fmt(ratios.get(b), ".2f") + ("×" if b in ratios else "") for b in backends) + " |")
+        lines.append("- The profile times one clip at a time on one thread; DALI's decode there runs one clip per "
+                     "iteration without overlap, so its stage ratio is lower than the loader's.")
     lines += [f"- {m}" for m in result["skipped"]]
     return "\n".join(lines) + "\n"
 

@@ -34,6 +34,7 @@ def test_quick_loader_benchmark_writes_its_report(tmp_path):
     assert {"pngdir", "pyav", "dali-cpu"} == set(saved["profile_ms_per_frame"])
     assert all(v > 0 for stages in saved["profile_ms_per_frame"].values() for v in stages.values())
     assert "ms per frame by stage" in markdown
+    assert set(saved["stage_ratios"]) == {"pyav", "dali-cpu"} and "stages only" in markdown
     assert (tmp_path / "loaders.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if not torch.cuda.is_available():
         assert any("no CUDA" in m for m in saved["skipped"]) and "no CUDA" in markdown
@@ -48,6 +49,17 @@ def test_best_of_rounds_keeps_the_fastest_round_every_rounds_figures_and_the_hig
     assert row["fps"] == 1100.0 and row["cpu_ms_per_frame"] == 0.45
     assert [r["load_avg_1min"] for r in row["rounds"]] == [3.0, 0.4]
     assert row["peak_pss_mib"] == 1200  # memory is a ceiling: the worst round counts
+
+
+def test_stage_ratio_is_pngdir_stage_sum_over_each_backends_leaving_out_comparison_rows():
+    from signstream.benchmarks.loaders import stage_ratios, stage_sums
+
+    profile = {"pngdir": {"decode": 0.9, "resize": 0.1},
+               "pyav": {"decode": 0.1, "resize": 0.15},
+               "dali-cpu": {"decode": 0.4, "resize": 0.1, "DALI fn.resize instead of OpenCV": 0.8}}
+    assert stage_sums(profile)["dali-cpu"] == pytest.approx(0.5)
+    assert stage_ratios(profile) == pytest.approx({"pyav": 4.0, "dali-cpu": 2.0})
+    assert stage_ratios({"pyav": {"decode": 0.1}}) == {}  # no baseline profiled: no ratio
 
 
 def test_tree_cpu_seconds_counts_a_child_process_that_has_ended():
