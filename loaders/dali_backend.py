@@ -58,6 +58,7 @@ from signstream.loaders.batch import (
     mask_padding,
     normalize_clip,
 )
+from signstream.loaders.nvdec import nvdec_limits, unsupported_codec_error
 from signstream.loaders.pyav_backend import (
     Planned,
     epoch_order,
@@ -86,21 +87,6 @@ def default_batches_per_run(batch_size: int, cuda: bool) -> int:
     """User batches per DALI iteration when the caller does not choose."""
     return CUDA_BATCHES_PER_RUN if cuda else max(1, CPU_CLIPS_PER_RUN // max(1, batch_size))
 
-# NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), for Turing, A100 and Hopper
-# GPUs. Maxima as the Video Codec SDK 13.0 NVDEC application note's capability table gives them
-# (HEVC and VP9 8192x8192; H.264 8192x8192 only from Blackwell, so 4096 here). Minima from the
-# decoder programming guide's capability table, not re-read for this version: a GPU session can
-# confirm them (cuvidGetDecoderCaps reports both). The same note lists no AV1 decoding on
-# A100/Hopper (only GA10x, Ada, Blackwell); pack writes no AV1, so the entry is for foreign shards.
-NVDEC_LIMITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "h264": ((16, 48), (4096, 4096)),
-    "vp8": ((16, 48), (4096, 4096)),
-    "hevc": ((144, 144), (8192, 8192)),
-    "vp9": ((128, 128), (8192, 8192)),
-    "av1": ((128, 128), (8192, 8192)),
-}
-
-
 def check_codecs(shardset: ShardSet, device: str) -> None:
     """DALI's CPU decoder reads VP8/VP9/MJPEG only; fail early with what to do instead."""
     if torch.device(device).type == "cuda":
@@ -112,11 +98,17 @@ def check_codecs(shardset: ShardSet, device: str) -> None:
             f"use backend='pyav', device='cuda', or repack the shards as VP9 (signstream pack --codec vp9)")
 
 
-def nvdec_size_error(codec: str, height: int, width: int, where: str) -> str | None:
-    """The one-line reason NVDEC cannot decode a ``height x width`` video (``None`` if it can)."""
-    if codec not in NVDEC_LIMITS:
+def nvdec_size_error(codec: str, height: int, width: int, where: str, device: int | None = None) -> str | None:
+    """The one-line reason NVDEC cannot decode a ``height x width`` video (``None`` if it can).
+
+    The limits are GPU ``device``'s as its driver reports them, or the
+    documented table (:data:`NVDEC_LIMITS`) when no device is given or the
+    driver cannot be asked.
+    """
+    limits = nvdec_limits(codec, device)
+    if limits is None:
         return None
-    (min_h, min_w), (max_h, max_w) = NVDEC_LIMITS[codec]
+    (min_h, min_w), (max_h, max_w) = limits
     if min_h <= height <= max_h and min_w <= width <= max_w:
         return None
     return (f"{where}: {height}x{width} {codec} frames are outside NVDEC's limits for {codec} "
@@ -124,10 +116,15 @@ def nvdec_size_error(codec: str, height: int, width: int, where: str) -> str | N
             f"signstream pack --resize HxW, or use device='cpu' / backend='pyav'")
 
 
-def check_nvdec_sizes(shardset: ShardSet) -> None:
-    """Refuse, before any decoding, shards whose videos NVDEC cannot decode (first sample of each)."""
+def check_nvdec_sizes(shardset: ShardSet, device: int | None = None) -> None:
+    """Refuse, before any decoding, shards NVDEC cannot decode: a codec the driver of GPU
+    ``device`` says it lacks, or frames outside its limits (first sample of each shard)."""
     codec = next(iter(shardset.codecs)) if len(shardset.codecs) == 1 else None
-    if codec not in NVDEC_LIMITS:
+    if device is not None and codec is not None:
+        why = unsupported_codec_error(codec, device, shardset.origin)
+        if why:
+            raise SignstreamError(why)
+    if nvdec_limits(codec, device) is None:
         return
     with SampleReader(shardset) as reader:
         for shard in shardset.shards:
@@ -137,7 +134,7 @@ def check_nvdec_sizes(shardset: ShardSet) -> None:
                     h, w = (int(meta["height"]), int(meta["width"])) if "height" in meta else probe_size(data)
                 except (SampleError, KeyError, TypeError, ValueError):
                     continue  # a damaged first sample is skipped later, not a size problem
-                why = nvdec_size_error(codec, h, w, f"{shard.path.name} (sample {ref.key})")
+                why = nvdec_size_error(codec, h, w, f"{shard.path.name} (sample {ref.key})", device)
                 if why:
                     raise SignstreamError(why)
 
@@ -285,7 +282,7 @@ class DaliLoader(BaseLoader):
         if self.device_id is not None:
             if postprocess == "opencv":
                 raise SignstreamError("postprocess='opencv' runs on the CPU; on CUDA use 'dali' (or 'auto')")
-            check_nvdec_sizes(shardset)
+            check_nvdec_sizes(shardset, self.device_id)
         self.postprocess = postprocess if postprocess != "auto" else ("dali" if self.device_id is not None
                                                                         else "opencv")
         self.shardset, self.num_threads, self.bucket = shardset, max(1, num_threads), bucket
@@ -347,7 +344,8 @@ class DaliLoader(BaseLoader):
                             raise SampleError(why)
                         if self.device_id is not None:
                             limit = nvdec_size_error(next(iter(self.shardset.codecs)), h, w,
-                                                     f"{self.shardset.shard_of(ref)} (sample {ref.key})")
+                                                     f"{self.shardset.shard_of(ref)} (sample {ref.key})",
+                                                     self.device_id)
                             if limit:
                                 raise SignstreamError(limit)
                 except SampleError as exc:

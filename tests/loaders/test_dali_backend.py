@@ -18,7 +18,8 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders import Batch, Transform, make_loader
-from signstream.loaders.dali_backend import NVDEC_LIMITS, check_nvdec_sizes, nvdec_size_error
+from signstream.loaders.dali_backend import check_nvdec_sizes, nvdec_size_error
+from signstream.loaders.nvdec import NVDEC_LIMITS
 from signstream.loaders.shards import resolve_shards
 
 pytest.importorskip("nvidia.dali")
