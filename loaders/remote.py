@@ -18,7 +18,8 @@ the same variables.
 Failure policy (no hang, bounded work):
 
 * every request has a connect and a read timeout (``SIGNSTREAM_REMOTE_TIMEOUT``
-  seconds, default 20) and is tried at most ``SIGNSTREAM_REMOTE_ATTEMPTS``
+  seconds, default 20), a deadline for the whole call (three times that), and is
+  tried at most ``SIGNSTREAM_REMOTE_ATTEMPTS``
   times (default 3) with 0.25 s, 0.5 s, ... between tries; a missing object is
   not retried;
 * a sample whose bytes cannot be fetched (or come back short) is a
@@ -87,9 +88,47 @@ def timeout_s() -> float:
     return float(os.environ.get("SIGNSTREAM_REMOTE_TIMEOUT", "20"))
 
 
+def deadline_s() -> float:
+    """Longest one request may take, start to end: three times :func:`timeout_s`.
+
+    The connect and read timeouts bound each network wait; this bounds the
+    whole call as well, so a request that stops making progress for any other
+    reason (an event loop or resolver that never answers) fails and is retried
+    like a timeout instead of waiting forever.
+    """
+    return 3.0 * timeout_s()
+
+
 def attempts() -> int:
     """Tries per request (``SIGNSTREAM_REMOTE_ATTEMPTS``, default 3)."""
     return max(1, int(os.environ.get("SIGNSTREAM_REMOTE_ATTEMPTS", "3")))
+
+
+def _reset_fsspec_after_fork() -> None:
+    """In a forked child (a DataLoader worker): drop fsspec locks and state the parent's
+    I/O thread may have held at the fork.
+
+    fsspec resets its event loop in a forked child itself, but not the lock that
+    guards creating one (its reset names the wrong variable) nor the lock and
+    task set of its deferred session closing. A child that inherits one of them
+    held would wait on it forever at its first request.
+    """
+    import sys
+    import threading
+
+    asyn = sys.modules.get("fsspec.asyn")
+    if asyn is None:
+        return
+    if hasattr(asyn, "_lock"):
+        asyn._lock = None
+    if hasattr(asyn, "_deferred_close_lock"):
+        asyn._deferred_close_lock = threading.Lock()
+    if hasattr(asyn, "_deferred_close_tasks"):
+        asyn._deferred_close_tasks = set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_fsspec_after_fork)
 
 
 def filesystem(url: str):
@@ -237,14 +276,14 @@ class RemotePath:
         fs = filesystem(self.url)
         try:
             try:
-                info = with_retries(str(self), lambda: fs.info(self.url))
+                info = with_retries(str(self), lambda: fs.info(self.url, timeout=deadline_s()))
                 return info.get("type") != "directory"
             except FileNotFoundError:
                 if self.url.startswith("s3://"):
                     return False
                 # fsspec's HTTP info() reports any failure, a timeout too, as "not found":
                 # one ranged GET tells a missing object from an unreachable server.
-                with_retries(str(self), lambda: fs.cat_file(self.url, start=0, end=1))
+                with_retries(str(self), lambda: fs.cat_file(self.url, start=0, end=1, timeout=deadline_s()))
                 return True
         except FileNotFoundError:
             return False
@@ -257,7 +296,7 @@ class RemotePath:
         """The whole object (a small file: manifest, index, vocabulary)."""
         fs = filesystem(self.url)
         try:
-            return with_retries(str(self), lambda: fs.cat_file(self.url))
+            return with_retries(str(self), lambda: fs.cat_file(self.url, timeout=deadline_s()))
         except FileNotFoundError:
             raise SignstreamError(f"not found: {self}") from None
         except ConnectionError as exc:
@@ -271,7 +310,7 @@ class RemotePath:
         fs = filesystem(self.url)
         scheme = self.url.split("://", 1)[0]
         try:
-            found = with_retries(str(self), lambda: fs.glob(f"{self.url}/{pattern}"))
+            found = with_retries(str(self), lambda: fs.glob(f"{self.url}/{pattern}", timeout=deadline_s()))
         except (FileNotFoundError, ConnectionError):
             return []
         return sorted(RemotePath(p if "://" in p else f"{scheme}://{p}") for p in found)
@@ -285,7 +324,7 @@ def fetch_range(url: str, start: int, stop: int) -> bytes:
     fs = filesystem(url)
 
     def call() -> bytes:
-        data = fs.cat_file(url, start=start, end=stop)
+        data = fs.cat_file(url, start=start, end=stop, timeout=deadline_s())
         if len(data) > stop - start:
             raise RangeIgnored(f"{url}: asked for {stop - start} bytes, got {len(data)}: "
                                "the server does not honour HTTP Range requests")

@@ -173,3 +173,55 @@ def test_after_repeated_failures_a_dead_host_fails_fast_until_its_next_probe(mon
     remote._HOSTS["http://10.255.255.1:9"].last_try -= remote.PROBE_EVERY_S  # time for a probe
     assert remote.with_retries(what, lambda: b"ok") == b"ok"  # one success: back to normal
     assert remote._HOSTS["http://10.255.255.1:9"].failures == 0
+
+
+def test_a_request_that_never_progresses_fails_by_name_within_its_deadline(monkeypatch):
+    # Not a slow server (the socket timeouts cover that): a call whose coroutine never
+    # finishes at all, as when an event loop or resolver is stuck. It must fail and be
+    # retried like a timeout, never wait forever.
+    import asyncio
+
+    import fsspec.asyn
+
+    from signstream.loaders import remote
+
+    class Stuck(fsspec.asyn.AsyncFileSystem):
+        protocol = "stuck"
+
+        async def _cat_file(self, path, start=None, end=None, **kwargs):
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(remote, "filesystem", lambda url: Stuck(skip_instance_cache=True))
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_TIMEOUT", "0.4")
+    monkeypatch.setenv("SIGNSTREAM_REMOTE_ATTEMPTS", "2")
+    monkeypatch.setattr(remote, "_HOSTS", {})
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"http://stuck\.invalid/a\.tar bytes 0-4: FSTimeoutError.*2 tries"):
+        remote.fetch_range("http://stuck.invalid/a.tar", 0, 4)
+    with pytest.raises(SignstreamError, match=r"cannot fetch http://stuck\.invalid/manifest\.json"):
+        remote.RemotePath("http://stuck.invalid/manifest.json").read_bytes()
+    assert time.monotonic() - t0 < 12  # two calls x two tries of a 1.2 s deadline (+ waits between)
+
+
+def test_a_forked_worker_does_not_inherit_fsspec_locks_held_at_the_fork():
+    # A DataLoader worker is forked from a process whose fsspec I/O thread may hold a
+    # lock at that instant; the worker must find every such lock free.
+    import os
+
+    import fsspec.asyn
+
+    import signstream.loaders.remote  # noqa: F401  (registers the at-fork reset)
+
+    held = [fsspec.asyn.get_lock(), fsspec.asyn._deferred_close_lock]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit status only
+            free = fsspec.asyn.get_lock().acquire(timeout=1) and fsspec.asyn._deferred_close_lock.acquire(timeout=1)
+            os._exit(0 if free else 1)
+    finally:
+        for lock in held:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
