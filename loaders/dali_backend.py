@@ -102,7 +102,7 @@ def nvdec_size_error(codec: str, height: int, width: int, where: str, device: in
     """The one-line reason NVDEC cannot decode a ``height x width`` video (``None`` if it can).
 
     The limits are GPU ``device``'s as its driver reports them, or the
-    documented table (:data:`NVDEC_LIMITS`) when no device is given or the
+    documented table (:data:`signstream.loaders.nvdec.NVDEC_LIMITS`) when no device is given or the
     driver cannot be asked.
     """
     limits = nvdec_limits(codec, device)
