@@ -1,12 +1,22 @@
-"""The CPUs this process may use, and OpenCV's own thread pool switched off where work is already per core.
+"""The CPUs this process may use, OpenCV's own thread pool switched off where work is
+already per core, and forks that are safe whatever OpenCV did before them.
 
 Light on purpose (no torch import), so the packer and the synthetic-corpus
-writer can use it in their worker processes.
+writer can use it in their worker processes. Importing this module registers
+the fork guard (:func:`_opencv_quiet_before_fork`) for the whole process; every
+module that forks (the loaders' DataLoader workers, pack and synth pools)
+imports it, so the guard is in place before any fork the project makes.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+# A bounded wait for any worker of a pool or a DataLoader: a worker that sends nothing
+# for this long is stuck (a lock copied across fork, a dead peer), not slow. The slowest
+# honest unit of work is one long video decoded or encoded on one core, well under this.
+WORKER_TIMEOUT_S = 600.0
 
 
 def available_cores() -> int:
@@ -16,6 +26,12 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def worker_timeout_message(workers: int) -> str:
+    """The one line for a pool or DataLoader whose workers stopped answering."""
+    return (f"no result from {workers} worker process(es) in {WORKER_TIMEOUT_S:.0f} s: a worker is "
+            "stuck; rerun, or use 0 workers to see which input it stalls on")
 
 
 def one_opencv_thread() -> None:
@@ -31,3 +47,41 @@ def one_opencv_thread() -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+# The thread count OpenCV had before each fork in progress (forks can nest across threads).
+_saved_opencv_threads: list[int] = []
+
+
+def _opencv_quiet_before_fork() -> None:
+    """Park OpenCV's thread pool in the parent just before it forks.
+
+    A child copies the pool's locks and condition variables but none of its
+    threads; OpenCV 5.x then deadlocks in the child's first ``setNumThreads``
+    or parallel call if the parent's pool had run. Shrinking the parent's pool
+    to one thread first makes the copied state an idle, single-threaded pool,
+    so the child starts clean whatever the parent did. Only touches OpenCV if
+    this process already imported it (never imports it for the sake of a fork).
+    """
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None or not hasattr(cv2, "setNumThreads"):
+        return
+    _saved_opencv_threads.append(cv2.getNumThreads())
+    cv2.setNumThreads(1)
+
+
+def _opencv_restore_after_fork() -> None:
+    """Give the parent back the OpenCV thread count it had before the fork."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and _saved_opencv_threads:
+        cv2.setNumThreads(_saved_opencv_threads.pop())
+
+
+def _forget_after_fork() -> None:
+    """The child keeps one OpenCV thread (what the parent parked); it restores nothing."""
+    _saved_opencv_threads.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; spawn-only platforms start children clean
+    os.register_at_fork(before=_opencv_quiet_before_fork, after_in_parent=_opencv_restore_after_fork,
+                        after_in_child=_forget_after_fork)

@@ -151,7 +151,33 @@ def read_signjoey(root: Path, split: str) -> list[FeatureSample]:
     entries = load_pickle(files[0])
     if not isinstance(entries, list):
         raise SignstreamError(f"{files[0]}: expected a list of dicts, found {type(entries).__name__}")
-    return [_signjoey_sample(files[0], e) for e in entries]
+    return check_shapes([_signjoey_sample(files[0], e) for e in entries], str(files[0]))
+
+
+def check_shapes(samples: list[FeatureSample], where: str) -> list[FeatureSample]:
+    """``samples``, once each is a non-empty ``[T, D]`` array and all share one width ``D``.
+
+    A head is built for one feature width and CTC needs at least one step, so
+    an empty entry or a second width (a file merged from two extractors) is
+    refused here, naming the entry and ``where`` it is, not deep in training.
+
+    Raises:
+        SignstreamError: the first entry that breaks either rule.
+    """
+    for s in samples:
+        if s.features.ndim != 2:
+            raise SignstreamError(f"{where}: entry {s.name!r} has features of shape {s.features.shape}, "
+                                  "not [T, D]")
+        if s.features.shape[0] == 0 or s.features.shape[1] == 0:
+            raise SignstreamError(f"{where}: entry {s.name!r} has features of shape {s.features.shape} "
+                                  "(no frames or no channels); remove it or extract it again")
+    first = samples[0] if samples else None
+    for s in samples:
+        if s.features.shape[1] != first.features.shape[1]:
+            raise SignstreamError(f"{where}: entry {s.name!r} has {s.features.shape[1]}-wide features but "
+                                  f"entry {first.name!r} has {first.features.shape[1]}; one split must come "
+                                  "from one backbone")
+    return samples
 
 
 def read_shards(root: Path, split: str) -> list[FeatureSample]:
@@ -204,4 +230,4 @@ def load_split(root: str | Path, split: str, fmt: str = "auto") -> list[FeatureS
     samples = READERS[fmt](root, split)
     if not samples:
         raise SignstreamError(f"split {split!r} in {root} has no feature files")
-    return samples
+    return check_shapes(samples, f"{root} split {split!r} ({fmt})")

@@ -12,7 +12,14 @@ the loaders and the feature-shard writer read and write the same thing:
   :func:`make_keys` / :func:`sample_key`, so one corpus gives the same keys
   everywhere (and so the same per-sample augmentation streams);
 * **members** — a sample is ``<key>.<video ext>`` (:data:`VIDEO_EXTS`) plus
-  ``<key>.json`` holding :data:`SAMPLE_FIELDS`;
+  ``<key>.json`` holding :data:`SAMPLE_FIELDS`: ``num_frames``, ``height`` and
+  ``width`` are whole numbers, ``fps`` is the source's frame rate in frames
+  per second as a JSON number (an exact rate such as 30000/1001 written as the
+  nearest float, 29.97002997002997; a variable-rate source records its average
+  rate), the other fields are text. A shard is untrusted input, so every
+  reader parses this member with :func:`read_sample_meta`, which bounds its
+  size and nesting and checks each field's type and range
+  (:func:`sample_meta_problems`) before anything is allocated from it;
 * **split directory** — ``<split>-NNNNNN.tar`` shards, a DALI index
   ``<split>-NNNNNN.idx`` beside each, and ``manifest.json`` (format
   :data:`FORMAT`, one entry with :data:`SHARD_FIELDS` per shard);
@@ -52,6 +59,16 @@ EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
 SAMPLE_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height",
                  "width", "codec")
 SAMPLE_INTS = ("num_frames", "height", "width")
+SAMPLE_TEXTS = ("name", "key", "split", "signer", "gloss", "text", "codec")
+# Bounds of a sample's JSON member. What pack writes is far inside them; a reader checks
+# them before it allocates anything from a claimed size.
+MAX_JSON_BYTES = 256 << 10
+MAX_JSON_DEPTH = 16
+MAX_TEXT = 4096  # characters of one text field (a gloss sequence, a translation)
+MAX_FRAMES = 1_000_000  # 11 hours at 25 fps
+MAX_SIDE = 16384  # pixels: beyond what any codec level allows
+MAX_FPS = 1000.0
+INT_RANGES = {"num_frames": (1, MAX_FRAMES), "height": (1, MAX_SIDE), "width": (1, MAX_SIDE)}
 SHARD_FIELDS = ("file", "index", "sha256", "samples")  # a manifest shard entry also has frames, bytes, keys
 
 KEY_MAX = 80
@@ -92,6 +109,110 @@ def sample_members(key: str, video_ext: str, video: bytes, meta: dict[str, Any])
 def sample_json(meta: dict[str, Any]) -> bytes:
     """A sample's JSON member: sorted keys, UTF-8 (names keep their own characters)."""
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+class MetaError(ValueError):
+    """A sample's JSON member breaks the format; the message is the one-line reason."""
+
+
+def read_sample_meta(raw: bytes | None, key: str, video_bytes: int | None = None) -> dict[str, Any]:
+    """The strict reader of a sample's JSON member: parse it bounded, then check every field.
+
+    Args:
+        raw: the member's bytes (``None``: the sample has no JSON member).
+        key: the sample's key (filled in when the JSON lacks one).
+        video_bytes: size of the sample's video member, which bounds ``num_frames``.
+
+    Returns:
+        The metadata, every present field of :data:`SAMPLE_FIELDS` of the right type and range.
+        Fields may be missing (third-party shards): the loaders then probe the video.
+
+    Raises:
+        MetaError: naming every problem found, on one line.
+    """
+    meta = parse_sample_json(raw)
+    problems = sample_meta_problems(meta, video_bytes)
+    if problems:
+        raise MetaError("; ".join(problems))
+    meta.setdefault("key", key)
+    return meta
+
+
+def parse_sample_json(raw: bytes | None) -> dict[str, Any]:
+    """Parse a sample's JSON member: size checked first, nesting bounded, an object required.
+
+    Raises:
+        MetaError: a missing, empty, oversized, invalid or too deeply nested
+            member, ``NaN``/``Infinity`` (not JSON), or a JSON value that is not an object.
+    """
+    if raw is None:
+        raise MetaError("no JSON member")
+    if len(raw) > MAX_JSON_BYTES:
+        raise MetaError(f"JSON member is {len(raw)} bytes, over the {MAX_JSON_BYTES} a sample's metadata may hold")
+    if not raw.strip():
+        raise MetaError("JSON member is empty")
+    try:
+        meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:  # the parser recurses per nesting level
+        raise MetaError(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MetaError(f"JSON is not valid ({exc})") from None
+    if not isinstance(meta, dict):
+        raise MetaError(f"JSON is a {type(meta).__name__}, not an object")
+    if _depth(meta) > MAX_JSON_DEPTH:  # shallower than the recursion limit, still no metadata
+        raise MetaError(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    return meta
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH and isinstance(item, (dict, list)):
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def sample_meta_problems(meta: dict[str, Any], video_bytes: int | None = None,
+                         complete: bool = False) -> list[str]:
+    """Every way ``meta`` breaks the field rules of the format (empty when it keeps them).
+
+    Args:
+        meta: a parsed sample JSON object.
+        video_bytes: size of the video member: a container stores at least one
+            byte per frame, so a larger ``num_frames`` is a lie.
+        complete: also report fields of :data:`SAMPLE_FIELDS` that are missing.
+    """
+    missing = [k for k in SAMPLE_FIELDS if k not in meta] if complete else []
+    problems = [f"JSON lacks {', '.join(missing)}"] if missing else []
+    for k, (lo, hi) in INT_RANGES.items():
+        v = meta.get(k)
+        if k in meta and not (type(v) is int and lo <= v <= hi):
+            problems.append(f"JSON {k} not a whole number from {lo} to {hi} (got {_short(v)})")
+    n = meta.get("num_frames")
+    if video_bytes is not None and type(n) is int and video_bytes < n <= MAX_FRAMES:
+        problems.append(f"JSON num_frames {n} is more than a {video_bytes}-byte video can hold")
+    fps = meta.get("fps")
+    if "fps" in meta and not (type(fps) in (int, float) and 0 < fps <= MAX_FPS):  # NaN fails too
+        problems.append(f"JSON fps not a frame rate above 0 and at most {MAX_FPS:g} (got {_short(fps)})")
+    for k in SAMPLE_TEXTS:
+        v = meta.get(k)
+        if k in meta and not (isinstance(v, str) and len(v) <= MAX_TEXT):
+            what = f"{len(v)} characters, over {MAX_TEXT}" if isinstance(v, str) else f"got {_short(v)}"
+            problems.append(f"JSON {k} not text of at most {MAX_TEXT} characters ({what})")
+    return problems
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a crafted value must not flood a log line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def shard_name(split: str, number: int) -> str:
@@ -299,14 +420,15 @@ def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes
 def read_json_members(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the parsed ``.json`` member of each sample of a shard (videos are not read).
 
-    Raises ``ValueError`` on a member that is not valid UTF-8 JSON.
+    Raises :class:`MetaError` (a ``ValueError``) on a member :func:`read_sample_meta` refuses.
     """
     with open(path, "rb") as f:
         for members in scan_tar(path):
             for m in members:
                 if m.ext == "json":
                     f.seek(m.offset)
-                    yield json.loads(f.read(m.size).decode("utf-8"))
+                    # read one byte past the cap at most: the size check needs no more
+                    yield read_sample_meta(f.read(min(m.size, MAX_JSON_BYTES + 1)), m.key)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

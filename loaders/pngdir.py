@@ -32,7 +32,7 @@ from signstream import SignstreamError, lookup
 from signstream.loaders.base import PREFETCH, RING_SLOTS, BaseLoader, train_batches
 from signstream.loaders.batch import Batch, Decoded, SharedRing, collate
 from signstream.loaders.corpora import ADAPTERS, Row, csv_table
-from signstream.loaders.cpu import one_opencv_thread
+from signstream.loaders.cpu import WORKER_TIMEOUT_S, one_opencv_thread, worker_timeout_message
 from signstream.loaders.format import make_keys
 from signstream.loaders.shards import rank_range
 from signstream.loaders.stats import HANDLERS, Report, Skipped
@@ -260,5 +260,11 @@ class PngDirLoader(BaseLoader):
             self._dataloader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
                 collate_fn=_Collate(self.transform), worker_init_fn=_worker_init if self.num_workers else None,
-                prefetch_factor=PREFETCH if self.num_workers else None, persistent_workers=self.num_workers > 0)
-        yield from self._dataloader
+                prefetch_factor=PREFETCH if self.num_workers else None, persistent_workers=self.num_workers > 0,
+                timeout=WORKER_TIMEOUT_S if self.num_workers else 0)
+        try:
+            yield from self._dataloader
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise SignstreamError(worker_timeout_message(self.num_workers)) from None

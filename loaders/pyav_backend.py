@@ -43,7 +43,7 @@ from signstream.loaders.batch import (
     group_batches,
     new_buffer,
 )
-from signstream.loaders.cpu import one_opencv_thread
+from signstream.loaders.cpu import WORKER_TIMEOUT_S, one_opencv_thread, worker_timeout_message
 from signstream.loaders.shards import SampleError, SampleReader, SampleRef, ShardSet, rank_range
 from signstream.loaders.stats import HANDLERS, Report, Skipped
 from signstream.loaders.transform import (
@@ -55,6 +55,9 @@ from signstream.loaders.transform import (
     sample_rng,
     size_mismatch,
 )
+
+# A clip planned larger than this (uint8 bytes) is confirmed against its video before use.
+TRUSTED_CLIP_BYTES = 256 << 20
 
 
 # ------------------------------------------------------------- colour conversion
@@ -207,14 +210,27 @@ def decode_clip(data: bytes | np.ndarray, plan: SamplePlan, threads: int = 1,
 
 def plan_from_meta(meta: dict[str, Any], key: str, data: bytes | np.ndarray, transform: Transform, *, train: bool,
                    seed: int, epoch: int, pass_: int = 0) -> SamplePlan:
-    """Plan a sample from its JSON (``num_frames``, ``height``, ``width``; probed if absent)."""
+    """Plan a sample from its JSON (``num_frames``, ``height``, ``width``; probed if absent).
+
+    The JSON passed the format's strict reader, so its numbers are in range; a
+    plan whose clip would exceed :data:`TRUSTED_CLIP_BYTES` is checked against
+    the video itself before any buffer is sized from it, so a crafted frame
+    count or size cannot make the loader allocate gigabytes.
+    """
     try:
         n, h, w = int(meta["num_frames"]), int(meta["height"]), int(meta["width"])
+        claimed = True
     except (KeyError, TypeError, ValueError):
-        n, h, w = probe_video(data)
+        (n, h, w), claimed = probe_video(data), False
     if n < 1:
         raise SampleError("video has no frames")
-    return plan_sample(n, h, w, transform, train=train, rng=sample_rng(seed, epoch, key, pass_))
+    plan = plan_sample(n, h, w, transform, train=train, rng=sample_rng(seed, epoch, key, pass_))
+    if claimed and plan.length * 3 * plan.out_hw[0] * plan.out_hw[1] > TRUSTED_CLIP_BYTES:
+        real = probe_video(data)
+        if real != (n, h, w):
+            raise SampleError(f"JSON says {n} frames of {h}x{w}, the video holds {real[0]} of "
+                              f"{real[1]}x{real[2]} (HxW)")
+    return plan
 
 
 # ----------------------------------------------------------------------- stages
@@ -406,8 +422,19 @@ class PyAVLoader(BaseLoader):
             self._dataloader = torch.utils.data.DataLoader(
                 self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
                 pin_memory=False, prefetch_factor=PREFETCH if self.num_workers else None,
-                persistent_workers=self.num_workers > 0)
+                persistent_workers=self.num_workers > 0,
+                timeout=WORKER_TIMEOUT_S if self.num_workers else 0)
         self._next_worker_epoch = epoch + 1
         if self.num_workers == 0:
             self.dataset.epoch = epoch
-        yield from self._dataloader
+        try:
+            yield from self._dataloader
+        except SignstreamError as exc:
+            # torch re-raises a worker's error with the worker's whole traceback in its
+            # message; the user gets the worker's own one line, as without workers
+            marker = "\nsignstream.SignstreamError: "
+            raise SignstreamError(str(exc).rsplit(marker, 1)[-1]) from None
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise SignstreamError(worker_timeout_message(self.num_workers)) from None

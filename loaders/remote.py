@@ -13,7 +13,11 @@ Access goes through fsspec (``aiohttp`` for HTTP, ``s3fs`` for S3). S3
 credentials, region and endpoint come from the standard AWS variables and
 config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL`` for
 an S3-compatible store, ...): nothing is hard-coded, and DALI's S3 client reads
-the same variables.
+the same variables. A URL may also carry a secret itself (``user:password@``,
+a presigned ``X-Amz-Signature``, a ``token`` parameter): requests use it as
+given, but everything that shows or records a location — messages, warnings,
+skip reasons, saved configs, summaries, reports — passes it through
+:func:`redact` first.
 
 Failure policy (no hang, bounded work):
 
@@ -40,6 +44,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +78,44 @@ def is_remote(spec: Any) -> bool:
     if isinstance(spec, (list, tuple)):
         return bool(spec) and all(is_url(s) for s in spec)
     return is_url(spec)
+
+
+# The password of a URL's user info (all of it when there is no ``:``, since a lone
+# user name is often a token), and query values whose names say they are secrets
+# (S3/GCS presigned URLs, Azure SAS ``sig``, ``token``, ``api_key``, ...).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s@]*(?:@[^/?#\s@]*)*)@")
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;][^=&#\s]*?(?:token|sig|signature|secret|password|passwd|pwd|key|credential|auth)"
+    r"[^=&#\s]*=)[^&#\s'\"]*", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every URL's secrets replaced by ``***``: for messages, logs and written files.
+
+    Works on free text (each URL inside it), a :class:`RemotePath`, and lists,
+    tuples and dicts of those (recursively); anything else is returned as it is.
+    ``http://user:pw@host/p?X-Amz-Signature=abc`` becomes
+    ``http://user:***@host/p?X-Amz-Signature=***``: host and path stay, so the
+    text still says where. Connections use the real URL, never this one.
+    """
+    if isinstance(value, RemotePath):
+        value = value.url
+    if isinstance(value, str):
+        if "://" not in value and "=" not in value:
+            return value
+        text = _USERINFO.sub(_hide_password, value)
+        return _SECRET_QUERY.sub(lambda m: m.group("name") + REDACTED, text)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def _hide_password(m: re.Match) -> str:
+    user, sep, _ = m.group("userinfo").partition(":")
+    return m.group("scheme") + (f"{user}:{REDACTED}@" if sep else f"{REDACTED}@")
 
 
 def location(spec: str | os.PathLike) -> Any:
@@ -159,8 +202,12 @@ def filesystem(url: str):
         "timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)})
 
 
-def _transient() -> tuple[type[BaseException], ...]:
-    """Exceptions worth another try: network errors and timeouts of either client."""
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions worth another try: network errors and timeouts of either client.
+
+    Also what a streamed read (:func:`stream_members`) raises when the server
+    drops the connection or answers with an error status mid-way.
+    """
     kinds: list[type[BaseException]] = [OSError, asyncio.TimeoutError, EOFError]
     try:
         import aiohttp
@@ -213,10 +260,10 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
         ConnectionError: every try failed (or the host is down, see the module
             doc); the message names ``what`` and the last error.
     """
-    transient = _transient()
+    transient = transient_errors()
     host = _HOSTS.setdefault(_host_of(what), _Host())
     if host.down():
-        raise ConnectionError(f"{what}: host unreachable ({host.failures} failed requests in a row; "
+        raise ConnectionError(f"{redact(what)}: host unreachable ({host.failures} failed requests in a row; "
                               f"next try within {PROBE_EVERY_S:.0f} s)")
     tries = 1 if host.failures >= TRIP_AFTER else attempts()
     for attempt in range(tries):
@@ -234,8 +281,8 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
         host.failures = 0
         return result
     host.failures += 1
-    reason = f"{type(last).__name__}: {last}".strip().splitlines()[0][:200]
-    raise ConnectionError(f"{what}: {reason} (after {tries} tries)")
+    reason = redact(f"{type(last).__name__}: {last}".strip().splitlines()[0][:200])
+    raise ConnectionError(f"{redact(what)}: {reason} (after {tries} tries)")
 
 
 # ----------------------------------------------------------------------- objects
@@ -298,7 +345,7 @@ class RemotePath:
         try:
             return with_retries(str(self), lambda: fs.cat_file(self.url, timeout=deadline_s()))
         except FileNotFoundError:
-            raise SignstreamError(f"not found: {self}") from None
+            raise SignstreamError(f"not found: {redact(self)}") from None
         except ConnectionError as exc:
             raise SignstreamError(f"cannot fetch {exc}") from None
 
@@ -326,7 +373,7 @@ def fetch_range(url: str, start: int, stop: int) -> bytes:
     def call() -> bytes:
         data = fs.cat_file(url, start=start, end=stop, timeout=deadline_s())
         if len(data) > stop - start:
-            raise RangeIgnored(f"{url}: asked for {stop - start} bytes, got {len(data)}: "
+            raise RangeIgnored(f"{redact(url)}: asked for {stop - start} bytes, got {len(data)}: "
                                "the server does not honour HTTP Range requests")
         if len(data) < stop - start:
             raise ShortRead(f"got {len(data)} of {stop - start} bytes")
@@ -407,9 +454,9 @@ def stream_digest_and_members(path: RemotePath) -> tuple[str, list[tarfile.TarIn
         try:
             with tarfile.open(fileobj=hashing, mode="r|") as tar:
                 members = [info for info in tar if info.isreg()]
-        except (tarfile.TarError, *_transient()) as exc:
+        except (tarfile.TarError, *transient_errors()) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(*_transient()):
+        with contextlib.suppress(*transient_errors()):
             hashing.drain()
         return hashing.sha.hexdigest(), members, error
 
@@ -431,7 +478,7 @@ def paths_of(spec: Any, expand: Callable[[str], list[str]]) -> tuple[list[Remote
     path = RemotePath(text)
     if path.suffix == ".json":
         if not path.exists():
-            raise SignstreamError(f"manifest not found: {path}")
+            raise SignstreamError(f"manifest not found: {redact(path)}")
         return path
     if path.suffix == ".tar":
         return [path], text
@@ -440,7 +487,7 @@ def paths_of(spec: Any, expand: Callable[[str], list[str]]) -> tuple[list[Remote
         return manifest
     tars = path.glob("*.tar")
     if not tars:
-        raise SignstreamError(f"empty split: no manifest.json and no .tar shards at {path}")
+        raise SignstreamError(f"empty split: no manifest.json and no .tar shards at {redact(path)}")
     return tars, text
 
 
@@ -449,7 +496,7 @@ def check_dali(shardset: Any) -> None:
     schemes = sorted({s.path.url.split("://", 1)[0] for s in shardset.shards if isinstance(s.path, RemotePath)})
     bad = [s for s in schemes if s != "s3"]
     if bad:
-        raise SignstreamError(f"{shardset.origin}: DALI's webdataset reader cannot read {'/'.join(bad)}:// "
+        raise SignstreamError(f"{redact(shardset.origin)}: DALI's webdataset reader cannot read {'/'.join(bad)}:// "
                               "shards (only local files and s3://); use backend='pyav', which streams them")
 
 

@@ -29,10 +29,13 @@ from signstream.loaders import remote
 from signstream.loaders.format import (
     EXT_CODEC,
     MANIFEST,
+    MAX_JSON_BYTES,
     VIDEO_EXTS,
     Member,
+    MetaError,
     read_index,
     read_layout,
+    read_sample_meta,
 )
 from signstream.loaders.format import FORMAT as MANIFEST_FORMAT
 
@@ -121,7 +124,7 @@ def scan_layout(path: Path) -> list[list[Member]]:
         if not layout:
             raise SignstreamError(f"cannot read shard {path}: {error}")
         log.warning("shard %s ends early (%s): reading the %d samples before the cut",
-                    path, error, len(layout))
+                    remote.redact(path), remote.redact(error), len(layout))
     return layout
 
 
@@ -272,20 +275,36 @@ class SampleReader:
     def _open(self, number: int):
         if number != self._number:
             self.close()
-            self._file = open(self.shardset.shards[number].path, "rb")  # noqa: SIM115 - kept open across reads
+            try:
+                self._file = open(self.shardset.shards[number].path, "rb")  # noqa: SIM115 - kept open across reads
+            except OSError as exc:
+                # deleted or replaced since the loader was built: this sample is skipped and named,
+                # and the next one tries again (the file may be back, e.g. a repack finished)
+                raise SampleError(f"cannot open the shard any more ({exc.strerror or exc}); "
+                                  "was it deleted or repacked while the loader ran?") from None
             self._number = number
         return self._file
 
     def _read(self, number: int, span: tuple[int, int], what: str, ref: SampleRef) -> bytes:
         f = self._open(number)
-        f.seek(span[0])
-        data = f.read(span[1])
+        try:
+            f.seek(span[0])
+            # the size comes from an index or tar header: never ask for more than the file holds
+            data = f.read(max(0, min(span[1], os.fstat(f.fileno()).st_size - span[0])))
+        except OSError as exc:
+            raise SampleError(f"cannot read {what} member: {exc.strerror or exc}") from None
         if len(data) != span[1]:
             raise SampleError(f"{what} member truncated: {len(data)} of {span[1]} bytes")
         return data
 
     def read(self, ref: SampleRef) -> tuple[bytes, dict[str, Any], int]:
-        """Return ``(video bytes, metadata, bytes read)``; raise :class:`SampleError` if unreadable."""
+        """Return ``(video bytes, metadata, bytes read)``; raise :class:`SampleError` if unreadable.
+
+        The metadata passed the format's strict reader (:func:`format.read_sample_meta`).
+        """
+        if ref.meta is not None and ref.meta[1] > MAX_JSON_BYTES:  # checked before reading it
+            raise SampleError(f"JSON member is {ref.meta[1]} bytes, over the {MAX_JSON_BYTES} "
+                              "a sample's metadata may hold")
         if remote.is_url(self.shardset.shards[ref.shard].path):
             video, raw = self._read_remote(ref)
         else:
@@ -295,7 +314,7 @@ class SampleReader:
         nbytes = len(video)
         if raw is not None:
             nbytes += len(raw)
-            meta = parse_meta(raw, ref.key)
+            meta = parse_meta(raw, ref.key, len(video))
         return video, meta, nbytes
 
     def close(self) -> None:
@@ -310,13 +329,9 @@ class SampleReader:
         self.close()
 
 
-def parse_meta(raw: bytes, key: str) -> dict[str, Any]:
-    """Parse a sample's JSON member; a bad one is a :class:`SampleError`."""
+def parse_meta(raw: bytes, key: str, video_bytes: int | None = None) -> dict[str, Any]:
+    """A sample's JSON member through the format's strict reader; a bad one is a :class:`SampleError`."""
     try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SampleError(f"bad JSON metadata: {exc}") from None
-    if not isinstance(meta, dict):
-        raise SampleError("JSON metadata is not an object")
-    meta.setdefault("key", key)
-    return meta
+        return read_sample_meta(raw, key, video_bytes)
+    except MetaError as exc:
+        raise SampleError(str(exc)) from None

@@ -14,17 +14,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from signstream import SignstreamError
+from signstream.loaders.remote import redact
 
 log = logging.getLogger("signstream.loaders")
 
 
 @dataclass
 class Skipped:
-    """A sample a loader could not deliver: its key, where it lives, and why."""
+    """A sample a loader could not deliver: its key, where it lives, and why.
+
+    ``shard`` and ``reason`` may quote a shard URL: its secrets are replaced here,
+    once, so no log line, summary or error built from a record can show them.
+    """
 
     key: str
     shard: str
     reason: str
+
+    def __post_init__(self) -> None:
+        self.shard, self.reason = redact(str(self.shard)), redact(str(self.reason))
 
 
 @dataclass

@@ -27,6 +27,11 @@ import numpy as np
 
 from signstream import SignstreamError, lookup
 
+# Largest side of a frame a Transform outputs. Backbones are trained at 112-256 pixels;
+# one 64-frame float32 clip at 1024x1024 is already 800 MB, and beyond that a typo
+# (an extra zero) would only surface as an out-of-memory crash deep in a run.
+MAX_INPUT_SIDE = 1024
+
 # ------------------------------------------------------------------ normalisation
 # mean/std in 0-1 units, RGB order; the output is (x / 255 - mean) / std. The one table:
 # the backbones' input specs (models/registry.py) take their statistics from here.
@@ -167,8 +172,9 @@ class Transform:
                 raise SignstreamError(f"Transform: {message}")
         for name in ("size", "resize"):
             pair = _pair(getattr(self, name))
-            if pair is not None and min(pair) < 1:
-                raise SignstreamError(f"Transform: {name} must be positive, got {getattr(self, name)}")
+            if pair is not None and not (1 <= min(pair) and max(pair) <= MAX_INPUT_SIDE):
+                raise SignstreamError(f"Transform: {name} must be between 1 and {MAX_INPUT_SIDE}, "
+                                      f"got {getattr(self, name)}")
 
     # -- construction -----------------------------------------------------------
     @classmethod

@@ -7,7 +7,7 @@ picks the newest checkpoint that has its marker, so a job killed while saving
 resumes from the epoch before. :func:`save_epoch` also lets the recipe write
 its model files, telling it whether this epoch is the best so far: the lowest
 dev WER (with no dev split there is nothing to choose by, and the latest epoch
-counts as the best).
+counts as the best); an epoch whose loss or WER is NaN/inf is never the best.
 
 We keep our own ``epoch_NNN`` naming rather than Accelerate's
 ``ProjectConfiguration(automatic_checkpoint_naming=True)``: that one numbers
@@ -19,6 +19,7 @@ a half-written folder, and the epoch would not be readable from the name.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,12 +61,33 @@ def resume(accelerator, out: Path, enabled: bool = True) -> tuple[int, list[dict
     return int(ckpt.name.split("_")[1]) + 1, json.loads((ckpt / "history.json").read_text())
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _sane(record: dict) -> bool:
+    # An epoch whose training loss was NaN/inf (a history from a run that went on
+    # after diverging) left a broken model: its WER, often a "good" 100 % of blanks, never counts.
+    return record.get("train_loss") is None or _finite(record["train_loss"])
+
+
 def is_best(history: list[dict]) -> bool:
-    """Whether the last epoch has the lowest dev WER so far (ties go to the later epoch)."""
-    scores = [h["dev_wer"] for h in history if h.get("dev_wer") is not None]
+    """Whether the last epoch has the lowest dev WER so far (ties go to the later epoch).
+
+    Only epochs with a finite training loss and a finite dev WER compete; a
+    diverged epoch is never the best.
+    """
+    if not _sane(history[-1]):
+        return False
+    scores = [h["dev_wer"] for h in history if _sane(h) and _finite(h.get("dev_wer"))]
     if history[-1].get("dev_wer") is None:
         return not scores  # no dev split: the latest epoch is the one to keep
-    return history[-1]["dev_wer"] <= min(scores)
+    return _finite(history[-1]["dev_wer"]) and history[-1]["dev_wer"] <= min(scores)
+
+
+def best_score(history: list[dict]) -> float | None:
+    """The lowest dev WER among the epochs that may be the best (see :func:`is_best`), or ``None``."""
+    return min((h["dev_wer"] for h in history if _sane(h) and _finite(h.get("dev_wer"))), default=None)
 
 
 def save_epoch(accelerator, out: Path, epoch: int, history: list[dict],

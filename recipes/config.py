@@ -29,7 +29,9 @@ import yaml
 
 import signstream
 from signstream import SignstreamError
-from signstream.loaders.fileio import atomic_write
+from signstream.loaders.fileio import atomic_write, disk_full
+from signstream.loaders.remote import redact
+from signstream.loaders.transform import MAX_INPUT_SIDE
 
 C = TypeVar("C")
 
@@ -103,6 +105,7 @@ class Renamed:
 FileStem = typing.Annotated[str, Matches(r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
                                          "a plain file name (letters, digits, _ . -)")]
 PositiveInt = typing.Annotated[int, Range(1)]
+ImageSize = typing.Annotated[int, Range(1, MAX_INPUT_SIDE)]  # side of the square frames a backbone gets
 NonNegativeInt = typing.Annotated[int, Range(0)]
 PositiveFloat = typing.Annotated[float, Range(0, open_lo=True)]
 NonNegativeFloat = typing.Annotated[float, Range(0)]
@@ -111,6 +114,9 @@ Probability = typing.Annotated[float, Range(0, 1, open_hi=True)]
 Precision = typing.Annotated[typing.Literal["fp32", "bf16", "fp16"], Renamed({"no": "fp32"})]
 # Where a recipe computes: auto (CUDA when there is one, else the CPU), cpu, cuda, or cuda:N (GPU N).
 Device = typing.Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "a device (auto, cpu, cuda or cuda:N)")]
+# A training step whose loss or gradient is NaN/inf: stop the run (one line naming it), or skip
+# the step (no backward, no optimizer step) and count it in the metrics. See recipes/guards.py.
+NonFinite = typing.Literal["stop", "skip"]
 
 
 def accelerate_precision(precision: str) -> str:
@@ -275,9 +281,9 @@ def load_yaml(path: Path) -> dict:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically."""
+    """Write the resolved config as YAML, atomically (secrets in URLs replaced by ``***``)."""
     with atomic_write(path, "w") as f:
-        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+        yaml.safe_dump(redact(dataclasses.asdict(cfg)), f, sort_keys=False)
 
 
 def describe(cls: type) -> str:
@@ -337,9 +343,21 @@ def peak_memory() -> dict:
 
 
 def main_guard(fn, argv: list[str] | None = None) -> int:
-    """Run a recipe's ``main``; user errors become one line on stderr and exit 2."""
+    """Run a recipe's ``main``; every expected way it ends is one line on stderr, never a traceback.
+
+    User errors exit 2, a full disk 1, Ctrl-C 130; after the last two,
+    rerunning the same command resumes (outputs are written atomically).
+    """
     try:
         return int(fn(argv) or 0)
     except SignstreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        print(f"error: {redact(disk_full(exc))}", file=sys.stderr)
+        return 1

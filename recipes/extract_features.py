@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 
@@ -55,11 +56,12 @@ from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
 from signstream.models.features import FeatureMode, extract_features
-from signstream.recipes import outputs
+from signstream.recipes import guards, outputs
 from signstream.recipes.config import (
     Choice,
     Device,
     FileStem,
+    ImageSize,
     NonNegativeInt,
     PositiveInt,
     Precision,
@@ -84,7 +86,7 @@ class ExtractConfig:
     weights: str | None = None
     checkpoint: str | None = None
     stop_after: PositiveInt | None = None
-    image_size: PositiveInt = 224
+    image_size: ImageSize = 224
     batch_size: PositiveInt = 1
     precision: Precision = "fp32"
     device: Device = "auto"
@@ -106,12 +108,22 @@ class ExtractConfig:
 
 
 def build_backbone(cfg: ExtractConfig) -> torch.nn.Module:
-    """The backbone from a finetune_ctc checkpoint, from weights, or seeded random init."""
+    """The backbone from a finetune_ctc checkpoint, from weights, or seeded random init.
+
+    Raises:
+        SignstreamError: the checkpoint or weight file holds NaN/inf (a diverged run's model):
+            every feature would be NaN.
+    """
     if cfg.checkpoint:
-        return load_backbone(cfg.checkpoint)[0]
-    torch.manual_seed(cfg.seed)  # identical random init on every rank
-    kwargs = {"stop_after": cfg.stop_after} if cfg.stop_after is not None else {}
-    return create_model(cfg.backbone, weights=cfg.weights, **kwargs)
+        model = load_backbone(cfg.checkpoint)[0]
+    else:
+        torch.manual_seed(cfg.seed)  # identical random init on every rank
+        kwargs = {"stop_after": cfg.stop_after} if cfg.stop_after is not None else {}
+        model = create_model(cfg.backbone, weights=cfg.weights, **kwargs)
+    source = f"checkpoint={cfg.checkpoint}" if cfg.checkpoint else f"weights={cfg.weights}"
+    guards.require_finite_model(model, source, "it comes from a diverged run and would give NaN features; "
+                                "use a checkpoint from before the run diverged")
+    return model
 
 
 def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
@@ -130,6 +142,8 @@ def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
         clips.append(batch.video[:, :, : int(batch.lengths[0])].to(device))
         if len(clips) >= cfg.calibrate_bn:
             break
+    # BatchNorm statistics from no video would leave the random model's features meaningless
+    guards.require_videos(cfg.splits[0], len(clips), loader.stats.skipped, "to calibrate BatchNorm on")
     with torch.no_grad():
         calibrate_batchnorm(model, clips)
 
@@ -265,8 +279,9 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
             video = batch.video[i, :, : int(batch.lengths[i])]
             feats = extract_features(model, video, cfg.mode, clip_len=cfg.clip_len, stride=cfg.stride,
                                      chunk_len=cfg.chunk_len, autocast=PRECISIONS[cfg.precision])
+            values = finite_features(feats, cfg, split, batch.keys[i], shard_of.get(batch.keys[i], "?"))
             write_video(out, split, key, {k: meta.get(k) for k in ("name", "signer", "gloss", "text",
-                                                                   "num_frames")}, feats.numpy(), cfg.dtype)
+                                                                   "num_frames")}, values, cfg.dtype)
             counts["videos"] += 1
             counts["frames"] += int(batch.lengths[i])
             counts["features"] += int(feats.shape[0])
@@ -278,6 +293,24 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
     return counts
 
 
+def finite_features(feats: torch.Tensor, cfg: ExtractConfig, split: str, key: str, shard: str):
+    """One video's features as the stored ``dtype``, refused when any value is NaN/inf.
+
+    Raises:
+        SignstreamError: naming the video, its split and shard, and the likely cause.
+    """
+    values = feats.float().numpy().astype(cfg.dtype)
+    if np.isfinite(values).all():
+        return values
+    if not torch.isfinite(feats).all():
+        cause = (f"precision={cfg.precision} overflowed; use precision=fp32" if cfg.precision != "fp32" else
+                 "the model's weights are finite, so its input or an activation overflowed")
+    else:
+        cause = "the values overflow float16; use dtype=float32"
+    raise SignstreamError(f"features of {key} in split {split!r} ({shard}) are not finite (NaN/inf), "
+                          f"nothing was written for it: {cause}")
+
+
 def _bar(accelerator, cfg, loader, split):
     if not (cfg.progress and accelerator.is_main_process):
         return None
@@ -286,14 +319,16 @@ def _bar(accelerator, cfg, loader, split):
     return tqdm(desc=f"extract {split} (rank 0)", unit="video", dynamic_ncols=True)
 
 
+@outputs.one_writer
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ExtractConfig, argv)
     apply_thread_policy(cfg.threads, workers=cfg.num_workers)
     shards = check_config(cfg)
     out = Path(cfg.out)
+    accelerator = make_accelerator(cfg.device)  # auto: MULTI_CPU (gloo) without CUDA
+    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
     fingerprint = run_fingerprint(cfg, shards)
     verdict = outputs.claim(out, "extract_features", fingerprint, overwrite=cfg.overwrite, compatible=compatible)
-    accelerator = make_accelerator(cfg.device)  # auto: MULTI_CPU (gloo) without CUDA
     model = build_backbone(cfg).to(accelerator.device).eval()
     if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
         calibrate(model, cfg, shards, accelerator.device)
@@ -309,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in cfg.splits:
         counts = extract_split(accelerator, model, cfg, shards, split, out)
         per_split[split] = merge_counts(gather_object([counts]))
+        # every rank holds the merged counts, so all stop together, before any writer merges an empty split
+        guards.require_videos(split, per_split[split]["videos"] + per_split[split]["resumed"],
+                              per_split[split]["skipped"])
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     memory = gather_object([peak_memory()])

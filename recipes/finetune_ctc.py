@@ -44,12 +44,14 @@ from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
 from signstream.models.head import HEADS, ctc_loss
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import checkpoints, outputs
+from signstream.recipes import checkpoints, guards, outputs
 from signstream.recipes.config import (
     Choice,
     Device,
     FileStem,
+    ImageSize,
     Matches,
+    NonFinite,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -87,7 +89,7 @@ class FinetuneConfig:
     freeze: typing.Annotated[str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")] = "none"
     bn_momentum: typing.Annotated[float, Range(0, 1)] | None = 0.1
     grad_checkpointing: bool = False
-    image_size: PositiveInt = 112
+    image_size: ImageSize = 112
     max_frames: PositiveInt = 64
     temporal_rescale: list[PositiveFloat] | None = field(default_factory=lambda: [0.5, 1.5])
     frame_stride: PositiveInt = 1
@@ -99,6 +101,7 @@ class FinetuneConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 100
     clip_grad: NonNegativeFloat = 1.0
+    nonfinite: NonFinite = "stop"  # a NaN/inf loss or gradient: stop the run, or skip the step and count it
     precision: Precision = "fp32"
     device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
@@ -114,7 +117,8 @@ class FinetuneConfig:
 
 
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights", "device")
+# nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights", "device", "nonfinite")
 
 
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
@@ -179,6 +183,7 @@ def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([i for seq in ids for i in seq]), torch.tensor([len(s) for s in ids])
 
 
+@outputs.one_writer
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(FinetuneConfig, argv)
     apply_thread_policy(cfg.threads, workers=cfg.num_workers)
@@ -187,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
     if cfg.temporal_rescale and len(cfg.temporal_rescale) != 2:
         raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
+    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
+                                   gradient_accumulation_steps=cfg.grad_accum)  # auto: MULTI_CPU (gloo) without CUDA
+    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
     fingerprint = run_fingerprint(cfg, shards)
     verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
     if verdict == "resume" and not cfg.resume:
         verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
-                                   gradient_accumulation_steps=cfg.grad_accum)  # auto: MULTI_CPU (gloo) without CUDA
     with remote.local_copy(shards / "glosses.txt") as glosses:
         vocab = Vocabulary.from_file(glosses)
     model = build_model(cfg, len(vocab))
@@ -226,17 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     start, history = checkpoints.resume(accelerator, out, cfg.resume)
     meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
                                {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
-    t0 = time.perf_counter()
+    t0, guard = time.perf_counter(), guards.StepGuard(cfg.nonfinite)
     for epoch in range(start, cfg.epochs):
         record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, vocab, cfg, epoch,
-                             steps_per_epoch)
+                             steps_per_epoch, guard)
         record["dev_wer"] = wer_score(*evaluate(accelerator, model, dev_loader, vocab, cfg), cfg.cleanup)["wer"]
         history.append(record)
         accelerator.print(json.dumps(record))
         checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch, meta))
-    metrics = {"history": history, "best_dev_wer": min((h["dev_wer"] for h in history), default=None),
+    metrics = {"history": history, "best_dev_wer": checkpoints.best_score(history),
                "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
-               **peak_memory()}
+               "nonfinite_skipped_steps": sum(h.get("nonfinite_skipped", 0) for h in history), **peak_memory()}
     # every rank's steps and weights digest: equal on all machines when data parallelism held
     metrics["replicas"] = replica_report(accelerator, model, sum(h["steps"] for h in history))
     if accelerator.is_main_process:
@@ -245,42 +251,62 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, epoch, steps) -> dict:
-    """One pass over the train split; returns the epoch's loss and timing."""
+def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, epoch, steps,
+                guard: guards.StepGuard) -> dict:
+    """One pass over the train split; returns the epoch's loss, timing and skipped steps.
+
+    ``guard`` stops the run at a NaN/inf loss, gradient or weight (or, with
+    ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
+    """
     model.train()
     loader.set_epoch(epoch)
     total, count, frames, t0 = 0.0, 0, 0, time.perf_counter()
+    seen, skipped_before, nonfinite_before = 0, len(loader.stats.skipped), guard.skipped
     for step, batch in enumerate(loader):
         if step >= steps:
             break
+        seen += 1
         ys, ylens = targets(batch, vocab)
         # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
         torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
         with accelerator.accumulate(model):
+            buffers = guard.keep_buffers(model)
             log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
             loss = ctc_loss(log_probs, ys, out_lengths, ylens)
+            if not guard.loss_ok(accelerator, loss, epoch, step, buffers):
+                continue
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if accelerator.sync_gradients and not guard.grads_ok(accelerator, model, epoch, step):
+                optimizer.zero_grad()
+                continue
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                guard.check_weights(model, epoch, step)
         total, count, frames = total + loss.item(), count + 1, frames + int(batch.lengths.sum())
+    guards.require_videos(cfg.train_split, seen, loader.stats.skipped[skipped_before:], "for training")
+    guard.end_epoch(epoch, count, guard.skipped - nonfinite_before)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count, "frames": frames,
-            "frames_per_s": round(frames / seconds, 1) if seconds else None}
+            "frames_per_s": round(frames / seconds, 1) if seconds else None,
+            "nonfinite_skipped": guard.skipped - nonfinite_before}
 
 
 def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
     """Decode a split that every rank reads its own part of (exactly once); returns (refs, hyps) by name."""
     model.eval()
-    pairs = []
+    pairs, skipped_before = [], len(loader.stats.skipped)
     with torch.no_grad():
         for batch in loader:
             log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
             hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
             pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
     pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+    # gathered: every rank sees the same total, so all stop together (each naming its own skips)
+    guards.require_videos(cfg.dev_split, len(pairs), loader.stats.skipped[skipped_before:], "to score")
     return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
 
 

@@ -17,10 +17,16 @@ input features). :func:`claim` compares it with ``out/fingerprint.json``:
 left behind (``.<name>.<random>.tmp`` and ``.<name>.tmp``, only for names the
 recipe writes). Every check here only *reads* the folder, so all processes
 reach the same verdict before the main process writes anything.
+
+One run writes a folder at a time: :func:`take_lock` (main process only, before
+:func:`claim` reads anything) creates the folder's ``.signstream.lock``; a
+second run stops with one line naming the first, on every rank. Recipes whose
+``main`` is wrapped in :func:`one_writer` release it however ``main`` ends.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +39,7 @@ from typing import Any
 import yaml
 
 from signstream import SignstreamError
-from signstream.loaders import remote
+from signstream.loaders import ownership, remote
 from signstream.loaders.fileio import write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -97,6 +103,56 @@ def read_record(out: Path) -> dict | None:
             previous = None
         return {"fingerprint": None, "config": previous if isinstance(previous, dict) else None}
     return None
+
+
+def take_lock(out: Path, accelerator) -> ownership.OutputLock | None:
+    """Make this run the one writer of ``out``: the main process takes its lock, the other ranks wait.
+
+    Call it before :func:`claim`, so that no second run can read the folder
+    (and pass the ownership check) while this one is deciding what to do.
+
+    Returns:
+        The lock on the main process, ``None`` on the others.
+
+    Raises:
+        SignstreamError: on every rank, with the main process's one line, when
+            another run holds ``out`` (or it cannot be created).
+    """
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        if out.exists() and not out.is_dir():
+            problem = f"out={out} is a file, not a directory"
+        else:
+            try:
+                lock = ownership.OutputLock(out, key="out").acquire()
+            except SignstreamError as exc:
+                problem = str(exc)
+    if accelerator.num_processes > 1:  # every rank stops with the same line, none waits on a peer
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem], from_process=0)[0]
+    if problem:
+        raise SignstreamError(problem)
+    return lock
+
+
+def one_writer(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a recipe's ``main``: the output lock it took is released however it ends.
+
+    ``atexit`` would release it too, but only when the process ends; a caller
+    that runs recipes one after another in one process needs it back at once.
+    """
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        before = {id(lock) for lock in ownership.held()}
+        try:
+            return main(*args, **kwargs)
+        finally:
+            for lock in ownership.held():
+                if id(lock) not in before:
+                    lock.release()
+
+    return run
 
 
 def claim(out: Path, recipe: str, fingerprint: dict, *, overwrite: bool,
@@ -171,7 +227,9 @@ def prepare(out: Path, recipe: str, fingerprint: dict, verdict: str, config: dic
         prune_empty(parents)
     for folder, names in temp_dirs(out, config):
         remove_stray_temps(folder, names)
-    record = {"recipe": recipe, "fingerprint": fingerprint, "config": config}
+    # the config may name shards by a URL with a password or a signed query: never on disk. The
+    # fingerprint holds hashes of what was read, never a URL, so resuming compares like with like.
+    record = {"recipe": recipe, "fingerprint": fingerprint, "config": remote.redact(config)}
     if verdict != "resume":
         write_json(out / FINGERPRINT_FILE, record)
     else:  # keep the first run's record but remember what this run added (e.g. more splits)
@@ -200,9 +258,11 @@ def remove_stray_temps(folder: Path, names: re.Pattern) -> list[Path]:
     only where ``<name>`` (the file being written) fully matches ``names``.
     """
     removed = []
-    if not folder.is_dir():
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return removed
-    for path in folder.iterdir():
+    for path in entries:  # a file may vanish between the listing and here: nothing to do then
         m = _TEMP.match(path.name)
         if m and path.is_file() and names.fullmatch(m.group("name")):
             path.unlink(missing_ok=True)

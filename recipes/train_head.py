@@ -41,11 +41,12 @@ from signstream.loaders.feature_readers import FeatureSample, load_split
 from signstream.loaders.fileio import write_json
 from signstream.models.head import HEADS, RecognitionHead, ctc_loss
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import checkpoints, outputs
+from signstream.recipes import checkpoints, guards, outputs
 from signstream.recipes.config import (
     Choice,
     Device,
     FileStem,
+    NonFinite,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -85,6 +86,7 @@ class TrainHeadConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_steps: NonNegativeInt = 50
     clip_grad: NonNegativeFloat = 1.0
+    nonfinite: NonFinite = "stop"  # a NaN/inf loss or gradient: stop the run, or skip the step and count it
     decoder: Literal["greedy", "beam"] = "greedy"
     beam_width: PositiveInt = 5
     cleanup: typing.Annotated[str, Choice(CLEANUPS, "cleanup")] = "phoenix2014"
@@ -97,7 +99,8 @@ class TrainHeadConfig:
     overwrite: bool = False
 
 
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab", "device")
+# nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab", "device", "nonfinite")
 
 
 def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
@@ -164,21 +167,33 @@ def build_model(cfg: TrainHeadConfig, dim: int, num_classes: int) -> Recognition
                            num_layers=cfg.num_layers, num_heads=cfg.num_heads)
 
 
+@outputs.one_writer
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainHeadConfig, argv)
     apply_thread_policy(cfg.threads, workers=0)
     if not cfg.features:
         raise SignstreamError("set features=DIR (an extract_features output directory)")
+    if cfg.train_split in cfg.eval_splits:
+        raise SignstreamError(f"eval_splits names the train split {cfg.train_split!r}; a split is either "
+                              "trained on or evaluated, so remove it from eval_splits (e.g. eval_splits=dev,test)")
     out, features = Path(cfg.out), Path(cfg.features)
     if not features.is_dir():
         raise SignstreamError(f"features directory not found: {features}")
     accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
                                    dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
     set_seed(cfg.seed)
     vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
     vocab = Vocabulary.from_file(vocab_path)
     datasets = {s: FeatureDataset(load_split(features, s, cfg.format), vocab)
                 for s in [cfg.train_split, *cfg.eval_splits]}
+    width = {s: d.samples[0].features.shape[1] for s, d in datasets.items()}
+    if len(set(width.values())) > 1:  # the head is built for the train split's width
+        raise SignstreamError(f"feature widths differ between splits in {features} "
+                              f"({', '.join(f'{s}: {w}' for s, w in width.items())}); extract every split "
+                              "with the same backbone")
+    guards.require_finite_splits({s: d.samples for s, d in datasets.items()}, cfg.train_split, cfg.nonfinite,
+                                 str(features))
     fingerprint = run_fingerprint(cfg, datasets, vocab_path)
     verdict = outputs.claim(out, "train_head", fingerprint, overwrite=cfg.overwrite)
     if verdict == "resume" and not cfg.resume:
@@ -202,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     start, history = checkpoints.resume(accelerator, out, cfg.resume)
     dev = cfg.eval_splits[0] if cfg.eval_splits else None
-    t0 = time.perf_counter()
+    t0, guard = time.perf_counter(), guards.StepGuard(cfg.nonfinite)
     for epoch in range(start, cfg.epochs):
-        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, cfg, epoch)
+        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, cfg, epoch, guard)
         if dev:
             record["dev_wer"] = wer_score(*evaluate(accelerator, model, eval_loaders[dev], vocab, cfg),
                                           cfg.cleanup)["wer"]
@@ -212,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print(json.dumps(record))
         checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch))
     metrics = final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, history)
-    metrics.update(train_seconds=round(time.perf_counter() - t0, 2), **peak_memory())
+    metrics.update(train_seconds=round(time.perf_counter() - t0, 2), **peak_memory(),
+                   nonfinite_skipped_steps=sum(h.get("nonfinite_skipped", 0) for h in history))
     if accelerator.is_main_process:
         write_json(out / "metrics.json", metrics)
         accelerator.print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
@@ -220,24 +236,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_epoch(accelerator, model, optimizer, scheduler, loader, cfg, epoch) -> dict:
-    """One pass over the train split; returns the epoch's mean loss."""
+def train_epoch(accelerator, model, optimizer, scheduler, loader, cfg, epoch, guard: guards.StepGuard) -> dict:
+    """One pass over the train split; returns the epoch's mean loss and its skipped steps.
+
+    ``guard`` stops the run at a NaN/inf loss, gradient or weight (or, with
+    ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
+    """
     model.train()
     loader.set_epoch(epoch)
-    total, count = 0.0, 0
+    total, count, skipped = 0.0, 0, guard.skipped
     for step, (x, lengths, y, ylen, _) in enumerate(loader):
         # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
         torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
+        buffers = guard.keep_buffers(model)
         log_probs, out_lengths = model(x, lengths)
         loss = ctc_loss(log_probs, y, out_lengths, ylen)
+        if not guard.loss_ok(accelerator, loss, epoch, step, buffers):
+            continue
         accelerator.backward(loss)
         if cfg.clip_grad:
             accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if not guard.grads_ok(accelerator, model, epoch, step):
+            optimizer.zero_grad()
+            continue
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
+        guard.check_weights(model, epoch, step)
         total, count = total + loss.item(), count + 1
-    return {"epoch": epoch, "train_loss": total / max(count, 1)}
+    guard.end_epoch(epoch, count, guard.skipped - skipped)
+    return {"epoch": epoch, "train_loss": total / max(count, 1), "nonfinite_skipped": guard.skipped - skipped}
 
 
 def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:

@@ -5,17 +5,27 @@ so that the same input gives byte-identical output on every run: single
 threaded encoders, ``bitexact`` muxing). Every encoded video is decoded back
 once and compared against the source frame count and shape before the packer
 writes it.
+
+Source videos are read as real files come: any frame rate is kept exact
+(30000/1001, a variable rate's average), rotation metadata is applied so frames
+come out upright, and a source with a damaged or missing frame is refused with
+its reason, never packed short or sideways.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
+from av.sidedata.sidedata import Type
+
+from signstream.loaders.format import MAX_FPS
 
 
 class EncodeError(Exception):
@@ -114,29 +124,119 @@ def _resize(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in video])
 
 
-def read_video_file(path: str, resize: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
-    """Decode a video file with PyAV into ``uint8 [T, H, W, 3]`` and its frame rate."""
+def read_video_file(path: str, resize: tuple[int, int] | None = None) -> tuple[np.ndarray, Fraction]:
+    """Decode every frame of a video file, in display order, into upright ``uint8 [T, H, W, 3]`` RGB.
+
+    A variable-frame-rate source keeps all its frames in order; they are
+    re-timed evenly at its average rate (:func:`frame_rate`). Rotation metadata
+    (a display matrix, as phones write) is applied, so frames come out upright.
+
+    Returns:
+        The frames and the source's frame rate as an exact fraction (30000/1001, not 29.97).
+
+    Raises:
+        EncodeError: naming the file: unreadable, no frames, a damaged frame, fewer
+            frames than the container records, a rotation that is not a quarter turn
+            or is mirrored, a frame size that changes mid-stream, an implausible rate.
+    """
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or 25)
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            rate = frame_rate(stream, path)
+            frames, span = _decode_upright(container, stream, path)
+            _check_complete(len(frames), span, stream, container, rate, path)
     except (av.FFmpegError, IndexError) as exc:
         raise EncodeError(f"unreadable video {path}: {exc}") from None
     if not frames:
         raise EncodeError(f"video {path} has no frames")
     video = np.stack(frames)
-    return (_resize(video, resize) if resize else video), fps
+    return (_resize(video, resize) if resize else video), rate
 
 
-def encode_video(frames: np.ndarray, codec: Codec, fps: float = 25.0, quality: int | None = None,
+def frame_rate(stream: av.video.stream.VideoStream, path: str) -> Fraction:
+    """A stream's frame rate: its average rate (frames over duration), else FFmpeg's guess, else 25.
+
+    Raises:
+        EncodeError: the stream states rates, but none a reader would accept (above :data:`MAX_FPS`).
+    """
+    stated = [Fraction(r) for r in (stream.average_rate, stream.guessed_rate) if r]
+    for rate in stated:
+        if 0 < rate <= MAX_FPS:
+            return rate
+    if stated:
+        raise EncodeError(f"video {path} states a frame rate of {float(stated[0]):g} fps; "
+                          f"more than {MAX_FPS:g} is not a video frame rate")
+    return Fraction(25)  # no rate at all (a still image as a video): the frame-folder default
+
+
+def _decode_upright(container, stream, path: str) -> tuple[list[np.ndarray], float | None]:
+    """All frames, rotated upright, and the seconds they span (``None`` when untimed)."""
+    frames: list[np.ndarray] = []
+    turns, first, last = 0, None, None
+    try:
+        for frame in container.decode(stream):
+            if frame.is_corrupt:
+                raise EncodeError(f"damaged frame {len(frames)} in {path} (the decoder flags it corrupt)")
+            if not frames:
+                turns = _quarter_turns(frame, path)
+            rgb = np.rot90(frame.to_ndarray(format="rgb24"), turns)
+            if frames and rgb.shape != frames[0].shape:
+                raise EncodeError(f"frame size changes at frame {len(frames)} of {path} "
+                                  f"({rgb.shape[1]}x{rgb.shape[0]}, first frame {frames[0].shape[1]}x"
+                                  f"{frames[0].shape[0]})")
+            frames.append(rgb)
+            if frame.time is not None:
+                first = frame.time if first is None else first
+                last = frame.time + float(frame.duration * frame.time_base) if frame.duration else frame.time
+    except av.FFmpegError as exc:
+        if not frames:
+            raise
+        raise EncodeError(f"damaged frame {len(frames)} in {path}: {exc}") from None
+    return frames, (last - first if first is not None else None)
+
+
+def _quarter_turns(frame: av.VideoFrame, path: str) -> int:
+    """Counter-clockwise quarter turns that show a frame upright, from its display matrix."""
+    matrix = frame.side_data.get(Type.DISPLAYMATRIX)
+    if matrix is None:
+        return 0
+    a, b, _, c, d, *_ = struct.unpack("<9i", bytes(matrix))
+    if a * d - b * c < 0:  # a negative determinant mirrors the picture
+        raise EncodeError(f"video {path} is stored mirrored (display matrix with a flip); "
+                          "re-encode it upright, e.g. with ffmpeg's default autorotate")
+    if frame.rotation % 90:
+        raise EncodeError(f"video {path} is rotated by {frame.rotation} degrees, not a quarter turn; "
+                          "re-encode it upright")
+    return (frame.rotation // 90) % 4
+
+
+def _check_complete(count: int, span: float | None, stream, container, rate: Fraction, path: str) -> None:
+    """Refuse a source that decodes to fewer frames than its container records (cut short or damaged)."""
+    if stream.frames and count < stream.frames:
+        raise EncodeError(f"only {count} of the {stream.frames} frames of {path} decode (damaged or cut short)")
+    if stream.frames or span is None:
+        return
+    # No frame count (WebM, Matroska): compare the time the frames span with the recorded
+    # duration. The container's duration is the video's only when no other stream could set it.
+    if stream.duration:
+        duration = float(stream.duration * stream.time_base)
+    elif len(container.streams) == 1 and container.duration:
+        duration = container.duration / av.time_base
+    else:
+        return
+    if span < duration - max(2 / rate, 0.05 * duration):
+        raise EncodeError(f"{path} decodes to {count} frames spanning {span:.2f} s of its recorded "
+                          f"{duration:.2f} s (damaged or cut short)")
+
+
+def encode_video(frames: np.ndarray, codec: Codec, fps: float | Fraction = 25, quality: int | None = None,
                  speed: str | None = None, gop: int | None = None) -> bytes:
     """Encode ``uint8 [T, H, W, 3]`` RGB frames; the output is deterministic.
 
     Args:
         frames: the video; H and W must be even for 4:2:0 codecs.
         codec: the output :class:`Codec`.
-        fps: frame rate written in the container.
+        fps: frame rate written in the container (see :func:`container_rate`).
         quality: CRF (vp9, h264; lower = better) or JPEG q-scale (mjpeg, 2–31).
         speed: encoder speed (vp9 ``cpu-used``, h264 ``preset``); ``None`` = default.
         gop: keyframe interval in frames (``None`` = encoder default).
@@ -154,7 +254,7 @@ def encode_video(frames: np.ndarray, codec: Codec, fps: float = 25.0, quality: i
     if gop:
         opts["g"] = str(gop)
     buf = io.BytesIO()
-    rate = int(round(fps)) if abs(fps - round(fps)) < 1e-6 else fps
+    rate = container_rate(fps)
     with av.open(buf, "w", format=codec.container, options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream(codec.encoder, rate=rate, options=opts)
         stream.width, stream.height, stream.pix_fmt = w, h, codec.pix_fmt
@@ -163,6 +263,15 @@ def encode_video(frames: np.ndarray, codec: Codec, fps: float = 25.0, quality: i
             out.mux(stream.encode(_video_frame(frame, codec.pix_fmt)))
         out.mux(stream.encode())
     return buf.getvalue()
+
+
+def container_rate(fps: float | Fraction) -> Fraction:
+    """The exact rate written into a packed container (and its JSON ``fps``).
+
+    A float such as 29.97002997002997 becomes 30000/1001 again; denominators are
+    kept small enough for every encoder's time base.
+    """
+    return Fraction(fps).limit_denominator(1 << 16)
 
 
 def _video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:

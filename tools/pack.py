@@ -11,12 +11,17 @@ output root. The run is
   when complete; ``.pack-state.json`` records the finished shards (and, before
   it is written, the shard in progress), so a rerun after a kill redoes only
   the shard that was in progress;
+* the one writer of its output: ``.signstream.lock`` in ``--out`` names the
+  run that holds it, and a second run stops with one line naming the first;
 * careful with what it did not write: it deletes or replaces only files its
   manifest or state records, and its own temporary files; a file with a shard
   name that neither records stops the run before anything is written;
 * checked: each video is decoded back once before it is written, and a row
-  whose frames are missing, unreadable, empty or of mixed sizes is skipped with
-  a warning and listed in ``manifest.json["skipped"]``.
+  whose frames are missing, unreadable, empty or of mixed sizes, or whose
+  source video is damaged, cut short or stored mirrored, is skipped with a
+  warning and listed in ``manifest.json["skipped"]`` (source videos are read as
+  :func:`~signstream.tools.encode.read_video_file` says: exact frame rate,
+  rotation applied).
 
 Wall-clock figures (seconds, frames/s) go to ``pack-stats.json`` so that the
 manifest itself stays byte-identical between runs.
@@ -25,6 +30,7 @@ manifest itself stays byte-identical between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -33,7 +39,7 @@ import re
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +48,12 @@ import av
 from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
 from signstream.loaders.corpora import ADAPTERS, Row
-from signstream.loaders.cpu import available_cores, one_opencv_thread
+from signstream.loaders.cpu import (
+    WORKER_TIMEOUT_S,
+    available_cores,
+    one_opencv_thread,
+    worker_timeout_message,
+)
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
     FORMAT,
@@ -52,12 +63,14 @@ from signstream.loaders.format import (
     make_keys,
     read_json_members,
     sample_members,
+    sample_meta_problems,
     sha256_file,
     shard_name,
     tar_member_size,
     write_index,
     write_tar,
 )
+from signstream.loaders.ownership import OutputLock
 from signstream.tools import encode as enc
 from signstream.tools.packstate import (
     STATE_FILE,
@@ -69,6 +82,9 @@ from signstream.tools.packstate import (
 )
 
 HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
+# Largest --resize side: above full HD. A worker holds a whole video's frames, and at
+# 2048x2048 a 300-frame video is already 3.8 GB; a bigger value is a typo, not a corpus.
+MAX_RESIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -107,9 +123,9 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
             frames, fps = enc.read_video_file(row.video, opts.resize)
             src_bytes = os.path.getsize(row.video)
         else:
-            frames, fps = enc.read_frames(row.frames, opts.resize), 25.0
+            frames, fps = enc.read_frames(row.frames, opts.resize), 25
             src_bytes = sum(os.path.getsize(p) for p in row.frames)
-        frames = enc.even_size(frames)
+        frames, fps = enc.even_size(frames), enc.container_rate(fps)
         t, h, w, _ = frames.shape
         data = enc.encode_video(frames, codec, fps, opts.quality, opts.speed, opts.gop)
         enc.check_round_trip(data, t, h, w)
@@ -120,8 +136,11 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
     except av.FFmpegError as exc:  # the options were checked up front; this is the source's fault
         return Encoded(index, None, reason=f"encoder failed: {exc}")
     meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
-            "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": fps,
+            "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": float(fps),
             "height": h, "width": w, "codec": codec.name}
+    problems = sample_meta_problems(meta, len(data))  # never write what every reader would refuse
+    if problems:
+        return Encoded(index, None, reason="; ".join(problems))
     return Encoded(index, sample_members(key, codec.ext, data, meta), t, src_bytes)
 
 
@@ -133,7 +152,12 @@ def encode_all(jobs: list, workers: int) -> Iterator[Encoded]:
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
     with ctx.Pool(workers, initializer=one_opencv_thread) as pool:
         # imap keeps order; chunksize 1 keeps long videos from stalling a batch.
-        yield from pool.imap(encode_row, jobs, chunksize=1)
+        results = pool.imap(encode_row, jobs, chunksize=1)
+        for _ in range(len(jobs)):
+            try:
+                yield results.next(timeout=WORKER_TIMEOUT_S)
+            except mp.TimeoutError:
+                raise SignstreamError(worker_timeout_message(workers)) from None
 
 
 # --------------------------------------------------------------------------- shards
@@ -181,20 +205,37 @@ class ShardWriter:
 
 # ------------------------------------------------------------------------ per split
 def fingerprint(rows: list[Row], keys: list[str], opts: PackOptions) -> str:
-    """Hash of the rows and options: a resumed run must match the interrupted one."""
-    h = hashlib.sha256(json.dumps(asdict(opts), sort_keys=True).encode())
+    """Hash of everything that decides a split's bytes: a resumed run must match the interrupted one.
+
+    Covers the options and, per row, every field written into the sample
+    (name, key, signer, gloss, text), its source paths and each source file's
+    size and modification time, so an edited table column or a source replaced
+    at the same path is noticed instead of answered with the old shards.
+    """
+    h = hashlib.sha256(json.dumps({"fingerprint": 2, **asdict(opts)}, sort_keys=True).encode())
     for row, key in zip(rows, keys):
-        h.update(f"{row.name}\0{key}\0{row.video}\0{len(row.frames)}\0{row.gloss}\0".encode())
+        sources = [row.video] if row.video else list(row.frames)
+        h.update(json.dumps([row.name, key, row.signer, row.gloss, row.text, row.problem, sources,
+                             [_source_identity(p) for p in sources]]).encode())
     return h.hexdigest()
 
 
+def _source_identity(path: str) -> str:
+    """Size and modification time of a source file (cheap; a rewrite changes the time)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, workers: int,
-               overwrite: bool = False, progress: bool = True) -> dict:
-    """Pack one split's rows into ``out/<split>``; returns its manifest."""
+               overwrite: bool = False, progress: bool = True, fp: str | None = None) -> dict:
+    """Pack one split's rows into ``out/<split>``; returns its manifest (``fp``: their fingerprint, if known)."""
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
     keys = make_keys(row.name for row in rows)
-    fp = fingerprint(rows, keys, opts)
+    fp = fp or fingerprint(rows, keys, opts)
     state = load_state(split_dir, split, fp, overwrite)
     remove_stale_temps(split_dir, owned_in_split(split))
     if state is None:
@@ -205,15 +246,18 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     writer = ShardWriter(split_dir, split, opts, state)
     t0, frames = time.perf_counter(), 0
     bar = _progress(split, len(rows), start, progress)
-    for item in encode_all(jobs, workers):
-        if item.members is None:
-            _warn_skip(split, rows[item.index], item.reason)
-            state["skipped"].append({"name": rows[item.index].name, "row": rows[item.index].row,
-                                     "table": rows[item.index].table, "reason": item.reason})
-        else:
-            writer.add(item, next_row=item.index)
-            frames += item.frames
-        _tick(bar, frames, t0)
+    # closing(): an interrupt (Ctrl-C, SIGTERM, a full disk) stops the worker pool here, at once,
+    # not whenever the abandoned generator happens to be collected
+    with contextlib.closing(encode_all(jobs, workers)) as results:
+        for item in results:
+            if item.members is None:
+                _warn_skip(split, rows[item.index], item.reason)
+                state["skipped"].append({"name": rows[item.index].name, "row": rows[item.index].row,
+                                         "table": rows[item.index].table, "reason": item.reason})
+            else:
+                writer.add(item, next_row=item.index)
+                frames += item.frames
+            _tick(bar, frames, t0)
     writer.flush(next_row=len(rows))
     if bar is not None:
         bar.close()
@@ -291,7 +335,7 @@ def _ffmpeg_version() -> str:
 # ---------------------------------------------------------------------- whole corpus
 def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, splits=None,
                 workers: int | None = None, overwrite: bool = False, progress: bool = True,
-                **options) -> dict:
+                before_write: Callable[[dict[str, str]], None] | None = None, **options) -> dict:
     """Pack a whole corpus; returns ``{"splits": {split: manifest}, "vocab": [...]}``.
 
     Args:
@@ -303,6 +347,8 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
         workers: encoding processes (default: all cores); output does not depend on it.
         overwrite: replace shards packed with other options.
         progress: show a progress bar.
+        before_write: called with each split's fingerprint once every check has
+            passed, before anything is written (a destination's own checks).
         **options: fields of :class:`PackOptions`.
 
     Returns:
@@ -311,7 +357,8 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
 
     Raises:
         SignstreamError: bad root/table, bad options, an output that is not a
-            directory or holds files pack did not write, or nothing packed at all.
+            directory, is being written by another run or holds files pack did
+            not write, or nothing packed at all.
     """
     opts = PackOptions(**options)
     _check_options(opts)
@@ -323,17 +370,24 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
     for row in rows:
         by_split.setdefault(row.split, []).append(row)
     _prepare_out(out, list(by_split))
-    for split, split_rows in by_split.items():  # refuse before any split is written
-        keys = make_keys(r.name for r in split_rows)
-        load_state(out / split, split, fingerprint(split_rows, keys, opts), overwrite, apply=False)
-    _make_dirs(out, list(by_split))
-    workers = workers or available_cores()
-    remove_stale_temps(out, lambda name: name == VOCAB_FILE)
-    manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress) for s, r in by_split.items()}
-    if not any(m["totals"]["samples"] for m in manifests.values()):
-        raise SignstreamError(f"nothing packed: all {len(rows)} rows were skipped (see warnings above)")
-    vocab = write_vocab(out, manifests, by_split,
-                        source_splits={"train"} if "train" in table_splits else table_splits)
+    # One writer per output: the lock comes before the checks read the folder, so a
+    # second run started a moment later cannot pass them too.
+    with OutputLock(out, key="--out"):
+        fps = {}
+        for split, split_rows in by_split.items():  # refuse before any split is written
+            fps[split] = fingerprint(split_rows, make_keys(r.name for r in split_rows), opts)
+            load_state(out / split, split, fps[split], overwrite, apply=False)
+        if before_write is not None:
+            before_write(fps)
+        _make_dirs(out, list(by_split))
+        workers = workers or available_cores()
+        remove_stale_temps(out, lambda name: name == VOCAB_FILE)
+        manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress, fp=fps[s])
+                     for s, r in by_split.items()}
+        if not any(m["totals"]["samples"] for m in manifests.values()):
+            raise SignstreamError(f"nothing packed: all {len(rows)} rows were skipped (see warnings above)")
+        vocab = write_vocab(out, manifests, by_split,
+                            source_splits={"train"} if "train" in table_splits else table_splits)
     return {"splits": manifests, "vocab": vocab}
 
 
@@ -384,8 +438,9 @@ def _check_options(opts: PackOptions) -> None:
         raise SignstreamError(str(exc)) from None
     if opts.max_samples < 1 or opts.max_bytes < 4096:
         raise SignstreamError("--max-samples must be >= 1 and --max-bytes >= 4096")
-    if opts.resize and (opts.resize[0] < 2 or opts.resize[1] < 2):
-        raise SignstreamError(f"--resize too small: {opts.resize}")
+    if opts.resize and not 2 <= min(opts.resize) <= max(opts.resize) <= MAX_RESIZE:
+        raise SignstreamError(f"--resize {opts.resize[0]}x{opts.resize[1]}: each side must be between 2 "
+                              f"and {MAX_RESIZE}")
 
 
 def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]],
@@ -450,7 +505,10 @@ def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 224x224, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+    size = int(m.group(1)), int(m.group(2))
+    if not 2 <= min(size) <= max(size) <= MAX_RESIZE:
+        raise argparse.ArgumentTypeError(f"each side must be between 2 and {MAX_RESIZE}, got {text!r}")
+    return size
 
 
 def _bytes(text: str) -> int:
@@ -520,6 +578,6 @@ def run(args) -> int:
               f"({seconds:.1f} s)")
     else:
         # a string join, not Path: --out may be an s3:// URL
-        print(f"vocabulary: {len(result['vocab'])} glosses -> {str(args.out).rstrip('/')}/{VOCAB_FILE} "
+        print(f"vocabulary: {len(result['vocab'])} glosses -> {remote.redact(str(args.out)).rstrip('/')}/{VOCAB_FILE} "
               f"({seconds:.1f} s)")
     return 0

@@ -13,7 +13,17 @@ loaders only when every shard it lists is in place.
 Staging defaults to a directory under the system temporary directory named
 after the bucket and prefix (kept until the upload succeeds, so a rerun of the
 same command resumes); ``--staging DIR`` chooses it, and is then kept.
-Objects already in the bucket with the same size are not uploaded again.
+
+The bucket is checked like a local ``--out``: a split whose manifest there
+records other rows or options is refused unless ``--overwrite`` is given, and
+then its old manifest is removed before the first new shard goes up (the
+split is invisible until the new manifest lands) and, at the end, the old
+shards the new manifest does not list. Every object carries the SHA-256 of
+its bytes (object metadata); an object is skipped only when that digest
+equals the staged file's, never on size alone. One run writes a prefix at a
+time: ``.signstream.lock`` there names it (see
+:mod:`signstream.loaders.ownership`; a lock from another host is never taken
+over, the refusal names the object to delete once that run is gone).
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from typing import Any
 
 from signstream import SignstreamError
 from signstream.loaders import remote
-from signstream.loaders.format import MANIFEST
+from signstream.loaders.format import MANIFEST, sha256_file
+from signstream.loaders.ownership import BucketLock
 from signstream.tools.pack import STATE_FILE, pack_corpus
 
 POLL_S = 0.5  # how often the uploader looks for newly finished shards
@@ -36,7 +47,8 @@ POLL_S = 0.5  # how often the uploader looks for newly finished shards
 
 def default_staging(url: str) -> Path:
     """The staging directory used when none is named: stable per destination, so reruns resume."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", url.split("://", 1)[1].strip("/"))
+    # from the redacted URL: a folder name under the shared temporary directory is visible to all
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", remote.redact(url).split("://", 1)[1].strip("/"))
     return Path(tempfile.gettempdir()) / "signstream-pack" / name
 
 
@@ -68,16 +80,25 @@ class Uploader:
         self._thread = threading.Thread(target=self._run, name="shard-uploader", daemon=True)
 
     def put(self, relative: str) -> None:
-        """Upload one staged file unless the bucket already holds it at the same size."""
+        """Upload one staged file unless the bucket holds exactly these bytes (same SHA-256)."""
         local, target = self.staging / relative, f"{self.url}/{relative}"
-        size = local.stat().st_size
+        digest = sha256_file(local)
         try:
-            existing = remote.with_retries(target, lambda: self.fs.info(target)).get("size")
+            existing = remote.with_retries(target, lambda: self.fs.metadata(target)).get("sha256")
         except FileNotFoundError:
             existing = None
-        if existing != size:
-            remote.with_retries(target, lambda: self.fs.put_file(str(local), target))
+        if existing != digest:  # absent, from another run, or uploaded without a digest
+            remote.with_retries(target, lambda: self.fs.put_file(str(local), target,
+                                                                 Metadata={"sha256": digest}))
         self.uploaded.append(relative)
+
+    def remove(self, relative: str) -> None:
+        """Delete one object of the prefix (absent is fine)."""
+        target = f"{self.url}/{relative}"
+        try:
+            remote.with_retries(target, lambda: self.fs.rm_file(target))
+        except FileNotFoundError:
+            pass
 
     def sync_shards(self) -> None:
         """Upload every shard the packer has recorded as finished (index, then tar)."""
@@ -102,7 +123,8 @@ class Uploader:
     def stop(self) -> None:
         """Stop watching; re-raise an upload error of the thread (as a one-line error)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # never started when pack refused before writing
+            self._thread.join()
         if isinstance(self._error, ConnectionError):
             raise SignstreamError(f"upload failed: {self._error}") from None
         if self._error is not None:
@@ -132,24 +154,72 @@ def _finished(split_dir: Path) -> list[dict[str, Any]]:
     return []
 
 
-def pack_to_bucket(adapter: str, url: str, *, staging: str | Path | None = None, **kwargs: Any) -> dict:
+def bucket_manifests(url: str, fps: dict[str, str], overwrite: bool) -> dict[str, dict]:
+    """Check each split's manifest in the bucket against this run; returns those to replace.
+
+    Raises:
+        SignstreamError: a split there was packed from other rows or options
+            (or its manifest is unreadable) and ``overwrite`` is false.
+    """
+    fs, replaced = remote.filesystem(url), {}
+    for split, fp in sorted(fps.items()):
+        target = f"{url}/{split}/{MANIFEST}"
+        try:
+            manifest = json.loads(remote.with_retries(target, lambda t=target: fs.cat_file(t)))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            manifest = {}  # not a manifest pack wrote: replaced only on request, like any mismatch
+        except ConnectionError as exc:
+            raise SignstreamError(f"cannot reach {exc}") from None
+        if isinstance(manifest, dict) and manifest.get("fingerprint") == fp:
+            continue
+        if not overwrite:
+            raise SignstreamError(f"{url}/{split} holds shards packed from other rows or options; "
+                                  "pass --overwrite to replace them")
+        replaced[split] = manifest if isinstance(manifest, dict) else {}
+    return replaced
+
+
+def _shard_names(split: str, manifest: dict | None) -> set[str]:
+    """Shard and index names a manifest lists (only names of pack's own form)."""
+    shards = (manifest or {}).get("shards")
+    names = [s.get(k) for s in shards if isinstance(s, dict) for k in ("file", "index")] if isinstance(
+        shards, list) else []
+    return {n for n in names if isinstance(n, str) and re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(?:tar|idx)", n)}
+
+
+def pack_to_bucket(adapter: str, url: str, *, staging: str | Path | None = None, overwrite: bool = False,
+                   **kwargs: Any) -> dict:
     """Pack a corpus into ``s3://bucket/prefix`` (see the module doc); returns what ``pack_corpus`` returns.
 
     Raises:
-        SignstreamError: not an ``s3://`` URL, missing bucket, failed upload,
-            or any error of :func:`~signstream.tools.pack.pack_corpus`.
+        SignstreamError: not an ``s3://`` URL, missing bucket, another run
+            writing the prefix, a split there packed from other rows or options
+            (without ``overwrite``), failed upload, or any error of
+            :func:`~signstream.tools.pack.pack_corpus`.
     """
     check_destination(url)
+    url = url.rstrip("/")
     keep = staging is not None
     staging = Path(staging) if staging is not None else default_staging(url)
-    staging.mkdir(parents=True, exist_ok=True)
-    uploader = Uploader(staging, url)
-    uploader.start()
-    try:
-        result = pack_corpus(adapter, staging, **kwargs)
-    finally:
-        uploader.stop()
-    uploader.publish(sorted(result["splits"]))
+    with BucketLock(url, key="--out"):
+        uploader, replaced = Uploader(staging, url), {}
+
+        def before_write(fps: dict[str, str]) -> None:
+            replaced.update(bucket_manifests(url, fps, overwrite))
+            for split in sorted(replaced):  # the old split disappears before any new shard goes up
+                uploader.remove(f"{split}/{MANIFEST}")
+            uploader.start()
+
+        try:
+            result = pack_corpus(adapter, staging, overwrite=overwrite, before_write=before_write, **kwargs)
+        finally:
+            uploader.stop()
+        uploader.publish(sorted(result["splits"]))
+        for split, old in sorted(replaced.items()):
+            for name in sorted(_shard_names(split, old) - _shard_names(split, result["splits"].get(split))):
+                uploader.remove(f"{split}/{name}")
     if not keep:
         shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -45,7 +45,12 @@ import cv2
 import numpy as np
 
 from signstream import SignstreamError, __version__, lookup
-from signstream.loaders.cpu import available_cores, one_opencv_thread
+from signstream.loaders.cpu import (
+    WORKER_TIMEOUT_S,
+    available_cores,
+    one_opencv_thread,
+    worker_timeout_message,
+)
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.tools.synth_render import (
     GLOSS_MOTIONS,
@@ -318,7 +323,11 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple[int, int]]:
     # only use numpy and cv2 (one thread each). macOS cannot fork safely.
     ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
     with ctx.Pool(workers, initializer=one_opencv_thread) as pool:
-        return pool.map(_write_video, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+        pending = pool.map_async(_write_video, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+        try:  # a whole corpus, so the bound scales with the jobs each worker has
+            return pending.get(timeout=WORKER_TIMEOUT_S * max(1, len(jobs) // workers))
+        except multiprocessing.TimeoutError:
+            raise SignstreamError(worker_timeout_message(workers)) from None
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> int:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from signstream.tools.cli import main as cli
+from tests.tolerance import worst_relative_error
 
 BASE = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0",
         "writers=npy,signjoey,shards", "dtype=float32", "progress=false", "seed=3"]
@@ -85,8 +86,8 @@ def test_two_processes_write_the_same_outputs_as_one(packed, one_process, tmp_pa
     assert proc.returncode == 0, log[-3000:]
     one, two = _outputs(one_process), _outputs(out)
     assert one.keys() == two.keys()
-    for k in one:
-        np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-4)
+    for k in one:  # one thread per process sums in another order: compare whole feature vectors
+        assert worst_relative_error(two[k], one[k]) < 1e-4, k
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2
     assert sum(s["videos"] for s in summary["splits"].values()) == len(one)  # no duplicate work
