@@ -177,7 +177,9 @@ def loader_case(case: dict) -> dict:
         raise RuntimeError(f"{case['name']}: delivered {shapes}, expected {expected}")
     return {"fps": fps, "frames": frames, "seconds": seconds, "cpu_ms_per_frame": cpu_ms,
             "peak_pss_mib": peak, "bytes_per_frame": ld.stats.bytes_read / max(1, ld.stats.frames),
-            "skipped": len(ld.stats.skipped)}
+            "skipped": len(ld.stats.skipped),
+            # what the loader really ran with (DALI threads, PyAV worker processes), defaults resolved
+            "threads": getattr(ld, "num_threads", getattr(ld, "num_workers", case["workers"]))}
 
 
 class _BareDecode(torch.utils.data.IterableDataset):
@@ -408,18 +410,27 @@ def run_case(case: dict, isolate: bool) -> dict:
 
 
 # ----------------------------------------------------------------- the whole run
-def make_inputs(work: Path, quick: bool) -> dict[str, Any]:
-    """Synthetic dev split at 210×260, its PNG folders and its VP9 (and H.264) shards."""
+def make_inputs(work: Path, quick: bool, *, videos: int | None = None, glosses: tuple[int, int] | None = None,
+                codecs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Synthetic dev split at 210×260, its PNG folders and its VP9 (and H.264) shards.
+
+    Args:
+        work: folder to write the corpus and the shards into.
+        quick: 4 short videos, VP9 only (a smoke run).
+        videos: dev videos (default 4 when quick, else 48).
+        glosses: (min, max) content glosses per sentence, ~11 frames each (default (2, 3) when
+            quick, else (6, 10): ~95 frames per video on average, PHOENIX's sentence length).
+        codecs: codecs to pack (default VP9 when quick, else VP9 and H.264).
+    """
     from signstream.tools.pack import pack_corpus
     from signstream.tools.synth import make_corpus
 
-    videos = 4 if quick else 48
-    # 6-10 glosses per sentence: ~95 frames per video on average, PHOENIX's sentence length
+    videos = videos or (4 if quick else 48)
+    low, high = glosses or ((2, 3) if quick else (6, 10))
     root = make_corpus(work / "corpus", layout="phoenix2014", seed=2, train=1, dev=videos, test=1,
-                       vocab=20, height=210, width=260, min_glosses=2 if quick else 6,
-                       max_glosses=3 if quick else 10)
+                       vocab=20, height=210, width=260, min_glosses=low, max_glosses=high)
     inputs = {"root": str(root), "videos": videos}
-    for codec in ("vp9",) if quick else ("vp9", "h264"):
+    for codec in codecs or (("vp9",) if quick else ("vp9", "h264")):
         result = pack_corpus("phoenix2014", work / codec, root=root, splits=["dev"], progress=False, codec=codec)
         inputs[codec] = str(work / codec / "dev")
         inputs["frames"] = result["splits"]["dev"]["totals"]["frames"]

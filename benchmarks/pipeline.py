@@ -42,37 +42,69 @@ def _corpus(tmp: Path, n: int) -> Path:
     return tmp / "shards"
 
 
-def extraction_ratio(shards: Path, size: int, num_workers: int = 0) -> dict:
+def extraction_ratio(shards: Path, size: int, num_workers: int | None = 0, *, backbone: str = "s3d",
+                     stop_after: int | None = 4, device: str = "cpu", backend: str = "pyav",
+                     precision: torch.dtype | None = None, split: str = "train") -> dict:
     """End-to-end extraction frames/s ÷ backbone-only frames/s on the same shapes.
 
     Decoding runs in the main process (``num_workers=0``): on a 2-core CPU box a
     worker process competes with the backbone's threads (measured: 0.78 with one
-    worker vs ~1.0 without, at 112 px). Both loops are warm and timed twice; the
-    best of each counts.
+    worker vs ~1.0 without, at 112 px). One loader serves every pass (its first
+    epoch is the warm-up), as in the recipe. Both loops are warm and timed twice;
+    the best of each counts. On CUDA the timed loops end in a synchronisation and
+    ``extract_peak_gpu_mib`` is the peak of torch's CUDA allocations during the
+    end-to-end loop, less the backbone-only inputs held meanwhile (DALI's own
+    buffers are not torch allocations).
+
+    Args:
+        shards: folder holding the packed split.
+        size: square input size.
+        num_workers: loader workers (PyAV) or threads (DALI); ``None``: the loader's default.
+        backbone, stop_after: the model (``stop_after=None``: the whole backbone).
+        device, backend: where the batches go and which loader decodes them.
+        precision: autocast dtype of the forward passes (``None``: fp32).
+        split: the split folder under ``shards``.
     """
-    model = create_model("s3d", stop_after=4).eval()
+    cuda = device.startswith("cuda")
+    model = create_model(backbone, **({} if stop_after is None else {"stop_after": stop_after})).eval().to(device)
     tf = Transform.from_input_spec(model.input_spec, size=size)
-
-    def loader():
-        return make_loader(shards / "train", backend="pyav", batch_size=1, transform=tf, num_workers=num_workers)
-
-    videos = [b.video[:, :, : int(b.lengths[0])].clone() for b in loader()]
+    ld = make_loader(shards / split, backend=backend, device=device, batch_size=1, transform=tf,
+                     num_workers=num_workers)
+    videos = [b.video[:, :, : int(b.lengths[0])].clone() for b in ld]
     calibrate_batchnorm(model, videos[:4])
-    extract_features(model, videos[0])  # warm-up
+    extract_features(model, videos[0], autocast=precision)  # warm-up
     frames = sum(v.shape[2] for v in videos)
     synthetic = [torch.randn_like(v) for v in videos]
-    e2e, bare = 0.0, 0.0
-    for _ in range(2):
+    del videos
+    held = sum(v.numel() * v.element_size() for v in synthetic) if cuda else 0
+    e2e, bare, peak = 0.0, 0.0, 0
+
+    def timed(run) -> float:
         t0 = time.perf_counter()
-        for batch in loader():
-            extract_features(model, batch.video[0, :, : int(batch.lengths[0])])
-        e2e = max(e2e, frames / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return frames / (time.perf_counter() - t0)
+
+    def e2e_pass() -> None:
+        for batch in ld:
+            extract_features(model, batch.video[0, :, : int(batch.lengths[0])], autocast=precision)
+
+    def bare_pass() -> None:
         for v in synthetic:
-            extract_features(model, v)
-        bare = max(bare, frames / (time.perf_counter() - t0))
-    return {"extract_e2e_fps": e2e, "extract_backbone_only_fps": bare, "extract_ratio": e2e / bare,
-            "extract_size": size, "extract_frames": frames, "extract_num_workers": num_workers}
+            extract_features(model, v, autocast=precision)
+
+    for _ in range(2):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        e2e = max(e2e, timed(e2e_pass))
+        peak = max(peak, torch.cuda.max_memory_allocated(device) - held if cuda else 0)
+        bare = max(bare, timed(bare_pass))
+    result = {"extract_e2e_fps": e2e, "extract_backbone_only_fps": bare, "extract_ratio": e2e / bare,
+              "extract_size": size, "extract_frames": frames, "extract_num_workers": num_workers}
+    if cuda:
+        result["extract_peak_gpu_mib"] = peak / 2**20
+    return result
 
 
 def processes_ratio(shards: Path, size: int, tmp: Path) -> dict:
@@ -93,21 +125,33 @@ def processes_ratio(shards: Path, size: int, tmp: Path) -> dict:
     return {"extract_1proc_fps": fps[1], "extract_2proc_fps": fps[2], "extract_2_vs_1": fps[2] / fps[1]}
 
 
-def finetune_ratio(shards: Path, size: int, steps: int) -> dict:
-    """Training step time from the loader ÷ with one cached batch (same shapes)."""
+def finetune_ratio(shards: Path, size: int, steps: int, *, stop_after: int | None = 4, device: str = "cpu",
+                   backend: str = "pyav", num_workers: int | None = 1, split: str = "train") -> dict:
+    """Training step time from the loader ÷ with one cached batch (same shapes).
+
+    Args:
+        shards: folder holding the packed split.
+        size: square input size.
+        steps: timed steps of each kind (after one warm-up step).
+        stop_after: S3D cut after this block (``None``: the whole backbone).
+        device, backend: where the model trains and which loader feeds it.
+        num_workers: loader workers (PyAV) or threads (DALI); ``None``: the loader's default.
+        split: the split folder under ``shards``.
+    """
     torch.manual_seed(0)
-    backbone = create_model("s3d", stop_after=4)
+    backbone = create_model("s3d", **({} if stop_after is None else {"stop_after": stop_after}))
     backbone.freeze(2)
-    model = VideoCTC(backbone, 30, head="linear")
+    model = VideoCTC(backbone, 30, head="linear").to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tf = Transform.from_input_spec(backbone.input_spec, size=size, max_frames=64)
-    loader = make_loader(shards / "train", backend="pyav", mode="train", batch_size=4, transform=tf,
-                         num_workers=1, seed=0)
+    loader = make_loader(shards / split, backend=backend, device=device, mode="train", batch_size=4,
+                         transform=tf, num_workers=num_workers, seed=0)
 
     def step(batch):
-        ys = torch.randint(1, 30, (len(batch.lengths) * 3,))
+        n = len(batch.lengths)
+        ys = torch.randint(1, 30, (n * 3,), device=device)
         lp, ol = model(batch.video, batch.lengths)
-        ctc_loss(lp, ys, ol, torch.full((len(batch.lengths),), 3)).backward()
+        ctc_loss(lp, ys, ol, torch.full((n,), 3, device=device)).backward()
         opt.step()
         opt.zero_grad()
 
@@ -115,18 +159,27 @@ def finetune_ratio(shards: Path, size: int, steps: int) -> dict:
         t0, n = time.perf_counter(), 0
         for i, b in enumerate(batches):
             if i == 1:
+                _sync(device)
                 t0 = time.perf_counter()  # first step is warm-up
             step(b)
             n += 1
             if n > steps:
                 break
+        _sync(device)
         return (time.perf_counter() - t0) / max(1, n - 1)
 
-    e2e = timed(_cycle(loader))
-    first = next(iter(loader))
+    batches = _cycle(loader)
+    e2e = timed(batches)
+    first = next(batches)  # the same iterator: a loader runs one epoch at a time
+    batches.close()
     cached = timed(first for _ in range(steps + 1))
     return {"finetune_step_s_e2e": e2e, "finetune_step_s_cached": cached, "finetune_ratio": e2e / cached,
             "finetune_size": size}
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def _subset(shards: Path, tmp: Path) -> Path:

@@ -32,7 +32,6 @@ def _build_pyav(source: Any, common: dict[str, Any], options: dict[str, Any]) ->
 def _build_dali(source: Any, common: dict[str, Any], options: dict[str, Any]) -> BaseLoader:
     from signstream.loaders.dali_backend import DaliLoader
 
-    options["num_threads"] = options.pop("num_workers") or 1
     return DaliLoader(resolve_shards(source), **options, **common)
 
 
@@ -46,7 +45,8 @@ def _build_pngdir(source: Any, common: dict[str, Any], options: dict[str, Any]) 
 
 
 # options each backend accepts beyond make_loader's named arguments
-OPTIONS = {"pyav": {"bucket", "decode_threads"}, "dali": {"bucket", "batches_per_run", "postprocess"}, "pngdir": {"split", "layout"}}
+OPTIONS = {"pyav": {"bucket", "decode_threads"}, "dali": {"bucket", "batches_per_run", "decoder_threads", "postprocess"},
+           "pngdir": {"split", "layout"}}
 
 BACKENDS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any]], BaseLoader]] = {
     "pyav": _build_pyav,
@@ -77,17 +77,23 @@ def make_loader(source: str | os.PathLike | list | Any, *, backend: str = "auto"
         shuffle: shuffle samples (default: ``mode == "train"``); deterministic
             for a ``seed`` and epoch.
         seed: seed of shuffling and augmentation.
-        num_workers: worker processes (PyAV, pngdir) or decoder threads (DALI);
-            default: the CPU cores, at most 8.
+        num_workers: worker processes (PyAV, pngdir), or DALI's decoder threads
+            on the CPU; default: the CPU cores, at most 8. DALI on CUDA ignores it
+            (see ``decoder_threads``).
         handler: bad-sample policy: ``warn``, ``skip`` or ``raise``.
         rank: this process's index (default: from Accelerate, else 0).
         world_size: process count (default: from Accelerate, else 1).
         **options: backend options (see :data:`OPTIONS`): ``bucket``
             (length-bucketing buffer in batches, 0 = off; shard backends),
             ``decode_threads`` (PyAV threads per video), ``batches_per_run``
-            (user batches per DALI iteration) and ``postprocess`` (DALI on
-            the CPU: ``opencv`` or ``dali`` operators), ``split`` and
-            ``layout`` (pngdir).
+            (user batches per DALI iteration; CUDA default: 2 clips per
+            decoder thread, so every thread stays busy), ``decoder_threads``
+            (DALI's threads; CUDA default: this process's share of the host's
+            cores, at most 8, because NVDEC decodes one clip per thread and the
+            recipes' ``num_workers=1`` would feed it one clip at a time),
+            ``postprocess`` (DALI on the CPU: ``opencv`` or ``dali``
+            operators), ``split`` and ``layout`` (pngdir). An option given as
+            ``None`` means its default.
 
     Raises:
         SignstreamError: missing shard or empty split, H.264 shards with DALI
@@ -96,6 +102,7 @@ def make_loader(source: str | os.PathLike | list | Any, *, backend: str = "auto"
     if backend == "auto":
         backend = "dali" if str(device).startswith("cuda") else "pyav"
     build = lookup(BACKENDS, backend, "loader backend (or auto)")
+    options = {k: v for k, v in options.items() if v is not None}  # None: the backend's default
     unknown = sorted(set(options) - OPTIONS[backend])
     if unknown:
         raise SignstreamError(f"backend {backend!r} does not take option(s) {', '.join(unknown)} "

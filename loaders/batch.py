@@ -14,10 +14,15 @@ Memory is the other half of speed here: a worker writes batches into a
 :class:`SharedRing` of shared-memory buffers that the main process keeps mapped,
 and normalised output goes to a :class:`BufferPool`, so steady-state batches
 cost no page faults (they cost more than decoding otherwise).
+
+On a GPU, a steady-state batch never waits on the host: it crosses PCIe
+non-blocking from pinned memory, the normalisation constants live on the
+device once per (device, dtype), and the lengths stay on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +44,11 @@ class Batch:
     Attributes:
         video: ``[B, C, T, H, W]``: float32 normalised for the backbone, or
             uint8 RGB when the transform asks for ``output="uint8"``.
-        lengths: ``[B]`` int64, frames of each clip after temporal sampling;
-            frames past a length are padding.
+        lengths: ``[B]`` int64 on the CPU whatever the video's device, frames of
+            each clip after temporal sampling; frames past a length are padding.
+            Kept on the host because everything that reads them (stats,
+            slicing a clip, the CTC loss) reads them there: a device copy
+            would cost a host sync per batch.
         keys: sample keys (shard keys; sanitised folder names for ``pngdir``).
         meta: parsed JSON metadata of each sample.
     """
@@ -54,9 +62,8 @@ class Batch:
         return len(self.keys)
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
-        """Move the tensors to ``device``."""
-        return Batch(self.video.to(device, non_blocking=non_blocking),
-                     self.lengths.to(device, non_blocking=non_blocking), self.keys, self.meta)
+        """Move the video to ``device``; the lengths stay on the CPU (see :attr:`lengths`)."""
+        return Batch(self.video.to(device, non_blocking=non_blocking), self.lengths, self.keys, self.meta)
 
     @property
     def padded_frames(self) -> int:
@@ -150,8 +157,15 @@ class SharedRing:
         return buf[:n].view(shape)
 
 
-def new_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor of ``shape`` (outside a worker's ring)."""
+def new_buffer(shape: tuple[int, ...], pin: bool = False) -> torch.Tensor:
+    """An uninitialised uint8 tensor of ``shape`` (outside a worker's ring).
+
+    ``pin=True`` (batches bound for a GPU, decoded in this process): page-locked
+    memory from torch's pinned-memory cache, so the copy to the GPU needs no
+    staging copy and does not block the host.
+    """
+    if pin:
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
     # numpy, not torch.empty: numpy asks Linux for transparent huge pages, so far
     # fewer page faults for these large, short-lived buffers.
     return torch.from_numpy(np.empty(shape, dtype=np.uint8))
@@ -205,13 +219,29 @@ def normalize_clip(src: np.ndarray, dst: np.ndarray, mean: np.ndarray, inv: np.n
         cv2.addWeighted(s, float(inv[c]), s, 0.0, float(-mean[c] * inv[c]), dst=d, dtype=cv2.CV_32F)
 
 
+@functools.lru_cache(maxsize=32)
+def device_constants(mean: tuple[float, ...], inv: tuple[float, ...], device: torch.device,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``1/std`` as ``[1, C, 1, 1, 1]`` tensors on ``device``, built once per
+    (values, device, dtype) and reused by every batch.
+
+    Built per batch they would cost a blocking host-to-device copy each, that
+    is a host sync per batch; built once, the one copy is made non-blocking
+    from page-locked memory.
+    """
+    host = torch.tensor([mean, inv], dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    both = host.to(device, non_blocking=True)
+    return both[0].view(1, -1, 1, 1, 1), both[1].view(1, -1, 1, 1, 1)
+
+
 def normalize(video: torch.Tensor, transform: Transform, pool: BufferPool | None = None) -> torch.Tensor:
     """uint8 ``[B, C, T, H, W]`` -> float32 ``(x - mean) / std`` (on the tensor's device)."""
     mean, std = transform.mean_std()
     inv = (1.0 / std).astype(np.float32)
     if video.device.type != "cpu":
-        m = torch.as_tensor(mean, device=video.device).view(1, -1, 1, 1, 1)
-        s = torch.as_tensor(inv, device=video.device).view(1, -1, 1, 1, 1)
+        m, s = device_constants(tuple(mean.tolist()), tuple(inv.tolist()), video.device, torch.float32)
         return video.float().sub_(m).mul_(s)
     src = video.numpy()
     out = pool.get(src.shape) if pool is not None else np.empty(src.shape, dtype=np.float32)
@@ -224,24 +254,43 @@ def normalize(video: torch.Tensor, transform: Transform, pool: BufferPool | None
 
 
 def mask_padding(video: torch.Tensor, lengths: torch.Tensor) -> None:
-    """Set frames past each clip's length to zero, in place."""
+    """Set frames past each clip's length to zero, in place (``lengths`` on the CPU: no sync)."""
     for i, n in enumerate(lengths.tolist()):
-        video[i, :, n:] = 0
+        video[i, :, n:].zero_()
+
+
+def to_device(video: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU batch to ``device`` without making the host wait: non-blocking, from pinned memory.
+
+    A buffer already pinned (decoded in this process for a GPU) is copied as it
+    is. Any other one, such as a worker's shared-memory ring buffer, is first
+    copied into a pinned staging buffer: torch's pinned-memory cache reuses that
+    buffer only once the GPU copy has finished, whereas a ring buffer is
+    rewritten by its worker on the worker's schedule, however far behind the
+    GPU's queue of copies is, so it is never handed to the GPU directly.
+    """
+    if device.type == "cuda" and not video.is_pinned():
+        video = video.pin_memory()
+    return video.to(device, non_blocking=True)
 
 
 def finalize(batch: Batch, transform: Transform, device: str | torch.device = "cpu",
              pool: BufferPool | None = None) -> Batch:
-    """Move a uint8 batch to ``device``, normalise it if asked, zero the padding if asked."""
+    """Move a uint8 batch to ``device``, normalise it if asked, zero the padding if asked.
+
+    The lengths stay on the CPU (see :attr:`Batch.lengths`).
+    """
     video = batch.video
-    if torch.device(device).type == "cuda":
-        video = video.pin_memory().to(device, non_blocking=True)
+    target = torch.device(device)
+    if target.type != "cpu":
+        video = to_device(video, target)
     if transform.output != "uint8":
         video = normalize(video, transform, pool)
         if transform.pad == "zeros":
             mask_padding(video, batch.lengths)
         if transform.output == "float16":
             video = video.half()
-    return Batch(video, batch.lengths.to(video.device), batch.keys, batch.meta)
+    return Batch(video, batch.lengths, batch.keys, batch.meta)
 
 
 # -------------------------------------------------------------------- batching

@@ -1,5 +1,6 @@
-"""The CPUs this process may use, OpenCV's own thread pool switched off where work is
-already per core, and forks that are safe whatever OpenCV did before them.
+"""The CPUs this process may use and the ranks it shares them with, OpenCV's own thread
+pool switched off where work is already per core, and forks that are safe whatever
+OpenCV did before them.
 
 Light on purpose (no torch import), so the packer and the synthetic-corpus
 writer can use it in their worker processes. Importing this module registers
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 # A bounded wait for any worker of a pool or a DataLoader: a worker that sends nothing
 # for this long is stuck (a lock copied across fork, a dead peer), not slow. The slowest
@@ -26,6 +28,34 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+# Environment variables that say how many ranks run on this machine, in order of trust.
+LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+
+def positive_int(value) -> int | None:
+    """``value`` as an int >= 1 (an environment variable's text), else ``None``."""
+    try:
+        n = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 1 else None
+
+
+def local_processes(env: Mapping[str, str] | None = None) -> int:
+    """Ranks on this machine, from the launcher's environment (1 when not launched).
+
+    Every per-process share of the cores (torch threads, DALI's decoder threads)
+    divides by this, so ``accelerate launch`` with 8 ranks on one host does not
+    start 8 times what the host has.
+    """
+    env = os.environ if env is None else env
+    for name in LOCAL_SIZE_VARS:
+        n = positive_int(env.get(name))
+        if n is not None:
+            return n
+    return 1
 
 
 def worker_timeout_message(workers: int) -> str:

@@ -4,7 +4,8 @@
 
     samples of the epoch -> split by rank -> shuffle (replayed in training)   (the PyAV stages)
         -> read by offset + plan -> batch (optionally length-bucketed)
-        -> source callback: ``batches_per_run`` user batches per DALI iteration (CPU: ~8 clips, CUDA: 4)
+        -> source callback: ``batches_per_run`` user batches per DALI iteration
+           (CPU: ~8 clips; CUDA: 2 clips per decoder thread, up to 8 threads whatever num_workers says)
     DALI (pipelined async executor, prefetch queue of PREFETCH_RUNS iterations):
         fn.external_source(source=feed, batch=True) -> fn.decoders.video(frames=plan)  [cpu | mixed]
           postprocess="dali":   -> fn.resize(ROI) -> jitter -> fn.sequence_rearrange
@@ -31,12 +32,16 @@ so the tests exercise that graph without a GPU.
 Corrupt samples: a failing iteration does not stop the pipeline (DALI 2.x
 reports the error for that iteration only); its samples are retried one at a
 time in a small synchronous pipeline, the bad ones are skipped and recorded
-(key, shard, DALI's message) and the rest are delivered.
+(key, shard, DALI's message) and the rest are delivered. A decoder that cannot
+decode at all (no libnvcuvid, no NVDEC engine, no GPU memory) fails every
+iteration the same way; so when an iteration fails before anything was decoded,
+or several samples in a row fail alone, the decoder must first decode a
+reference clip (:mod:`signstream.loaders.dali_startup`): if it cannot, the
+loader raises one line naming the cause, instead of skipping the whole split.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +63,15 @@ from signstream.loaders.batch import (
     mask_padding,
     normalize_clip,
 )
+from signstream.loaders.dali_startup import (
+    REFERENCE_SIDE,
+    dali_reason,
+    dead_decoder_error,
+    default_batches_per_run,
+    reference_codec,
+    reference_inputs,
+    resolve_decoder_threads,
+)
 from signstream.loaders.nvdec import nvdec_limits, unsupported_codec_error
 from signstream.loaders.pyav_backend import (
     Planned,
@@ -74,18 +88,10 @@ from signstream.loaders.transform import PADS, Transform, emit_frame, resize_fra
 CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 POSTPROCESS = ("auto", "opencv", "dali")
 PREFETCH_RUNS = 2  # DALI iterations decoded ahead of the one being consumed
-# Default user batches per DALI iteration. CPU: enough batches for about CPU_CLIPS_PER_RUN clips, so
-# one long clip does not leave DALI's threads idle (more frames/s than 1 batch per run at batch size 2,
-# the same at batch size 8; benchmarks/loaders.py keeps a "1 batch per DALI run" row beside the default);
-# peak memory grows with the clips in flight, so no more than that. CUDA: 4 batches, so NVDEC's engines
-# get several clips at once (not measured: no GPU here).
-CPU_CLIPS_PER_RUN = 8
-CUDA_BATCHES_PER_RUN = 4
+# Samples in a row that may fail alone before the decoder itself is checked again (with the reference
+# clip): bounds what a decoder dying mid-run costs (one probe build per sample) before it is one line.
+PROBES_BEFORE_CHECK = 4
 
-
-def default_batches_per_run(batch_size: int, cuda: bool) -> int:
-    """User batches per DALI iteration when the caller does not choose."""
-    return CUDA_BATCHES_PER_RUN if cuda else max(1, CPU_CLIPS_PER_RUN // max(1, batch_size))
 
 def check_codecs(shardset: ShardSet, device: str) -> None:
     """DALI's CPU decoder reads VP8/VP9/MJPEG only; fail early with what to do instead."""
@@ -238,33 +244,27 @@ class Feed:
         return columns
 
 
-def _dali_reason(exc: Exception) -> str:
-    """The informative part of a DALI pipeline error (what follows "encountered:")."""
-    text = str(exc).split("encountered:", 1)[-1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
-             and not ln.strip().startswith(("C++ context", "Current pipeline object"))]
-    reason = re.sub(r'^Assert on ".*?" failed: ', "", " ".join(lines) or type(exc).__name__)
-    return f"DALI: {reason}"[:300]
-
-
 # --------------------------------------------------------------------- loader
 class DaliLoader(BaseLoader):
     """Loader over VP9/MJPEG (CPU) or any NVDEC codec (CUDA) shards with one DALI pipeline.
 
     Args:
         shardset: the resolved shards.
-        num_threads: DALI's CPU threads (and the OpenCV pool's size on the CPU).
+        num_workers: make_loader's worker count: DALI's threads on the CPU when
+            ``decoder_threads`` is not given (on CUDA it does not count).
+        decoder_threads: DALI's threads (and the OpenCV pool's size on the CPU);
+            default: :func:`resolve_decoder_threads` (CUDA: the host's share, up to 8).
         bucket: length-bucketing buffer in batches (0 = off).
         batches_per_run: user batches decoded by one DALI iteration (default:
-            :func:`default_batches_per_run`).
+            :func:`default_batches_per_run`: CUDA: 2 clips per decoder thread).
         postprocess: ``opencv`` (CPU), ``dali`` (DALI operators; the only choice on
             CUDA) or ``auto`` (``dali`` on CUDA, ``opencv`` on the CPU).
     """
 
     backend = "dali"
 
-    def __init__(self, shardset: ShardSet, *, num_threads: int, bucket: int = 0,
-                 batches_per_run: int | None = None, postprocess: str = "auto", **common: Any):
+    def __init__(self, shardset: ShardSet, *, num_workers: int = 1, decoder_threads: int | None = None,
+                 bucket: int = 0, batches_per_run: int | None = None, postprocess: str = "auto", **common: Any):
         super().__init__(**common)
         check_codecs(shardset, self.device)
         remote.check_dali(shardset)
@@ -275,8 +275,10 @@ class DaliLoader(BaseLoader):
         if postprocess not in POSTPROCESS:
             raise SignstreamError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
         self.device_id = self._device_index()
+        cuda = self.device_id is not None
+        self.num_threads = resolve_decoder_threads(cuda, num_workers, decoder_threads)
         if batches_per_run is None:
-            batches_per_run = default_batches_per_run(self.batch_size, cuda=self.device_id is not None)
+            batches_per_run = default_batches_per_run(self.batch_size, cuda=cuda, threads=self.num_threads)
         if batches_per_run < 1:
             raise SignstreamError(f"batches_per_run must be >= 1, got {batches_per_run}")
         if self.device_id is not None:
@@ -285,7 +287,7 @@ class DaliLoader(BaseLoader):
             check_nvdec_sizes(shardset, self.device_id)
         self.postprocess = postprocess if postprocess != "auto" else ("dali" if self.device_id is not None
                                                                         else "opencv")
-        self.shardset, self.num_threads, self.bucket = shardset, max(1, num_threads), bucket
+        self.shardset, self.bucket = shardset, bucket
         self.batches_per_run = batches_per_run
         self.names = input_names(self.postprocess, self.transform)
         self._pipe = self._probe = None
@@ -293,6 +295,9 @@ class DaliLoader(BaseLoader):
         self._pool_threads: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._pending, self._streak = Report(), 0
+        # Whether this loader's decoder has decoded anything yet (an iteration or the reference
+        # clip), and the samples that failed alone in a row since: see _check_decoder.
+        self._decodes, self._failed_probes = False, 0
 
     def _device_index(self) -> int | None:
         """GPU index from the device string (``cuda:1`` decodes on GPU 1); ``None`` on the CPU."""
@@ -312,7 +317,8 @@ class DaliLoader(BaseLoader):
         return -(-(r1 - r0) // self.batch_size)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "postprocess": self.postprocess, "batches_per_run": self.batches_per_run}
+        return {**super().describe(), "postprocess": self.postprocess, "batches_per_run": self.batches_per_run,
+                "decoder_threads": self.num_threads}
 
     # -- reading and planning (the same stages as the PyAV backend) --------------
     def _groups(self, epoch: int, reader: SampleReader) -> wds.DataPipeline:
@@ -392,31 +398,44 @@ class DaliLoader(BaseLoader):
         yield None, self._pending
 
     def _build(self, batch_size: int, source: Callable | None):
-        return build_pipeline(self.names, postprocess=self.postprocess, transform=self.transform,
-                              batch_size=batch_size, num_threads=self.num_threads,
-                              device_id=self.device_id, source=source)
+        try:
+            return build_pipeline(self.names, postprocess=self.postprocess, transform=self.transform,
+                                  batch_size=batch_size, num_threads=self.num_threads,
+                                  device_id=self.device_id, source=source)
+        except RuntimeError as exc:  # no pipeline at all: no sample could ever decode
+            raise SignstreamError(dead_decoder_error([exc], self.device_id, stage=" (building DALI's pipeline)")) \
+                from None
 
     def _stream(self) -> Iterator[Batch]:
-        stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
         while True:
+            # the caller's stream at this iteration (it may switch streams between batches)
+            stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
             try:
                 (out,) = self._pipe.run(stream) if stream is not None else self._pipe.run()
             except StopIteration:
                 return
             except RuntimeError as exc:
                 if not self._feed.inflight:
-                    raise SignstreamError(f"DALI pipeline failed: {_dali_reason(exc)}") from None
+                    raise SignstreamError(f"DALI pipeline failed: {dali_reason(exc)}") from None
+                if not self._decodes:  # nothing decoded yet: a dead decoder fails here, once
+                    self._check_decoder(exc)
                 for group in self._feed.inflight.popleft():
                     batch = self._recover(group)
                     if batch is not None:
                         yield batch
                 continue
-            offset = 0
-            for group in self._feed.inflight.popleft():
-                batch = self._assemble(group, [out[offset + j] for j in range(len(group))])
-                offset += len(group)
-                if batch is not None:
-                    yield batch
+            self._decodes, self._failed_probes = True, 0
+            run = self._feed.inflight.popleft()
+            starts = np.cumsum([0] + [len(group) for group in run]).tolist()
+            batches: Iterator[Batch | None] | list[Batch | None] = (
+                self._assemble(group, [out[s + j] for j in range(len(group))]) for group, s in zip(run, starts))
+            if stream is not None:
+                # Copy the whole iteration now, on the stream DALI bound its outputs to: once
+                # ``out`` is released DALI reuses its memory in that stream's order, so a later
+                # copy on another stream (the caller's next one) could read reused memory.
+                batches = list(batches)
+                del out
+            yield from (batch for batch in batches if batch is not None)
 
     def _recover(self, group: list[Planned]) -> Batch | None:
         """Decode a failed group's samples one at a time; skip (and name) the ones DALI refuses."""
@@ -425,19 +444,49 @@ class DaliLoader(BaseLoader):
         for p in group:
             if self._probe is None:
                 self._probe = self._build(1, None)
-            inputs = sample_inputs(p, t)
             try:
-                stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
-                result = self._probe.run(stream, **{n: [inputs[n]] for n in self.names})
+                result = self._run_probe(sample_inputs(p, t))
             except RuntimeError as exc:
                 self._probe = None  # do not trust a pipeline that just failed
-                self._skip(p.ref, _dali_reason(exc))
+                self._failed_probes += 1
+                if self._failed_probes >= PROBES_BEFORE_CHECK:  # many in a row: is the decoder dead?
+                    self._check_decoder(exc)
+                self._skip(p.ref, dali_reason(exc))
                 continue
+            self._failed_probes = 0
             good.append(p)
             outs.append(result)  # keeps the output alive until it is copied
         if not good:
             return None
         return self._assemble(good, [result[0][0] for result in outs], t=t)
+
+    def _run_probe(self, inputs: dict[str, np.ndarray]):
+        """One sample through the probe pipeline (outputs on the current stream on CUDA)."""
+        stream = torch.cuda.current_stream(self.device_id) if self.device_id is not None else None
+        return self._probe.run(stream, **{n: [inputs[n]] for n in self.names})
+
+    def _check_decoder(self, failure: RuntimeError) -> None:
+        """Raise the one line for a dead decoder unless it decodes the reference clip.
+
+        Called when an iteration fails before anything was decoded, and after
+        :data:`PROBES_BEFORE_CHECK` samples in a row failed alone: a corrupt
+        video fails by itself, a decoder that cannot start (no libnvcuvid, no
+        NVDEC engine, no memory) fails the reference clip too. Leaves a working
+        probe pipeline behind, so the check costs no extra build.
+        """
+        codec = reference_codec(self.shardset.codecs, cuda=self.device_id is not None)
+        side = REFERENCE_SIDE
+        if self.device_id is not None:  # at least the GPU's smallest frame, in whole macroblocks
+            (min_h, min_w), _ = nvdec_limits(codec, self.device_id) or ((side, side), None)
+            side = -(-max(side, min_h, min_w) // 16) * 16
+        self._probe = self._build(1, None)
+        try:
+            self._run_probe(reference_inputs(codec, side, side))
+        except RuntimeError as exc:
+            self._probe = None
+            raise SignstreamError(dead_decoder_error([failure, exc], self.device_id,
+                                                     stage=", even for a reference clip")) from None
+        self._decodes, self._failed_probes = True, 0
 
     # -- outputs to torch --------------------------------------------------------
     def _assemble(self, group: list[Planned], outs: list, t: int | None = None) -> Batch | None:
@@ -455,7 +504,13 @@ class DaliLoader(BaseLoader):
         return Batch(video, lengths, [p.ref.key for p in group], [p.meta for p in group])
 
     def _copy_out(self, outs: list, shape: tuple[int, ...]) -> torch.Tensor:
-        """DALI's per-sample outputs into one torch tensor (on CUDA: on the current stream)."""
+        """DALI's per-sample outputs into one torch tensor.
+
+        On CUDA the copies are queued on the current stream (the one the outputs
+        were bound to by ``run``) and the host does not wait for them:
+        ``feed_ndarray`` with a stream copies non-blocking, and the tensor, made
+        by torch's allocator on that stream, is safe to use in stream order.
+        """
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         dtype = {"float": torch.float32, "float16": torch.float16, "uint8": torch.uint8}[self.transform.output]
@@ -518,6 +573,7 @@ class DaliLoader(BaseLoader):
 
     def _finalize(self, batch: Batch) -> Batch:
         # Already on the target device in its final dtype; only zero padding is left.
+        # The lengths stay on the CPU: copying them to the GPU would block the host.
         if self.transform.pad == "zeros":
             mask_padding(batch.video, batch.lengths)
-        return Batch(batch.video, batch.lengths.to(batch.video.device), batch.keys, batch.meta)
+        return batch

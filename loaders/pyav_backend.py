@@ -290,6 +290,9 @@ class PyAVStream(torch.utils.data.IterableDataset):
         self.batch_size, self.bucket = batch_size, bucket
         self.handler, self.decode_threads = handler, decode_threads
         self.epoch = 0
+        # Decode into pinned buffers (set by the loader for a GPU target without workers;
+        # a worker process never touches CUDA, its batches are pinned by the main process).
+        self.pin = False
 
     def worker_batches(self, worker: int, workers: int) -> int | None:
         """Batches a worker yields in training (``None``: until its share ends)."""
@@ -365,7 +368,7 @@ class PyAVStream(torch.utils.data.IterableDataset):
             check_frame_sizes([p.plan.out_hw for p in group], [p.ref.key for p in group])
             shape = (len(group), 3, self.transform.batch_frames(max(p.plan.length for p in group)),
                      *group[0].plan.out_hw)
-            video = self._ring.get(shape) if self._ring else new_buffer(shape)
+            video = self._ring.get(shape) if self._ring else new_buffer(shape, pin=self.pin)
             slots = video.numpy()
             good: list[Planned] = []
             for p in group:
@@ -401,6 +404,7 @@ class PyAVLoader(BaseLoader):
             shardset, self.transform, train=self.train, shuffle=self.shuffle, seed=self.seed,
             rank=self.rank, world=self.world, batch_size=self.batch_size, bucket=bucket,
             handler=self.handler, decode_threads=decode_threads)
+        self.dataset.pin = self.num_workers == 0 and torch.device(self.device).type == "cuda"
         self._dataloader: torch.utils.data.DataLoader | None = None
         self._next_worker_epoch = -1
 

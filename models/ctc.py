@@ -40,13 +40,18 @@ class VideoCTC(nn.Module):
         self.head = RecognitionHead(backbone.num_features, num_classes, kind=head, **head_kwargs)
 
     def feature_lengths(self, lengths: torch.Tensor, padded_frames: int) -> torch.Tensor:
-        """Backbone output steps that cover each video's true frames."""
+        """Backbone output steps that cover each video's true frames, on ``lengths``' device.
+
+        Computed from host integers: CPU ``lengths`` (as the loaders deliver
+        them) stay on the CPU and cost no host sync; the head moves them.
+        """
         total = self.backbone.out_frames(padded_frames)
-        steps = [min(total, max(1, self.backbone.out_frames(int(n)))) for n in lengths]
-        return torch.tensor(steps, device=lengths.device)
+        steps = [min(total, max(1, self.backbone.out_frames(n))) for n in lengths.tolist()]
+        return torch.tensor(steps, dtype=torch.int64, device=lengths.device)
 
     def forward(self, video: torch.Tensor, lengths: torch.Tensor):
-        """``video [B, C, T, H, W]``, ``lengths [B]`` → ``(log_probs [T', B, C], out_lengths [B])``."""
+        """``video [B, C, T, H, W]``, ``lengths [B]`` (best on the CPU) →
+        ``(log_probs [T', B, C], out_lengths [B])`` on the video's device."""
         feats = self.backbone.forward_features(video)
         return self.head(feats, self.feature_lengths(lengths, video.shape[2]))
 

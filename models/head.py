@@ -243,23 +243,28 @@ class RecognitionHead(nn.Module):
 
         Args:
             features: ``[B, T, D]`` float, padded after each sequence's end.
-            lengths: ``[B]`` int, valid frames per sequence (1..T).
+            lengths: ``[B]`` int, valid frames per sequence (1..T); best on the
+                CPU (as the loaders deliver them): then checking them costs no
+                host sync and they reach the GPU by a non-blocking copy.
 
         Returns:
             ``(log_probs [T', B, C], out_lengths [B])``: log-softmax over the
             classes, time-major as ``ctc_loss`` expects; ``out_lengths`` on
-            the same device as ``lengths``.
+            the same device as ``features``.
         """
         if features.dim() != 3:
             raise SignstreamError(f"head expects features [B, T, D], got shape {tuple(features.shape)}")
-        lengths = lengths.to(device=features.device, dtype=torch.long)
-        if lengths.numel() != features.shape[0] or not (
-            1 <= int(lengths.min()) and int(lengths.max()) <= features.shape[1]
+        host = lengths.cpu()  # checked on the host: no copy (and no sync) for CPU lengths
+        if host.numel() != features.shape[0] or not (
+            1 <= int(host.min()) and int(host.max()) <= features.shape[1]
         ):
             raise SignstreamError(
                 f"head: lengths must be {features.shape[0]} values in [1, {features.shape[1]}], "
-                f"got {lengths.tolist()}"
+                f"got {host.tolist()}"
             )
+        if lengths.device.type == "cpu" and features.device.type == "cuda":
+            lengths = lengths.pin_memory()  # from pageable memory the driver may wait for the stream
+        lengths = lengths.to(device=features.device, dtype=torch.long, non_blocking=True)
         y, out_lengths = self.encoder(features, lengths)
         logits = self.classifier(self.drop(y))
         return logits.log_softmax(-1).transpose(0, 1), out_lengths

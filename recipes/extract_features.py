@@ -8,7 +8,8 @@ Each rank reads its own part of every split (exactly once across ranks), runs
 the backbone in ``dense`` (one feature per temporal stride, chunked so memory
 does not grow with video length) or ``window`` mode (one feature per clip), and
 writes each video it owns as ``out/<split>/<key>.npy`` (``[T', D]``, named by
-the unique shard key) with a JSON sidecar, atomically; a sample without
+the unique shard key) with a JSON sidecar, atomically, on a writer thread a
+few videos behind the forward; a sample without
 metadata is skipped and named (key, shard, reason). After every rank finishes, the main process merges
 the requested writers: ``npy`` (an index), ``signjoey`` (``out/<prefix>.<split>``
 gzip pickles) and ``shards`` (zstd feature shards). A rerun leaves videos already
@@ -51,7 +52,7 @@ from signstream.loaders.feature_writers import (
     store_entries,
     write_video,
 )
-from signstream.loaders.fileio import write_json
+from signstream.loaders.fileio import BackgroundWriter, write_json
 from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
@@ -74,6 +75,9 @@ from signstream.recipes.config import (
 from signstream.recipes.threads import apply_thread_policy
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Videos whose files may wait to be written while the next ones are computed: enough to hide
+# an fsync behind a forward, few enough that features not yet on disk stay a few videos' worth.
+PENDING_WRITES = 2
 
 
 @dataclass
@@ -92,6 +96,9 @@ class ExtractConfig:
     device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
+    # DALI's decoder threads; none: on CUDA this process's share of the host's cores (at most 8,
+    # whatever num_workers says), on the CPU num_workers (loaders/dali_startup.py says why)
+    decoder_threads: PositiveInt | None = None
     mode: FeatureMode = "dense"
     clip_len: PositiveInt = 16
     stride: PositiveInt | None = None
@@ -245,8 +252,13 @@ def unfinished(shardset: ShardSet, out: Path, split: str, whole_shards: bool) ->
     return ShardSet(kept, shardset.origin, shardset.manifest), finished
 
 
-def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) -> dict:
-    """Extract this rank's part of one split; returns the rank's counts."""
+def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path,
+                  writer: BackgroundWriter) -> dict:
+    """Extract this rank's part of one split; returns the rank's counts.
+
+    Each video's files are handed to ``writer`` once its features are known to be
+    finite; the caller closes it, so they are all on disk before the split counts.
+    """
     device = "cuda" if accelerator.device.type == "cuda" else "cpu"
     backend = ("dali" if device == "cuda" else "pyav") if cfg.backend == "auto" else cfg.backend
     shardset = resolve_shards(shards / split)
@@ -260,7 +272,8 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
         return {**counts, "skipped": []}
     transform = Transform.from_input_spec(model.input_spec, size=cfg.image_size)
     loader = make_loader(todo, backend=backend, mode="eval", batch_size=cfg.batch_size,
-                         transform=transform, shuffle=False, num_workers=cfg.num_workers, device=device)
+                         transform=transform, shuffle=False, num_workers=cfg.num_workers, device=device,
+                         decoder_threads=cfg.decoder_threads)
     skipped, seen = [], set(finished)
     bar = _bar(accelerator, cfg, loader, split)
     for batch in loader:
@@ -280,8 +293,8 @@ def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path) 
             feats = extract_features(model, video, cfg.mode, clip_len=cfg.clip_len, stride=cfg.stride,
                                      chunk_len=cfg.chunk_len, autocast=PRECISIONS[cfg.precision])
             values = finite_features(feats, cfg, split, batch.keys[i], shard_of.get(batch.keys[i], "?"))
-            write_video(out, split, key, {k: meta.get(k) for k in ("name", "signer", "gloss", "text",
-                                                                   "num_frames")}, values, cfg.dtype)
+            writer.submit(str(out / split / f"{key}.npy"), write_video, out, split, key, {k: meta.get(k) for k in (
+                "name", "signer", "gloss", "text", "num_frames")}, values, cfg.dtype)
             counts["videos"] += 1
             counts["frames"] += int(batch.lengths[i])
             counts["features"] += int(feats.shape[0])
@@ -342,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     per_split = {}
     for split in cfg.splits:
-        counts = extract_split(accelerator, model, cfg, shards, split, out)
+        # writes overlap the next video's forward; leaving the block waits for them, however it is left
+        with BackgroundWriter(max_pending=PENDING_WRITES, name=f"extract-{split}") as writer:
+            counts = extract_split(accelerator, model, cfg, shards, split, out, writer)
         per_split[split] = merge_counts(gather_object([counts]))
         # every rank holds the merged counts, so all stop together, before any writer merges an empty split
         guards.require_videos(split, per_split[split]["videos"] + per_split[split]["resumed"],

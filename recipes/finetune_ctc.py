@@ -106,6 +106,9 @@ class FinetuneConfig:
     device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
     num_workers: NonNegativeInt = 1
+    # DALI's decoder threads; none: on CUDA this process's share of the host's cores (at most 8,
+    # whatever num_workers says), on the CPU num_workers (loaders/dali_startup.py says why)
+    decoder_threads: PositiveInt | None = None
     decoder: Literal["greedy", "beam"] = "greedy"
     cleanup: typing.Annotated[str, Choice(CLEANUPS, "cleanup")] = "phoenix2014"
     max_steps_per_epoch: PositiveInt | None = None
@@ -118,7 +121,8 @@ class FinetuneConfig:
 
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
 # nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "shards", "weights", "device", "nonfinite")
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "decoder_threads", "shards", "weights", "device",
+                     "nonfinite")
 
 
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
@@ -213,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_tf = Transform.from_input_spec(spec, size=cfg.image_size, frame_stride=cfg.frame_stride)
     train_loader = make_loader(shards / cfg.train_split, backend=cfg.backend, device=device, mode="train",
                                batch_size=cfg.batch_size, transform=train_tf, shuffle=True, seed=cfg.seed,
-                               num_workers=cfg.num_workers)
+                               num_workers=cfg.num_workers, decoder_threads=cfg.decoder_threads)
     dev_loader = make_loader(shards / cfg.dev_split, backend=cfg.backend, device=device, mode="eval",
                              batch_size=cfg.batch_size, transform=eval_tf, shuffle=False,
-                             num_workers=cfg.num_workers)
+                             num_workers=cfg.num_workers, decoder_threads=cfg.decoder_threads)
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
         len(train_loader), cfg.max_steps_per_epoch)
     optimizer = optimizer_for(model, cfg)

@@ -25,10 +25,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from signstream.loaders.cpu import available_cores
+from signstream.loaders.cpu import LOCAL_SIZE_VARS, available_cores, local_processes, positive_int
 
-# Environment variables that say how many ranks run on this machine, in order of trust.
-LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+__all__ = ["LOCAL_SIZE_VARS", "ThreadPlan", "apply_thread_policy", "local_processes", "plan_threads"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,6 @@ class ThreadPlan:
         return f"torch threads: {self.threads} (policy: {self.cores} cores / {procs} - {workers})"
 
 
-def _positive_int(value) -> int | None:
-    try:
-        n = int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return n if n >= 1 else None
-
-
 def plan_threads(cores: int, local_processes: int = 1, workers: int = 0,
                  env: Mapping[str, str] | None = None, configured: int | None = None) -> ThreadPlan:
     """Decide the torch thread count of one process (a pure function).
@@ -76,20 +67,10 @@ def plan_threads(cores: int, local_processes: int = 1, workers: int = 0,
     cores, procs, workers = max(1, int(cores)), max(1, int(local_processes)), max(0, int(workers))
     if configured:
         return ThreadPlan(max(1, int(configured)), "config", cores, procs, workers)
-    from_env = _positive_int(env.get("OMP_NUM_THREADS"))
+    from_env = positive_int(env.get("OMP_NUM_THREADS"))
     if from_env is not None:
         return ThreadPlan(from_env, "OMP_NUM_THREADS", cores, procs, workers)
     return ThreadPlan(max(1, cores // procs - workers), "policy", cores, procs, workers)
-
-
-def local_processes(env: Mapping[str, str] | None = None) -> int:
-    """Ranks on this machine, from the launcher's environment (1 when not launched)."""
-    env = os.environ if env is None else env
-    for name in LOCAL_SIZE_VARS:
-        n = _positive_int(env.get(name))
-        if n is not None:
-            return n
-    return 1
 
 
 def apply_thread_policy(configured: int | None = None, workers: int = 0, log=None) -> ThreadPlan:

@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic corpus and its packed shards (session-scoped).
 
 Tiny frames (48×64) and few videos keep the suite fast on a 2-core CPU box;
-the real layouts and the real packer are what run.
+the real layouts and the real packer are what run. NVDEC refuses VP9 below
+128×128, so the GPU tests (and their CPU twins) read a second, even smaller
+corpus at PHOENIX's real 210×260, built only when a test asks for it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from tests.remote_fixtures import http_packed, s3_env, s3_packed  # noqa: F401 - shards behind servers
 
 TINY = dict(height=48, width=64)
+PHOENIX_SIZE = dict(height=210, width=260)  # NVDEC's VP9 minimum is 128x128
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,3 +43,22 @@ def packed(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed")
     pack_corpus("phoenix2014", out, root=synth_root, workers=1, progress=False, max_samples=4)
     return out
+
+
+@pytest.fixture(scope="session")
+def phoenix_size_packed(tmp_path_factory):
+    """A PHOENIX-2014 layout corpus at 210×260 packed as VP9, 2 videos per shard.
+
+    4 train, 3 dev, 2 test videos of about 10-40 frames: what NVDEC accepts
+    (the 48×64 corpus is below its VP9 minimum), small enough to build in a
+    couple of seconds on the CPU.
+    """
+    from signstream.tools.pack import pack_corpus
+    from signstream.tools.synth import make_corpus
+
+    base = tmp_path_factory.mktemp("phoenix_size")
+    root = make_corpus(base / "corpus", layout="phoenix2014", seed=0, train=4, dev=3, test=2, vocab=6,
+                       min_glosses=1, max_glosses=3, gloss_frames=6, transition_frames=2, workers=1,
+                       **PHOENIX_SIZE)
+    pack_corpus("phoenix2014", base / "packed", root=root, workers=1, progress=False, max_samples=2)
+    return base / "packed"

@@ -8,6 +8,8 @@ holding the suite.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,13 +23,17 @@ DEADLINE_S = 120
 
 def run_script(code: str) -> str:
     """Run ``code`` in a fresh interpreter; its stdout, or a failure naming a hang."""
+    # its own session, so a hang is ended with every worker it forked, not just the parent
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                              text=True, timeout=DEADLINE_S)
+        out, err = proc.communicate(timeout=DEADLINE_S)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail(f"hung: no exit within {DEADLINE_S} s")
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    assert proc.returncode == 0, err[-2000:]
+    return out
 
 
 def test_loader_with_workers_after_opencv_ran_in_the_main_process(packed):

@@ -262,6 +262,6 @@ def test_default_batches_per_run_aims_at_eight_clips_per_cpu_iteration(vp9_split
     from signstream.loaders.dali_backend import default_batches_per_run
 
     assert [default_batches_per_run(b, cuda=False) for b in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
-    assert default_batches_per_run(2, cuda=True) == 4
+    assert default_batches_per_run(2, cuda=True, threads=8) == 8  # CUDA: tests/loaders/test_dali_startup.py
     ld = make_loader(vp9_split, backend="dali", batch_size=2, transform=Transform(size=32), num_workers=1)
     assert ld.describe()["batches_per_run"] == 4

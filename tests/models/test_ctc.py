@@ -57,3 +57,27 @@ def test_a_checkpoint_with_a_foreign_or_misshaped_weight_names_the_key_and_the_f
     message = str(info.value)
     assert "1 unexpected: extra.weight" in message and name[len("backbone."):] in message
     assert "another shape" in message
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_cpu_lengths_are_checked_on_the_host_and_reach_the_head_on_the_video_device(device):
+    # meta tensors have no data: reading lengths back from the "device" would raise here,
+    # as it would synchronise the host on a GPU (which the cuda run turns into an error)
+    torch.manual_seed(0)
+    model = VideoCTC(create_model("s3d", **OPTIONS), num_classes=5).to(device)
+    video, lengths = torch.randn(2, 3, 8, 32, 32).to(device), torch.tensor([8, 5])
+    with torch.no_grad():
+        feats = model.backbone.forward_features(video)
+        steps = model.feature_lengths(lengths, video.shape[2])
+        assert steps.device.type == "cpu" and steps.tolist() == [4, 3]
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            log_probs, out_lengths = model.head(feats, steps)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    assert log_probs.shape == (4, 2, 5) and log_probs.device == out_lengths.device == feats.device
+    with pytest.raises(SignstreamError, match=r"lengths must be 2 values in \[1, 4\], got \[5, 3\]"):
+        model.head(feats, torch.tensor([5, 3]))

@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -200,3 +201,31 @@ def test_unfinished_leaves_out_finished_samples_or_for_dali_only_finished_shards
     todo, finished = unfinished(shardset, tmp_path, "train", whole_shards=True)
     assert finished == {r.key for r in first.samples}
     assert [r.key for r in todo.refs] == [r.key for r in second.samples] and {r.shard for r in todo.refs} == {0}
+
+
+def test_the_next_videos_forward_overlaps_the_writes_and_runs_at_most_a_few_videos_ahead(packed, tmp_path,
+                                                                                         monkeypatch):
+    from signstream.recipes import extract_features as recipe
+
+    real_forward, real_write = recipe.extract_features, recipe.write_video
+    written, ahead, threads = [], [], set()
+
+    def forward(*args, **kwargs):
+        ahead.append(len(ahead) + 1 - len(written))  # this video and those computed but not yet on disk
+        return real_forward(*args, **kwargs)
+
+    def slow_write(*args, **kwargs):  # a slow disk: each video's fsyncs take far longer than its forward
+        threads.add(threading.current_thread().name)
+        time.sleep(0.3)
+        real_write(*args, **kwargs)
+        written.append(args[2])
+
+    monkeypatch.setattr(recipe, "extract_features", forward)
+    monkeypatch.setattr(recipe, "write_video", slow_write)
+    out = tmp_path / "out"
+    assert cli(["extract_features", *_args(packed, out, "splits=train", "writers=npy")]) == 0
+    total = json.loads((packed / "train" / "manifest.json").read_text())["totals"]["samples"]
+    assert len(written) == len(ahead) == total and len(_outputs(out)) == total  # no write lost
+    assert max(ahead) >= 2, "each forward waited for the previous video's files"
+    assert max(ahead) <= recipe.PENDING_WRITES + 2  # one computing, one writing, the rest queued
+    assert threading.current_thread().name not in threads
