@@ -110,6 +110,7 @@ NonNegativeInt = typing.Annotated[int, Range(0)]
 PositiveFloat = typing.Annotated[float, Range(0, open_lo=True)]
 NonNegativeFloat = typing.Annotated[float, Range(0)]
 Probability = typing.Annotated[float, Range(0, 1, open_hi=True)]
+Fraction = typing.Annotated[float, Range(0, 1)]
 # Compute precision in every recipe: fp32 | bf16 | fp16 ("no", Accelerate's name for fp32, is read as fp32).
 Precision = typing.Annotated[typing.Literal["fp32", "bf16", "fp16"], Renamed({"no": "fp32"})]
 # Where a recipe computes: auto (CUDA when there is one, else the CPU), cpu, cuda, or cuda:N (GPU N).

@@ -62,6 +62,7 @@ from signstream.recipes.config import (
     Choice,
     Device,
     FileStem,
+    Fraction,
     ImageSize,
     NonNegativeInt,
     PositiveInt,
@@ -107,6 +108,8 @@ class ExtractConfig:
     prefix: FileStem = "features"
     dtype: Literal["float16", "float32"] = "float16"
     calibrate_bn: NonNegativeInt = 8
+    # the largest share of a split's samples that may be skipped (damaged) before the run fails
+    max_skipped_fraction: Fraction = guards.MAX_SKIPPED_FRACTION
     seed: int = 0
     threads: PositiveInt | None = None  # torch threads per process; none: the policy in recipes/threads.py
     out: str = "runs/features"
@@ -361,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         per_split[split] = merge_counts(gather_object([counts]))
         # every rank holds the merged counts, so all stop together, before any writer merges an empty split
         guards.require_videos(split, per_split[split]["videos"] + per_split[split]["resumed"],
-                              per_split[split]["skipped"])
+                              per_split[split]["skipped"], max_skipped_fraction=cfg.max_skipped_fraction)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     memory = gather_object([peak_memory()])

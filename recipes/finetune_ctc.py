@@ -49,6 +49,7 @@ from signstream.recipes.config import (
     Choice,
     Device,
     FileStem,
+    Fraction,
     ImageSize,
     Matches,
     NonFinite,
@@ -102,6 +103,8 @@ class FinetuneConfig:
     warmup_steps: NonNegativeInt = 100
     clip_grad: NonNegativeFloat = 1.0
     nonfinite: NonFinite = "stop"  # a NaN/inf loss or gradient: stop the run, or skip the step and count it
+    # the largest share of a split's samples that may be skipped (damaged) before the run fails
+    max_skipped_fraction: Fraction = guards.MAX_SKIPPED_FRACTION
     precision: Precision = "fp32"
     device: Device = "auto"
     backend: Literal["pyav", "dali", "auto"] = "pyav"
@@ -122,7 +125,7 @@ class FinetuneConfig:
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
 # nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
 NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "decoder_threads", "shards", "weights", "device",
-                     "nonfinite")
+                     "nonfinite", "max_skipped_fraction")
 
 
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
@@ -291,7 +294,11 @@ def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, ep
             if accelerator.sync_gradients:
                 guard.check_weights(model, epoch, step)
         total, count, frames = total + loss.item(), count + 1, frames + int(batch.lengths.sum())
-    guards.require_videos(cfg.train_split, seen, loader.stats.skipped[skipped_before:], "for training")
+    skips = loader.stats.skipped[skipped_before:]
+    # summed over the processes, so that every one of them stops, or none does
+    seen_all, skipped_all = guards.split_counts(accelerator, seen, len(skips))
+    guards.require_videos(cfg.train_split, seen_all, skips, "for training",
+                          max_skipped_fraction=cfg.max_skipped_fraction, skipped_count=skipped_all)
     guard.end_epoch(epoch, count, guard.skipped - nonfinite_before)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count, "frames": frames,
@@ -310,7 +317,10 @@ def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], di
             pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
     pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
     # gathered: every rank sees the same total, so all stop together (each naming its own skips)
-    guards.require_videos(cfg.dev_split, len(pairs), loader.stats.skipped[skipped_before:], "to score")
+    skips = loader.stats.skipped[skipped_before:]
+    skipped_all = guards.split_counts(accelerator, 0, len(skips))[1]
+    guards.require_videos(cfg.dev_split, len(pairs), skips, "to score",
+                          max_skipped_fraction=cfg.max_skipped_fraction, skipped_count=skipped_all)
     return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
 
 

@@ -25,6 +25,9 @@ from signstream import SignstreamError
 from signstream.recipes.config import NonFinite
 
 FIRST_REASONS = 3  # skipped samples named in a zero-video refusal
+# The default share of a split that may be skipped: a corpus with a few damaged files (PHOENIX has
+# one in thousands) passes; a decoder or server that cannot deliver (all skipped) never does.
+MAX_SKIPPED_FRACTION = 0.2
 
 
 def _record(skip: Any) -> dict:
@@ -41,23 +44,40 @@ def describe_skips(skipped: list, limit: int = FIRST_REASONS) -> str:
     return f"{len(skipped)} skipped; first: {named}{more}"
 
 
-def require_videos(split: str, delivered: int, skipped: list, what: str = "") -> None:
-    """Refuse a split that yielded no video (every sample skipped, or none to read).
+def require_videos(split: str, delivered: int, skipped: list, what: str = "",
+                   max_skipped_fraction: float = 1.0, skipped_count: int | None = None) -> None:
+    """Refuse a split that yielded no video, or whose skipped share is above ``max_skipped_fraction``.
 
     Args:
         split: the split's name (or location) for the message.
         delivered: videos the split yielded (processed, or already done by an earlier run).
         skipped: the loader's skip records (``loader.stats.skipped`` or their dicts).
         what: what the videos were for (``"for training"``), in the message.
+        max_skipped_fraction: the largest share of skipped samples accepted (the recipes' config key).
+        skipped_count: skipped samples over every process, when ``skipped`` holds this process's only.
 
     Raises:
-        SignstreamError: ``delivered`` is 0, naming the skipped count and the first reasons.
+        SignstreamError: ``delivered`` is 0, or too many samples were skipped, naming the first reasons.
     """
-    if delivered:
-        return
-    raise SignstreamError(f"split {split!r} yielded no video{' ' + what if what else ''}: "
-                          f"{describe_skips(skipped)}; check the shards (signstream verify --decode) "
-                          "or the server they are read from")
+    advice = "check the shards (signstream verify --decode) or the server they are read from"
+    if not delivered:
+        raise SignstreamError(f"split {split!r} yielded no video{' ' + what if what else ''}: "
+                              f"{describe_skips(skipped)}; {advice}")
+    n_skipped = len(skipped) if skipped_count is None else skipped_count
+    fraction = n_skipped / (delivered + n_skipped)
+    if fraction > max_skipped_fraction:
+        raise SignstreamError(f"split {split!r}: {n_skipped} of {delivered + n_skipped} samples skipped "
+                              f"({fraction:.0%}), more than max_skipped_fraction={max_skipped_fraction:g} "
+                              f"(a decoder that cannot start skips them all): {describe_skips(skipped)}; "
+                              f"{advice}, or raise max_skipped_fraction to accept it")
+
+
+def split_counts(accelerator, delivered: int, skipped: int) -> tuple[int, int]:
+    """(delivered, skipped) summed over every process (one all-reduce when there are several)."""
+    if accelerator.num_processes == 1:
+        return delivered, skipped
+    counts = accelerator.reduce(torch.tensor([delivered, skipped], device=accelerator.device), "sum")
+    return int(counts[0]), int(counts[1])
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:

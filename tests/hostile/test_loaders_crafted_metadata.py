@@ -142,7 +142,7 @@ def test_extract_features_skips_a_crafted_sample_and_extracts_the_others(packed,
     out = tmp_path / "out"
     argv = ["extract_features", f"shards={shards}", f"out={out}", "backbone=s3d", "stop_after=4",
             "image_size=32", "backend=pyav", "num_workers=0", "progress=false", "dtype=float32",
-            "calibrate_bn=2", "splits=dev", "writers=npy"]
+            "calibrate_bn=2", "splits=dev", "writers=npy", "max_skipped_fraction=0.5"]  # 1 of 3 skipped
     assert cli(argv) == 0
     dev = json.loads((out / "summary.json").read_text())["splits"]["dev"]
     (skipped,) = dev["skipped"]

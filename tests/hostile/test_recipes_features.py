@@ -130,7 +130,8 @@ def test_a_sample_without_json_is_skipped_and_named_and_the_run_continues(packed
     shutil.copyfile(packed / "glosses.txt", shards / "glosses.txt")
     key = _truncate_json(shards / "dev")
     out = tmp_path / "out"
-    assert cli(["extract_features", f"shards={shards}", f"out={out}", *EXTRACT, "splits=dev", "writers=npy"]) == 0
+    assert cli(["extract_features", f"shards={shards}", f"out={out}", *EXTRACT, "splits=dev", "writers=npy",
+                "max_skipped_fraction=0.5"]) == 0  # 1 of 3 skipped: above the default share
     dev = json.loads((out / "summary.json").read_text())["splits"]["dev"]
     (skipped,) = dev["skipped"]
     assert skipped["key"] == key and skipped["shard"].endswith(".tar") and skipped["reason"]
