@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# the tests, then the linter and the formatter's check (CI runs this target)
 test: setup
 	$(PY) -m pytest -q --durations=15
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -29,6 +32,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf runs .pytest_cache

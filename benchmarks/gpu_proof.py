@@ -1,16 +1,11 @@
 """The GPU proof: the GPU figures of the project in one bounded run, each written as it is taken.
 
-Steps run one after another, each in its own Python process under its own time limit (they add up
-to 295 s, and the whole run is capped there, under 5 minutes). A step writes what it has measured to
-``gpu-logs/<step>.json`` the moment it has it; this process merges that into ``gpu.json`` while the
-step still runs and once more when it ends, and re-renders ``gpu.md`` (both written atomically). A
-figure that could not be taken is ``null`` with its reason under ``reasons`` (keyed by its path,
-e.g. ``loaders[0]`` or ``nvdec.engine_count``), never a guess; a step that fails or is stopped at its
-limit leaves every other step's figures as they were. Without CUDA (or with ``--no-cuda``) the CUDA
-steps are skipped with that reason and the rest still runs: that is what the CPU test exercises.
+Steps run one after another, each in its own Python process under its own time limit; the whole run is capped
+under 5 minutes. Figures reach ``gpu.json`` and ``gpu.md`` (written atomically) as they are taken. Key invariant:
+a figure that could not be taken is ``null`` with its reason, never a guess, and a failed or stopped step leaves
+every other step's figures as they were; without CUDA the CUDA steps are skipped. Why: docs/design/benchmarks.md
 
-Run: ``python -m signstream.benchmarks.gpu_proof --out DIR [--no-cuda] [--limit STEP=SECONDS]``
-(``bash benchmarks/gpu_proof.sh [OUT]`` wraps it).
+Run: ``python -m signstream.benchmarks.gpu_proof --out DIR [--no-cuda] [--limit STEP=SECONDS]``.
 """
 
 from __future__ import annotations
@@ -78,18 +73,32 @@ STEP_NAMES = [s.name for s in STEPS]
 def skeleton(date: str) -> dict[str, Any]:
     """``gpu.json`` before any step ran: every field present, every figure null with a reason."""
     doc = {
-        "device": None, "date": date, "dali_version": None, "torch_version": None,
+        "device": None,
+        "date": date,
+        "dali_version": None,
+        "torch_version": None,
         "cuda_tests": {"passed": None, "failed": None, "skipped": None},
         "nvdec": {"driver_report": None, "engine_count": None, "mig_mode": None},
         "loaders": [{"backend": b, "threads": t, "codec": "vp9", "frames_per_s": None} for b, t in LOADER_ROWS],
-        "extraction": [{"backbone": b, "precision": p, "image_size": SIZE, "e2e_frames_per_s": None,
-                        "backbone_only_frames_per_s": None, "ratio": None, "peak_gpu_mib": None}
-                       for b, p in EXTRACTION_ROWS],
+        "extraction": [
+            {
+                "backbone": b,
+                "precision": p,
+                "image_size": SIZE,
+                "e2e_frames_per_s": None,
+                "backbone_only_frames_per_s": None,
+                "ratio": None,
+                "peak_gpu_mib": None,
+            }
+            for b, p in EXTRACTION_ROWS
+        ],
         "finetune": {"step_s_from_loader": None, "step_s_cached_batch": None},
-        "phoenix2014_i3d_extraction_minutes": None, "phoenix2014_frames_assumed": PHOENIX2014_FRAMES,
+        "phoenix2014_i3d_extraction_minutes": None,
+        "phoenix2014_frames_assumed": PHOENIX2014_FRAMES,
         "phoenix2014_i3d_extraction_basis": None,
         "inputs": {"clips": None, "frames": None, "height": None, "width": None, "codec": None, "seconds": None},
-        "reasons": {}, "steps": {s.name: {"status": "pending", "limit_s": s.limit} for s in STEPS},
+        "reasons": {},
+        "steps": {s.name: {"status": "pending", "limit_s": s.limit} for s in STEPS},
     }
     for step in STEPS:
         for path in step.owns:
@@ -145,7 +154,8 @@ def update_phoenix(doc: dict) -> None:
     key = "phoenix2014_i3d_extraction_minutes"
     rows = [r for r in doc["extraction"] if r["backbone"] == "i3d" and r["e2e_frames_per_s"]]
     best = next((r for r in rows if r["precision"] == "bf16"), None) or max(
-        rows, key=lambda r: r["e2e_frames_per_s"], default=None)
+        rows, key=lambda r: r["e2e_frames_per_s"], default=None
+    )
     if best is None:
         doc[key] = doc["phoenix2014_i3d_extraction_basis"] = None
         doc["reasons"][key] = "needs an i3d end-to-end extraction figure; none was taken (see extraction[...])"
@@ -154,7 +164,8 @@ def update_phoenix(doc: dict) -> None:
     doc[key] = round(PHOENIX2014_FRAMES / fps / 60, 2)
     doc["phoenix2014_i3d_extraction_basis"] = (
         f"{PHOENIX2014_FRAMES:,} frames / {fps:,.0f} frames/s (i3d {best['precision']}, {best['image_size']} px, "
-        f"DALI NVDEC end to end, one GPU; writing the features not included)")
+        f"DALI NVDEC end to end, one GPU; writing the features not included)"
+    )
     doc["reasons"].pop(key, None)
 
 
@@ -210,8 +221,19 @@ class Run:
         save_report(self.out, "gpu", self.doc, markdown)
 
     def command(self, step: Step, limit: float) -> list[str]:
-        cmd = [sys.executable, "-m", "signstream.benchmarks.gpu_proof", "--out", str(self.out),
-               "--step", step.name, "--step-limit", str(limit), "--work", str(self.work)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "signstream.benchmarks.gpu_proof",
+            "--out",
+            str(self.out),
+            "--step",
+            step.name,
+            "--step-limit",
+            str(limit),
+            "--work",
+            str(self.work),
+        ]
         cmd += ["--clips", str(self.clips)] if self.clips else []
         return cmd + (["--cuda-reason", self.cuda_reason] if self.cuda_reason else [])
 
@@ -241,8 +263,9 @@ class Run:
         self.save()
         t0, seen = time.monotonic(), None
         with open(log, "w") as f:
-            proc = subprocess.Popen(self.command(step, limit), stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                self.command(step, limit), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
             rc = None
             while rc is None:
                 try:
@@ -254,9 +277,10 @@ class Run:
                         break
         info["seconds"] = round(time.monotonic() - t0, 1)
         info["status"] = "ok" if rc == 0 else "timed out" if rc is None else f"failed (exit {rc})"
-        why = {"ok": f"step {step.name} ended without this figure",
-               "timed out": f"step {step.name} was stopped at its {limit:.0f} s limit"}.get(
-            info["status"], f"step {step.name} {info['status']}: {_last_line(log)}")
+        why = {
+            "ok": f"step {step.name} ended without this figure",
+            "timed out": f"step {step.name} was stopped at its {limit:.0f} s limit",
+        }.get(info["status"], f"step {step.name} {info['status']}: {_last_line(log)}")
         self.merge(step, state, None, why, final=True)
 
     def merge(self, step: Step, state: Path, seen: int | None, fallback: str, final: bool = False) -> int | None:
@@ -273,8 +297,9 @@ class Run:
         return stamp
 
 
-def run(out: str | os.PathLike, *, no_cuda: bool = False, limits: dict[str, float] | None = None,
-        clips: int | None = None) -> dict:
+def run(
+    out: str | os.PathLike, *, no_cuda: bool = False, limits: dict[str, float] | None = None, clips: int | None = None
+) -> dict:
     """Run every step; writes ``out/gpu.json``, ``out/gpu.md`` and ``out/gpu-logs/``; returns the document.
 
     Args:
@@ -392,19 +417,39 @@ def step_inputs(ctx: StepContext) -> None:
 
     plan = INPUTS["cpu" if ctx.cuda_reason else "cuda"]
     t0 = time.perf_counter()
-    made = make_inputs(ctx.work, quick=False, videos=ctx.clips or plan["clips"], glosses=plan["glosses"],
-                       codecs=("vp9",))
-    ctx.publish({"inputs": {"clips": made["videos"], "frames": made["frames"], "height": 210, "width": 260,
-                            "codec": "vp9", "seconds": round(time.perf_counter() - t0, 1)}})
+    made = make_inputs(
+        ctx.work, quick=False, videos=ctx.clips or plan["clips"], glosses=plan["glosses"], codecs=("vp9",)
+    )
+    ctx.publish(
+        {
+            "inputs": {
+                "clips": made["videos"],
+                "frames": made["frames"],
+                "height": 210,
+                "width": 260,
+                "codec": "vp9",
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        }
+    )
 
 
 def _loader_row(ctx: StepContext, index: int, backend: str, workers: int | None, options: dict) -> None:
     """One throughput row: float [B, 3, T, 224, 224] on CUDA, best of 3 epochs over every clip."""
     from signstream.benchmarks.loaders import loader_case
 
-    case = {"name": f"loaders[{index}]", "kind": "loader", "backend": backend, "device": "cuda",
-            "codec": "vp9", "source": str(ctx.shards / "dev"), "batch_size": LOADER_BATCH,
-            "workers": workers, "repeats": 3, "options": options}
+    case = {
+        "name": f"loaders[{index}]",
+        "kind": "loader",
+        "backend": backend,
+        "device": "cuda",
+        "codec": "vp9",
+        "source": str(ctx.shards / "dev"),
+        "batch_size": LOADER_BATCH,
+        "workers": workers,
+        "repeats": 3,
+        "options": options,
+    }
     result = loader_case(case)
     label, asked = LOADER_ROWS[index]
     reasons = {}
@@ -412,8 +457,17 @@ def _loader_row(ctx: StepContext, index: int, backend: str, workers: int | None,
         reasons[f"loaders[{index}].threads"] = f"asked for {asked} thread(s), the loader ran {result['threads']}"
     if result["skipped"]:
         reasons[f"loaders[{index}].skipped"] = f"{result['skipped']} clip(s) skipped by the loader"
-    ctx.publish({f"loaders[{index}]": {"backend": label, "threads": result["threads"], "codec": "vp9",
-                                       "frames_per_s": round(result["fps"], 1)}}, reasons)
+    ctx.publish(
+        {
+            f"loaders[{index}]": {
+                "backend": label,
+                "threads": result["threads"],
+                "codec": "vp9",
+                "frames_per_s": round(result["fps"], 1),
+            }
+        },
+        reasons,
+    )
 
 
 def _dali_threads(n: int | None) -> dict:
@@ -445,28 +499,52 @@ def step_extraction(ctx: StepContext) -> None:
     for i, (backbone, precision) in enumerate(EXTRACTION_ROWS):
         dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
         try:
-            r = extraction_ratio(ctx.shards, SIZE, None, backbone=backbone, stop_after=None, device="cuda",
-                                 backend="dali", precision=dtype, split="dev")
+            r = extraction_ratio(
+                ctx.shards,
+                SIZE,
+                None,
+                backbone=backbone,
+                stop_after=None,
+                device="cuda",
+                backend="dali",
+                precision=dtype,
+                split="dev",
+            )
         except Exception as exc:  # recorded with its row, and the next row still runs
             ctx.publish(reasons={f"extraction[{i}]": f"failed: {type(exc).__name__}: {exc}"[:400]})
             continue
         finally:
             gc.collect()
             torch.cuda.empty_cache()
-        ctx.publish({f"extraction[{i}]": {
-            "backbone": backbone, "precision": precision, "image_size": SIZE,
-            "e2e_frames_per_s": round(r["extract_e2e_fps"], 1),
-            "backbone_only_frames_per_s": round(r["extract_backbone_only_fps"], 1),
-            "ratio": round(r["extract_ratio"], 3), "peak_gpu_mib": round(r["extract_peak_gpu_mib"], 1)}})
+        ctx.publish(
+            {
+                f"extraction[{i}]": {
+                    "backbone": backbone,
+                    "precision": precision,
+                    "image_size": SIZE,
+                    "e2e_frames_per_s": round(r["extract_e2e_fps"], 1),
+                    "backbone_only_frames_per_s": round(r["extract_backbone_only_fps"], 1),
+                    "ratio": round(r["extract_ratio"], 3),
+                    "peak_gpu_mib": round(r["extract_peak_gpu_mib"], 1),
+                }
+            }
+        )
 
 
 def step_finetune(ctx: StepContext) -> None:
     from signstream.benchmarks.pipeline import finetune_ratio
 
-    r = finetune_ratio(ctx.shards, SIZE, 6, stop_after=None, device="cuda", backend="dali", num_workers=None,
-                       split="dev")
-    ctx.publish({"finetune": {"step_s_from_loader": round(r["finetune_step_s_e2e"], 4),
-                              "step_s_cached_batch": round(r["finetune_step_s_cached"], 4)}})
+    r = finetune_ratio(
+        ctx.shards, SIZE, 6, stop_after=None, device="cuda", backend="dali", num_workers=None, split="dev"
+    )
+    ctx.publish(
+        {
+            "finetune": {
+                "step_s_from_loader": round(r["finetune_step_s_e2e"], 4),
+                "step_s_cached_batch": round(r["finetune_step_s_cached"], 4),
+            }
+        }
+    )
 
 
 def step_cuda_tests(ctx: StepContext) -> None:
@@ -477,8 +555,19 @@ def step_cuda_tests(ctx: StepContext) -> None:
     if not (root / "tests").is_dir():
         return ctx.publish(reasons={"cuda_tests": f"no tests/ folder beside the package ({root})"})
     xml = ctx.logs / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", f"--junitxml={xml}", "tests"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+        f"--junitxml={xml}",
+        "tests",
+    ]
     proc = subprocess.Popen(cmd, cwd=root)
     interrupted = False
     try:
@@ -494,15 +583,27 @@ def step_cuda_tests(ctx: StepContext) -> None:
     if not xml.exists():
         why = f"pytest wrote no report (exit {rc}): {_last_line(ctx.logs / f'{ctx.name}.log')}"
         return ctx.publish(reasons={"cuda_tests": why})
-    reasons = {"cuda_tests.interrupted": f"pytest was interrupted at {ctx.limit - PYTEST_GRACE_S:.0f} s: "
-               "the counts cover only the tests that ran"} if interrupted else {}
+    reasons = (
+        {
+            "cuda_tests.interrupted": f"pytest was interrupted at {ctx.limit - PYTEST_GRACE_S:.0f} s: "
+            "the counts cover only the tests that ran"
+        }
+        if interrupted
+        else {}
+    )
     ctx.publish({"cuda_tests": junit_counts(xml)}, reasons)
 
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], None]] = {
-    "env": step_env, "nvdec": step_nvdec, "inputs": step_inputs, "loaders_dali_1": step_loaders_dali_1,
-    "loaders_dali_default": step_loaders_dali_default, "loaders_pyav_cuda": step_loaders_pyav_cuda,
-    "extraction": step_extraction, "finetune": step_finetune, "cuda_tests": step_cuda_tests,
+    "env": step_env,
+    "nvdec": step_nvdec,
+    "inputs": step_inputs,
+    "loaders_dali_1": step_loaders_dali_1,
+    "loaders_dali_default": step_loaders_dali_default,
+    "loaders_pyav_cuda": step_loaders_pyav_cuda,
+    "extraction": step_extraction,
+    "finetune": step_finetune,
+    "cuda_tests": step_cuda_tests,
 }
 
 
@@ -517,41 +618,67 @@ def _goal(value: float | None, ok: bool, text: str) -> str:
 
 def _loader_lines(doc: dict) -> list[str]:
     inp = doc["inputs"]
-    lines = [f"### Loaders: {_f(inp['clips'])} clips, {_f(inp['frames'])} frames of {_f(inp['height'])}×"
-             f"{_f(inp['width'])} VP9 → float [B, 3, T, {SIZE}, {SIZE}] on the GPU, batch {LOADER_BATCH}, "
-             "best of 3 epochs", "", "| backend | threads | codec | frames/s | note |", "|---|---|---|---|---|"]
+    lines = [
+        f"### Loaders: {_f(inp['clips'])} clips, {_f(inp['frames'])} frames of {_f(inp['height'])}×"
+        f"{_f(inp['width'])} VP9 → float [B, 3, T, {SIZE}, {SIZE}] on the GPU, batch {LOADER_BATCH}, "
+        "best of 3 epochs",
+        "",
+        "| backend | threads | codec | frames/s | note |",
+        "|---|---|---|---|---|",
+    ]
     for i, r in enumerate(doc["loaders"]):
         fps, nvdec = r["frames_per_s"], r["backend"] == "dali-nvdec"
-        note = _goal(fps, fps is not None and fps >= GOALS["nvdec_frames_per_s"],
-                     f"goal ≥ {GOALS['nvdec_frames_per_s']:,}") if nvdec and r["threads"] != 1 else ""
-        lines.append(f"| {r['backend']} | {_f(r['threads'])} | {r['codec']} | {_f(fps, ',.0f')} "
-                     f"| {note or _why(doc, f'loaders[{i}]')} |")
+        note = (
+            _goal(
+                fps, fps is not None and fps >= GOALS["nvdec_frames_per_s"], f"goal ≥ {GOALS['nvdec_frames_per_s']:,}"
+            )
+            if nvdec and r["threads"] != 1
+            else ""
+        )
+        lines.append(
+            f"| {r['backend']} | {_f(r['threads'])} | {r['codec']} | {_f(fps, ',.0f')} "
+            f"| {note or _why(doc, f'loaders[{i}]')} |"
+        )
     return lines
 
 
 def _extraction_lines(doc: dict) -> list[str]:
-    lines = ["", "### Extraction: DALI NVDEC + `extract_features` (dense) ÷ the same calls on random tensors "
-             "of the same shapes", "", "| backbone | precision | size | e2e frames/s | backbone-only frames/s "
-             "| ratio | peak GPU MiB (torch) | note |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "### Extraction: DALI NVDEC + `extract_features` (dense) ÷ the same calls on random tensors of the same shapes",
+        "",
+        "| backbone | precision | size | e2e frames/s | backbone-only frames/s | ratio | peak GPU MiB (torch) | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(doc["extraction"]):
         ratio = r["ratio"]
-        note = (_goal(ratio, ratio is not None and ratio >= GOALS["bf16_ratio"], f"goal ≥ {GOALS['bf16_ratio']}")
-                if r["precision"] == "bf16" else "")
-        lines.append(f"| {r['backbone']} | {r['precision']} | {r['image_size']} | {_f(r['e2e_frames_per_s'], ',.0f')} "
-                     f"| {_f(r['backbone_only_frames_per_s'], ',.0f')} | {_f(ratio, '.3f')} "
-                     f"| {_f(r['peak_gpu_mib'], ',.0f')} | {note or _why(doc, f'extraction[{i}]')} |")
+        note = (
+            _goal(ratio, ratio is not None and ratio >= GOALS["bf16_ratio"], f"goal ≥ {GOALS['bf16_ratio']}")
+            if r["precision"] == "bf16"
+            else ""
+        )
+        lines.append(
+            f"| {r['backbone']} | {r['precision']} | {r['image_size']} | {_f(r['e2e_frames_per_s'], ',.0f')} "
+            f"| {_f(r['backbone_only_frames_per_s'], ',.0f')} | {_f(ratio, '.3f')} "
+            f"| {_f(r['peak_gpu_mib'], ',.0f')} | {note or _why(doc, f'extraction[{i}]')} |"
+        )
     return lines
 
 
 def _summary_lines(doc: dict) -> list[str]:
     t, nv, ft = doc["cuda_tests"], doc["nvdec"], doc["finetune"]
-    lines = ["", f"- cuda tests (`pytest -m cuda`): {_f(t['passed'])} passed, {_f(t['failed'])} failed, "
-             f"{_f(t['skipped'])} skipped {_why(doc, 'cuda_tests')}",
-             f"- NVDEC: {_f(nv['engine_count'])} engine(s), MIG mode {_f(nv['mig_mode'])} {_why(doc, 'nvdec')}"]
+    lines = [
+        "",
+        f"- cuda tests (`pytest -m cuda`): {_f(t['passed'])} passed, {_f(t['failed'])} failed, "
+        f"{_f(t['skipped'])} skipped {_why(doc, 'cuda_tests')}",
+        f"- NVDEC: {_f(nv['engine_count'])} engine(s), MIG mode {_f(nv['mig_mode'])} {_why(doc, 'nvdec')}",
+    ]
     lines += [f"    - {line}" for line in nv["driver_report"] or []]
     load, cached = ft["step_s_from_loader"], ft["step_s_cached_batch"]
-    line = (f"- fine-tuning step (S3D, {SIZE} px, batch 4, ≤ 64 frames, fp32, DALI train mode): "
-            f"{_f(load, '.3f')} s from the loader, {_f(cached, '.3f')} s on one cached batch")
+    line = (
+        f"- fine-tuning step (S3D, {SIZE} px, batch 4, ≤ 64 frames, fp32, DALI train mode): "
+        f"{_f(load, '.3f')} s from the loader, {_f(cached, '.3f')} s on one cached batch"
+    )
     if load is not None and cached:
         extra = load / cached - 1
         line += f"; the loader adds {extra:.1%} ({_goal(extra, extra < GOALS['loader_overhead'], 'goal < 10 %')})"
@@ -559,14 +686,16 @@ def _summary_lines(doc: dict) -> list[str]:
     minutes = doc["phoenix2014_i3d_extraction_minutes"]
     line = f"- PHOENIX-2014 I3D extraction ({PHOENIX2014_FRAMES:,} frames): {_f(minutes)} min"
     if minutes is not None:
-        line += (f" = {doc['phoenix2014_i3d_extraction_basis']} "
-                 f"({_goal(minutes, minutes <= GOALS['phoenix_minutes'], 'goal ≤ 2 min')})")
+        line += (
+            f" = {doc['phoenix2014_i3d_extraction_basis']} "
+            f"({_goal(minutes, minutes <= GOALS['phoenix_minutes'], 'goal ≤ 2 min')})"
+        )
     lines.append(f"{line} {_why(doc, 'phoenix2014_i3d_extraction_minutes')}")
     return lines
 
 
 def _why(doc: dict, path: str) -> str:
-    found = [v if k == path else f"{k[len(path) + 1:]}: {v}" for k, v in doc["reasons"].items() if _under(k, path)]
+    found = [v if k == path else f"{k[len(path) + 1 :]}: {v}" for k, v in doc["reasons"].items() if _under(k, path)]
     return f"({'; '.join(found)})" if found else ""
 
 
@@ -574,13 +703,24 @@ def markdown(doc: dict) -> str:
     """``gpu.md``: the document as one Markdown section."""
     steps = doc["steps"]
     spent = sum(s.get("seconds", 0) for s in steps.values())
-    lines = ["## GPU proof (`bash benchmarks/gpu_proof.sh`)", "",
-             f"{_f(doc['device'])} {_why(doc, 'device')} · {doc['date']} · torch {_f(doc['torch_version'])} · "
-             f"DALI {_f(doc['dali_version'])} · steps took {spent:.0f} s", *_summary_lines(doc), "",
-             *_loader_lines(doc), *_extraction_lines(doc), "", "### Steps", "",
-             "| step | status | seconds | limit s |", "|---|---|---|---|"]
-    lines += [f"| {name} | {s['status']} | {_f(s.get('seconds'))} | {_f(s.get('limit_s'))} |"
-              for name, s in steps.items()]
+    lines = [
+        "## GPU proof (`bash benchmarks/gpu_proof.sh`)",
+        "",
+        f"{_f(doc['device'])} {_why(doc, 'device')} · {doc['date']} · torch {_f(doc['torch_version'])} · "
+        f"DALI {_f(doc['dali_version'])} · steps took {spent:.0f} s",
+        *_summary_lines(doc),
+        "",
+        *_loader_lines(doc),
+        *_extraction_lines(doc),
+        "",
+        "### Steps",
+        "",
+        "| step | status | seconds | limit s |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {s['status']} | {_f(s.get('seconds'))} | {_f(s.get('limit_s'))} |" for name, s in steps.items()
+    ]
     if doc["reasons"]:
         lines += ["", "Figures not taken, and notes:", ""]
         lines += [f"- `{k}`: {v}" for k, v in sorted(doc["reasons"].items())]
@@ -593,8 +733,9 @@ def _limits(items: list[str]) -> dict[str, float]:
     for item in items:
         name, _, seconds = item.partition("=")
         if name not in STEP_NAMES or not re.fullmatch(r"\d+(\.\d+)?", seconds):
-            raise argparse.ArgumentTypeError(f"--limit takes STEP=SECONDS with STEP one of {', '.join(STEP_NAMES)}, "
-                                             f"got {item!r}")
+            raise argparse.ArgumentTypeError(
+                f"--limit takes STEP=SECONDS with STEP one of {', '.join(STEP_NAMES)}, got {item!r}"
+            )
         limits[name] = float(seconds)
     return limits
 
@@ -603,15 +744,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="folder for gpu.json, gpu.md and gpu-logs/")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA steps (each with that reason)")
-    parser.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
-                        help=f"override a step's time limit; steps: {', '.join(STEP_NAMES)}")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        help=f"override a step's time limit; steps: {', '.join(STEP_NAMES)}",
+    )
     parser.add_argument("--clips", type=int, help="synthetic clips to make (default 24 with CUDA, 2 without)")
     for hidden in ("--step", "--step-limit", "--work", "--cuda-reason"):  # internal: one step's process
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        ctx = StepContext(args.step, Path(args.out) / LOGS, Path(args.work), float(args.step_limit), args.clips,
-                          args.cuda_reason)
+        ctx = StepContext(
+            args.step, Path(args.out) / LOGS, Path(args.work), float(args.step_limit), args.clips, args.cuda_reason
+        )
         STEP_FUNCTIONS[args.step](ctx)
         return 0
     try:

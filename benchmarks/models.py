@@ -1,25 +1,11 @@
 """Backbone benchmark: throughput and peak memory of every registered backbone.
 
-Two measurements on synthetic inputs (random tensors; no weights, no data):
+On synthetic inputs (random tensors; no weights, no data): clips/s, frames/s and peak memory of
+``forward_features`` per backbone and input size (CUDA rows skipped without a GPU), and the peak memory of
+dense extraction on a 100-frame and a 2,000-frame video (goal: ≤ 1.2× apart). Each case runs in its own
+subprocess unless ``quick``. Why: docs/design/benchmarks.md
 
-* **throughput** per backbone and input size: clips/s and frames/s of
-  ``forward_features`` under ``torch.inference_mode`` after warm-up, and the
-  peak memory of doing so (CPU: peak RSS growth; CUDA: max allocated, with
-  fp32, bf16 and fp16-autocast rows; CUDA rows are reported as skipped
-  without a GPU);
-* **dense memory**: peak memory of ``extract_features(mode="dense")`` on a
-  100-frame and a 2,000-frame video at a small size (goal: ≤ 1.2× apart).
-
-Peak RSS growth = the process's peak resident set size during the measured
-call minus its RSS just before (model and input already allocated). On Linux
-the kernel's high-water mark is reset first (``/proc/self/clear_refs``) and read
-from ``VmHWM``, which catches every page ever touched; elsewhere a thread samples
-RSS every millisecond (may miss short peaks). Each case runs in its own
-subprocess unless ``quick``, so earlier cases' freed-but-retained memory
-cannot hide a later case's growth.
-
-Run: ``python -m signstream.benchmarks.models --out DIR [--sizes 112,224]
-[--frames 16] [--quick]``; writes ``models.json`` and ``models.md`` to DIR.
+Run: ``python -m signstream.benchmarks.models --out DIR [--sizes 112,224] [--frames 16] [--quick]``.
 """
 
 from __future__ import annotations
@@ -31,15 +17,14 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from signstream.benchmarks.report import save_report
+from signstream.loaders.memory import MIB, PeakMemory
 
-MIB = 1024 * 1024
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENSE_GOAL = 1.2
 MEMORY_METHOD = (
@@ -48,69 +33,13 @@ MEMORY_METHOD = (
 )
 
 
-# -- memory probes ------------------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class PeakRSS:
-    """Context manager measuring peak RSS growth (MiB) of the code inside it."""
-
-    def __init__(self) -> None:
-        self.method = ""
-        self.growth_mib = 0.0
-        self.peak_mib = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._max = 0
-
-    def __enter__(self) -> PeakRSS:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._start = self._proc.memory_info().rss
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the kernel's peak-RSS counter (VmHWM) to the current RSS
-            self.method = "VmHWM after /proc/self/clear_refs reset"
-        except OSError:
-            self.method = "psutil RSS sampled every 1 ms"
-            self._max = self._start
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self._max = max(self._max, self._proc.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._max, self._proc.memory_info().rss)
-        else:
-            peak = (_status_kib("VmHWM") or 0) * 1024
-        self.peak_mib = peak / MIB
-        self.growth_mib = max(peak - self._start, 0) / MIB
-
-
 # -- cases --------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed_loop(
-    model, x, amp, device, warmup: int, min_iters: int, min_seconds: float
-) -> tuple[int, float]:
+def _timed_loop(model, x, amp, device, warmup: int, min_iters: int, min_seconds: float) -> tuple[int, float]:
     with torch.inference_mode(), amp:
         for _ in range(warmup):
             model.forward_features(x)
@@ -133,12 +62,8 @@ def throughput_case(case: dict) -> dict:
     x = torch.randn(case["batch"], 3, case["frames"], case["size"], case["size"], device=device)
     dtype = DTYPES[case["dtype"]]
     amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with PeakRSS() as mem:
-        iters, seconds = _timed_loop(
-            model, x, amp, device, case["warmup"], case["min_iters"], case["min_seconds"]
-        )
+    with PeakMemory(cuda=device.type == "cuda", device=device) as mem:
+        iters, seconds = _timed_loop(model, x, amp, device, case["warmup"], case["min_iters"], case["min_seconds"])
     clips_s = case["batch"] * iters / seconds
     row = dict(case)
     row.update(
@@ -146,14 +71,11 @@ def throughput_case(case: dict) -> dict:
         clips_per_s=round(clips_s, 3),
         frames_per_s=round(clips_s * case["frames"], 2),
         ms_per_clip=round(1000 / clips_s, 1),
-        peak_rss_growth_mib=round(mem.growth_mib, 1),
-        peak_rss_mib=round(mem.peak_mib, 1),
+        **mem.fields(),  # peak_rss_growth_mib, peak_rss_mib and, on CUDA, cuda_max_allocated_mib
         rss_method=mem.method,
         params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         threads=torch.get_num_threads(),
     )
-    if device.type == "cuda":
-        row["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / MIB, 1)
     return row
 
 
@@ -169,17 +91,14 @@ def dense_case(case: dict) -> dict:
     # primitives, thread pools) are not charged to either video.
     extract_features(model, video[:, : min(case["frames"], 32)], "dense")
     t0 = time.perf_counter()
-    with PeakRSS() as mem:
-        feats = extract_features(
-            model, video, "dense", chunk_len=case["chunk_len"], overlap=case["overlap"]
-        )
+    with PeakMemory(cuda=False) as mem:
+        feats = extract_features(model, video, "dense", chunk_len=case["chunk_len"], overlap=case["overlap"])
     row = dict(case)
     row.update(
         seconds=round(time.perf_counter() - t0, 2),
         out_frames=int(feats.shape[0]),
         input_mib=round(video.numel() * video.element_size() / MIB, 1),
-        peak_rss_growth_mib=round(mem.growth_mib, 1),
-        peak_rss_mib=round(mem.peak_mib, 1),
+        **mem.fields(),
         rss_method=mem.method,
         threads=torch.get_num_threads(),
     )
@@ -219,11 +138,7 @@ def plan(
         devices += [("cuda", d) for d in DTYPES]
     else:
         skipped.append("CUDA rows (fp32, bf16, fp16 autocast; max allocated): no CUDA device")
-    timing = (
-        dict(warmup=1, min_iters=1, min_seconds=0.0)
-        if quick
-        else dict(warmup=2, min_iters=3, min_seconds=3.0)
-    )
+    timing = dict(warmup=1, min_iters=1, min_seconds=0.0) if quick else dict(warmup=2, min_iters=3, min_seconds=3.0)
     throughput = [
         dict(
             kind="throughput",
@@ -438,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--models", help="comma-separated backbone names (default: all)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per case")
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes, one iteration (smoke run)"
-    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one iteration (smoke run)")
     parser.add_argument("--no-isolate", action="store_true", help="run every case in this process")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case, JSON in and out
     args = parser.parse_args(argv)

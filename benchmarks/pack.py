@@ -1,14 +1,10 @@
 """Packing benchmark: size, fidelity and speed of ``signstream pack``.
 
-On the synthetic corpus at the real PHOENIX frame size (210×260), default
-settings, measured side by side in one run:
+On the synthetic corpus at the PHOENIX frame size (210×260), default settings, one run: shard bytes ÷ PNG bytes
+with the mean PSNR (goal ≤ 1/20 at ≥ 38 dB), one-worker packing ÷ ``cv2.imread`` frames/s on one core
+(goal ≥ 0.5), and 2 workers ÷ 1 (goal ≥ 1.7×). Why: docs/design/benchmarks.md
 
-* shard bytes ÷ PNG bytes, with the mean PSNR of the decoded frames (goal ≤ 1/20 at ≥ 38 dB);
-* packing frames/s with one worker ÷ plain ``cv2.imread`` frames/s on one core (goal ≥ 0.5);
-* packing with 2 workers ÷ 1 worker (goal ≥ 1.7×).
-
-Run: ``python -m signstream.benchmarks.pack --out DIR [--quick]``; writes
-``pack.json`` and ``pack.md`` to DIR.
+Run: ``python -m signstream.benchmarks.pack --out DIR [--quick]``; writes ``pack.json`` and ``pack.md`` to DIR.
 """
 
 from __future__ import annotations
@@ -42,8 +38,7 @@ def png_read_fps(rows) -> float:
 def pack_fps(root: Path, out: Path, workers: int, codec: str = "vp9") -> tuple[float, dict]:
     """Frames/s of a full ``pack_corpus`` run (train split) with ``workers`` processes."""
     t0 = time.perf_counter()
-    result = pack_corpus("phoenix2014", out, root=root, workers=workers, progress=False,
-                         splits=["train"], codec=codec)
+    result = pack_corpus("phoenix2014", out, root=root, workers=workers, progress=False, splits=["train"], codec=codec)
     seconds = time.perf_counter() - t0
     return result["splits"]["train"]["totals"]["frames"] / seconds, result["splits"]["train"]
 
@@ -76,27 +71,43 @@ def run(out: str | Path, quick: bool = False) -> dict:
     size = dict(height=96, width=128) if quick else dict(height=210, width=260)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = make_corpus(tmp / "corpus", layout="phoenix2014", seed=1, train=n_train, dev=1, test=1,
-                           vocab=20, **size)
+        root = make_corpus(tmp / "corpus", layout="phoenix2014", seed=1, train=n_train, dev=1, test=1, vocab=20, **size)
         rows = [r for r in phoenix2014(root) if r.split == "train"]
         png_read_fps(rows[:2])  # warm the page cache and the codecs
         png_fps = png_read_fps(rows)
         fps1, m1 = pack_fps(root, tmp / "w1", workers=1)
         fps2, m2 = pack_fps(root, tmp / "w2", workers=2)
         psnr = mean_psnr(tmp / "w1" / "train", rows, limit=300 if quick else 2000)
-        same = all((tmp / "w1" / "train" / s["file"]).read_bytes() == (tmp / "w2" / "train" / s["file"]).read_bytes()
-                   for s in m1["shards"])
+        same = all(
+            (tmp / "w1" / "train" / s["file"]).read_bytes() == (tmp / "w2" / "train" / s["file"]).read_bytes()
+            for s in m1["shards"]
+        )
     totals = m1["totals"]
     result = {
-        "corpus": {"videos": totals["samples"], "frames": totals["frames"], "height": size["height"],
-                   "width": size["width"], "codec": m1["codec"], "options": m1["options"]},
-        "png_bytes": totals["png_bytes"], "shard_bytes": totals["bytes"],
-        "size_ratio": totals["bytes"] / totals["png_bytes"], "mean_psnr_db": psnr,
-        "png_read_fps_1core": png_fps, "pack_fps_1worker": fps1, "pack_fps_2workers": fps2,
-        "pack_vs_png_read_per_core": fps1 / png_fps, "speedup_2_vs_1_workers": fps2 / fps1,
+        "corpus": {
+            "videos": totals["samples"],
+            "frames": totals["frames"],
+            "height": size["height"],
+            "width": size["width"],
+            "codec": m1["codec"],
+            "options": m1["options"],
+        },
+        "png_bytes": totals["png_bytes"],
+        "shard_bytes": totals["bytes"],
+        "size_ratio": totals["bytes"] / totals["png_bytes"],
+        "mean_psnr_db": psnr,
+        "png_read_fps_1core": png_fps,
+        "pack_fps_1worker": fps1,
+        "pack_fps_2workers": fps2,
+        "pack_vs_png_read_per_core": fps1 / png_fps,
+        "speedup_2_vs_1_workers": fps2 / fps1,
         "identical_output_1_vs_2_workers": same,
-        "goals": {"size_ratio_max": 1 / 20, "psnr_min_db": 38.0, "pack_vs_png_read_min": 0.5,
-                  "speedup_2_vs_1_min": 1.7},
+        "goals": {
+            "size_ratio_max": 1 / 20,
+            "psnr_min_db": 38.0,
+            "pack_vs_png_read_min": 0.5,
+            "speedup_2_vs_1_min": 1.7,
+        },
     }
     save_report(out, "pack", result, render_markdown)
     return result
@@ -115,14 +126,19 @@ def render_markdown(r: dict) -> str:
         ("pack, 2 workers ÷ 1 worker", f"{r['speedup_2_vs_1_workers']:.2f}×", f"≥ {g['speedup_2_vs_1_min']}×"),
         ("identical bytes, 1 vs 2 workers", str(r["identical_output_1_vs_2_workers"]), "True"),
     ]
-    lines = [f"## Packing ({c['videos']} videos, {c['frames']} frames, {c['height']}×{c['width']}, "
-             f"{c['codec']} crf {c['options']['quality']})", "", "| figure | measured | goal |", "|---|---|---|"]
+    lines = [
+        f"## Packing ({c['videos']} videos, {c['frames']} frames, {c['height']}×{c['width']}, "
+        f"{c['codec']} crf {c['options']['quality']})",
+        "",
+        "| figure | measured | goal |",
+        "|---|---|---|",
+    ]
     lines += [f"| {a} | {b} | {g_} |" for a, b, g_ in rows]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    quick_cli(__doc__, run, render_markdown, argv, quick_help='small corpus at 96×128 (smoke test)')
+    quick_cli(__doc__, run, render_markdown, argv, quick_help="small corpus at 96×128 (smoke test)")
 
 
 if __name__ == "__main__":

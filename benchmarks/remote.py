@@ -1,28 +1,11 @@
 """Remote-shard benchmark: the same shards from local disk, an HTTP server and an S3 server.
 
-On a synthetic dev split at the PHOENIX frame size (210×260) packed with the
-default settings, the PyAV loader (2 worker processes, eval order, float32
-``[B, 3, T, 224, 224]`` with ImageNet normalisation, as in the loader
-benchmark) reads the same shards
+The PyAV loader reads the same synthetic dev split (210×260) from local disk, ``http.server`` and moto's S3
+server on 127.0.0.1 (each server in its own process); the figure is remote ÷ local frames/s (goal ≥ 0.9), cases
+interleaved. A second part checks that extraction as 2 machines × 1 process gives the same files and values as
+one process. Why: docs/design/benchmarks.md
 
-* from local disk,
-* from ``http.server`` on 127.0.0.1 (with range requests), and
-* from moto's S3 server on 127.0.0.1 (``s3://``, via s3fs),
-
-each server in its own process, as a real one would be,
-
-and the figures are frames/s of each remote source ÷ frames/s from local disk
-(goal ≥ 0.9). Cases are interleaved (local, http, s3, local, ...) and each
-takes the best of ``repeats`` timed epochs after a warm-up, so load from other
-jobs on a shared machine affects all three alike.
-
-The second part runs feature extraction (S3D cut after block 4, 32 px) as one
-process and as 2 machines × 1 process on this box (``accelerate launch
---num_machines 2``, shards from the HTTP server) and reports whether every
-output file and value is identical and every video was extracted once.
-
-Run: ``python -m signstream.benchmarks.remote --out DIR [--quick]``; writes
-``remote.json`` and ``remote.md``.
+Run: ``python -m signstream.benchmarks.remote --out DIR [--quick]``; writes ``remote.json`` and ``remote.md``.
 """
 
 from __future__ import annotations
@@ -56,21 +39,44 @@ def make_shards(work: Path, quick: bool) -> dict[str, Any]:
     from signstream.tools.synth import make_corpus
 
     videos = 4 if quick else 32
-    root = make_corpus(work / "corpus", layout="phoenix2014", seed=2, train=1, dev=videos, test=2,
-                       vocab=20, height=210, width=260, max_glosses=3 if quick else 7)
-    result = pack_corpus("phoenix2014", work / "shards", root=root, splits=["dev", "test"], progress=False,
-                         max_samples=max(2, videos // 4))
+    root = make_corpus(
+        work / "corpus",
+        layout="phoenix2014",
+        seed=2,
+        train=1,
+        dev=videos,
+        test=2,
+        vocab=20,
+        height=210,
+        width=260,
+        max_glosses=3 if quick else 7,
+    )
+    result = pack_corpus(
+        "phoenix2014",
+        work / "shards",
+        root=root,
+        splits=["dev", "test"],
+        progress=False,
+        max_samples=max(2, videos // 4),
+    )
     totals = result["splits"]["dev"]["totals"]
-    return {"videos": videos, "frames": totals["frames"],
-            "shards": totals["shards"], "bytes": totals["bytes"]}
+    return {"videos": videos, "frames": totals["frames"], "shards": totals["shards"], "bytes": totals["bytes"]}
 
 
 def epoch_fps(source: str, repeats: int) -> tuple[float, int]:
     """Best frames/s over ``repeats`` timed epochs after one warm-up epoch; and frames per epoch."""
     from signstream.loaders import Transform, make_loader
 
-    loader = make_loader(source, backend="pyav", batch_size=2, num_workers=WORKERS, mode="eval",
-                         transform=Transform(size=OUTPUT_SIZE, normalize="imagenet"), rank=0, world_size=1)
+    loader = make_loader(
+        source,
+        backend="pyav",
+        batch_size=2,
+        num_workers=WORKERS,
+        mode="eval",
+        transform=Transform(size=OUTPUT_SIZE, normalize="imagenet"),
+        rank=0,
+        world_size=1,
+    )
     best, frames = 0.0, 0
     for epoch in range(repeats + 1):
         t0, frames = time.perf_counter(), 0
@@ -94,8 +100,10 @@ def loader_ratios(sources: dict[str, str], repeats: int, rounds: int) -> dict[st
             fps[name] = max(fps[name], value)
     if len(set(frames.values())) != 1:
         raise RuntimeError(f"sources delivered different frame counts: {frames}")
-    return {"fps": {k: round(v, 1) for k, v in fps.items()},
-            "ratio_vs_local": {k: round(v / fps["local"], 3) for k, v in fps.items() if k != "local"}}
+    return {
+        "fps": {k: round(v, 1) for k, v in fps.items()},
+        "ratio_vs_local": {k: round(v / fps["local"], 3) for k, v in fps.items() if k != "local"},
+    }
 
 
 # ------------------------------------------------------------------ 2 machines
@@ -109,10 +117,28 @@ def _launch(ranks: list[list[str]], args: list[str]) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", *flags, "--mixed_precision",
-                               "no", "--dynamo_backend", "no", "-m", "signstream.recipes.extract_features", *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for flags in ranks]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                *flags,
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                "-m",
+                "signstream.recipes.extract_features",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for flags in ranks
+    ]
     logs = [p.communicate(timeout=1800)[0] for p in procs]
     for p, log in zip(procs, logs):
         if p.returncode != 0:
@@ -122,22 +148,54 @@ def _launch(ranks: list[list[str]], args: list[str]) -> float:
 
 def two_machine_extraction(local: str, http: str, work: Path) -> dict[str, Any]:
     """One process (local shards) vs 2 machines x 1 process (HTTP shards): identical outputs?"""
-    common = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0",
-              "writers=npy", "dtype=float32", "progress=false", "seed=0", "splits=dev,test"]
+    common = [
+        "backbone=s3d",
+        "stop_after=4",
+        "image_size=32",
+        "backend=pyav",
+        "num_workers=0",
+        "writers=npy",
+        "dtype=float32",
+        "progress=false",
+        "seed=0",
+        "splits=dev,test",
+    ]
     one, two = work / "extract1", work / "extract2"
     t1 = _launch([["--num_processes", "1", "--num_machines", "1"]], [f"shards={local}", f"out={one}", *common])
     port = str(_free_port())
-    t2 = _launch([["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(r),
-                   "--main_process_ip", "127.0.0.1", "--main_process_port", port] for r in (0, 1)],
-                 [f"shards={http}", f"out={two}", *common])
+    t2 = _launch(
+        [
+            [
+                "--multi_gpu",
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(r),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+            ]
+            for r in (0, 1)
+        ],
+        [f"shards={http}", f"out={two}", *common],
+    )
     a = {p.relative_to(one).as_posix(): p for p in sorted(one.glob("*/*.npy"))}
     b = {p.relative_to(two).as_posix(): p for p in sorted(two.glob("*/*.npy"))}
     same_values = a.keys() == b.keys() and all(np.array_equal(np.load(a[k]), np.load(b[k])) for k in a)
     summary = json.loads((two / "summary.json").read_text())
     videos = sum(s["videos"] for s in summary["splits"].values())
-    return {"videos": len(a), "identical_files": sorted(a) == sorted(b), "identical_values": bool(same_values),
-            "every_video_once": videos == len(a) == len(b), "processes": summary["processes"],
-            "seconds_1_process": round(t1, 1), "seconds_2_machines": round(t2, 1)}
+    return {
+        "videos": len(a),
+        "identical_files": sorted(a) == sorted(b),
+        "identical_values": bool(same_values),
+        "every_video_once": videos == len(a) == len(b),
+        "processes": summary["processes"],
+        "seconds_1_process": round(t1, 1),
+        "seconds_2_machines": round(t2, 1),
+    }
 
 
 # ------------------------------------------------------------------ the whole run
@@ -158,14 +216,20 @@ def run(out: str | os.PathLike, quick: bool = False, extraction: bool = True) ->
         env = stack.enter_context(s3_server())
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        stack.callback(lambda: [os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-                                for k, v in saved.items()])
+        stack.callback(
+            lambda: [os.environ.pop(k) if v is None else os.environ.__setitem__(k, v) for k, v in saved.items()]
+        )
         upload_tree(root, BUCKET_URL)
         sources = {"local": f"{root}/dev", "http": f"{http}/dev", "s3": f"{BUCKET_URL}/dev"}
         load = os.getloadavg()[0]
-        result = {"corpus": shards, "workers": WORKERS, "goal_ratio_min": GOAL,
-                  **loader_ratios(sources, repeats=1 if quick else 2, rounds=1 if quick else 2),
-                  "load_avg_1min_at_start": round(load, 2), "cpus": os.cpu_count()}
+        result = {
+            "corpus": shards,
+            "workers": WORKERS,
+            "goal_ratio_min": GOAL,
+            **loader_ratios(sources, repeats=1 if quick else 2, rounds=1 if quick else 2),
+            "load_avg_1min_at_start": round(load, 2),
+            "cpus": os.cpu_count(),
+        }
         result["meets_goal"] = all(r >= GOAL for r in result["ratio_vs_local"].values())
         if extraction:
             result["extraction"] = two_machine_extraction(str(root), http, work)
@@ -176,24 +240,35 @@ def run(out: str | os.PathLike, quick: bool = False, extraction: bool = True) ->
 def markdown(r: dict) -> str:
     """The report section."""
     c = r["corpus"]
-    lines = ["## Remote shards: HTTP and S3 on 127.0.0.1 vs local disk", "",
-             f"PyAV loader, {r['workers']} workers, eval order, float32 224×224, same {c['shards']} VP9 shards "
-             f"({c['videos']} videos, {c['frames']} frames, {c['bytes'] / 1e6:.1f} MB); best epoch of interleaved "
-             f"rounds; {r['cpus']} CPUs, load {r['load_avg_1min_at_start']} at start.", "",
-             "| source | frames/s | ÷ local disk |", "|---|---|---|",
-             f"| local disk | {r['fps']['local']} | 1.000 |"]
+    lines = [
+        "## Remote shards: HTTP and S3 on 127.0.0.1 vs local disk",
+        "",
+        f"PyAV loader, {r['workers']} workers, eval order, float32 224×224, same {c['shards']} VP9 shards "
+        f"({c['videos']} videos, {c['frames']} frames, {c['bytes'] / 1e6:.1f} MB); best epoch of interleaved "
+        f"rounds; {r['cpus']} CPUs, load {r['load_avg_1min_at_start']} at start.",
+        "",
+        "| source | frames/s | ÷ local disk |",
+        "|---|---|---|",
+        f"| local disk | {r['fps']['local']} | 1.000 |",
+    ]
     for name in ("http", "s3"):
         lines.append(f"| {name} (127.0.0.1) | {r['fps'][name]} | {r['ratio_vs_local'][name]:.3f} |")
-    lines += ["", f"Goal: every remote source ≥ {r['goal_ratio_min']} of local disk — "
-              f"{'met' if r['meets_goal'] else 'NOT met'}."]
+    lines += [
+        "",
+        f"Goal: every remote source ≥ {r['goal_ratio_min']} of local disk — {'met' if r['meets_goal'] else 'NOT met'}.",
+    ]
     e = r.get("extraction")
     if e:
-        lines += ["", "| extraction (S3D block 4, 32 px) | value |", "|---|---|",
-                  f"| videos | {e['videos']} |",
-                  f"| 2 machines × 1 process (HTTP shards) ≡ 1 process (local), files | {e['identical_files']} |",
-                  f"| … values (bit-identical) | {e['identical_values']} |",
-                  f"| every video extracted exactly once | {e['every_video_once']} |",
-                  f"| seconds: 1 process / 2 machines | {e['seconds_1_process']} / {e['seconds_2_machines']} |"]
+        lines += [
+            "",
+            "| extraction (S3D block 4, 32 px) | value |",
+            "|---|---|",
+            f"| videos | {e['videos']} |",
+            f"| 2 machines × 1 process (HTTP shards) ≡ 1 process (local), files | {e['identical_files']} |",
+            f"| … values (bit-identical) | {e['identical_values']} |",
+            f"| every video extracted exactly once | {e['every_video_once']} |",
+            f"| seconds: 1 process / 2 machines | {e['seconds_1_process']} / {e['seconds_2_machines']} |",
+        ]
     return "\n".join(lines) + "\n"
 
 

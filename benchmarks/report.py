@@ -17,8 +17,9 @@ from typing import Any
 from signstream.loaders.fileio import atomic_write, write_json
 
 
-def save_report(out: str | os.PathLike, name: str, result: dict[str, Any],
-                render: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+def save_report(
+    out: str | os.PathLike, name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
     """Write ``result`` as ``out/<name>.json`` and its Markdown as ``out/<name>.md``; returns ``result``."""
     text = render(result)  # first: a report that cannot be rendered writes neither file
     out = Path(out)
@@ -29,8 +30,13 @@ def save_report(out: str | os.PathLike, name: str, result: dict[str, Any],
     return result
 
 
-def quick_cli(doc: str | None, run: Callable[..., dict[str, Any]], render: Callable[[dict[str, Any]], str],
-              argv: list[str] | None = None, quick_help: str = "a small, fast run (smoke test)") -> None:
+def quick_cli(
+    doc: str | None,
+    run: Callable[..., dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+    quick_help: str = "a small, fast run (smoke test)",
+) -> None:
     """``--out DIR [--quick]``: run the benchmark and print its Markdown."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
     parser.add_argument("--out", default="benchmarks/results")

@@ -1,19 +1,9 @@
 """Local object servers for the remote-shard tests and benchmark: HTTP and S3 on 127.0.0.1.
 
-* :func:`http_server` serves a directory with ``http.server`` in a thread, with
-  single-range ``Range: bytes=a-b`` support (the standard library handler has
-  none, and every real web server and object store does). ``drop`` names files
-  whose responses stop half way and close the connection, to test a server
-  that goes away mid-shard.
-* :func:`s3_server` runs moto's S3-compatible server (``ThreadedMotoServer``)
-  in a child process and yields its endpoint. A separate process matters: DALI's
-  S3 client blocks while holding the GIL, so a server thread in the reading
-  process could never answer it.
-
-Both pick a free port and stop when their ``with`` block ends.
-:func:`http_server_process` runs the HTTP server in a child process instead
-(``python -m signstream.benchmarks.servers http DIR``), as a real web server
-would be: the benchmark's reading process then shares no interpreter with it.
+:func:`http_server` serves a directory with single-range ``Range`` support (``drop`` names files whose responses
+stop half way); :func:`s3_server` runs moto's S3 server in a child process, because DALI's S3 client holds the
+GIL while it waits; :func:`http_server_process` runs the HTTP server in a child process as a real one would be.
+Each picks a free port and stops when its ``with`` block ends. Why: docs/design/benchmarks.md
 """
 
 from __future__ import annotations
@@ -100,8 +90,7 @@ def http_server(directory: str | os.PathLike, drop: tuple[str, ...] = ()) -> Ite
 
 def _child_port(cmd: list[str], what: str, timeout: float) -> tuple[subprocess.Popen, int]:
     """Start a server child that prints its port on its first line and stops when stdin closes."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ready: list[str] = []
     reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -125,24 +114,31 @@ def _stop_child(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def http_server_process(directory: str | os.PathLike, timeout: float = 60.0) -> Iterator[str]:
     """Like :func:`http_server`, in a child process; yields ``http://127.0.0.1:PORT``."""
-    proc, port = _child_port([sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory)],
-                             "the HTTP server", timeout)
+    proc, port = _child_port(
+        [sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory)], "the HTTP server", timeout
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop_child(proc)
 
 
-_MOTO = ("import sys\n"
-         "from moto.server import ThreadedMotoServer\n"
-         "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
-         "server.start()\n"
-         "print(server.get_host_and_port()[1], flush=True)\n"
-         "sys.stdin.read()\n"
-         "server.stop()\n")
+_MOTO = (
+    "import sys\n"
+    "from moto.server import ThreadedMotoServer\n"
+    "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+    "server.start()\n"
+    "print(server.get_host_and_port()[1], flush=True)\n"
+    "sys.stdin.read()\n"
+    "server.stop()\n"
+)
 
-TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
 
 
 @contextlib.contextmanager
@@ -152,8 +148,7 @@ def s3_server(timeout: float = 60.0) -> Iterator[dict[str, str]]:
     Put the yielded variables into ``os.environ`` (they include dummy
     credentials and ``AWS_ENDPOINT_URL``) before creating S3 clients.
     """
-    proc, port = _child_port([sys.executable, "-c", _MOTO], "moto's S3 server (is moto[server] installed?)",
-                             timeout)
+    proc, port = _child_port([sys.executable, "-c", _MOTO], "moto's S3 server (is moto[server] installed?)", timeout)
     try:
         yield {**TEST_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     finally:

@@ -1,20 +1,10 @@
 """Thread-policy benchmark: fine-tuning frames/s beside a competing process.
 
-The real ``finetune_ctc`` recipe (the demo's preset: S3D, 32 px) runs for a
-fixed number of steps while another process keeps two threads busy with matrix
-products, as a colleague's job would on a shared box. Three settings alternate
-in the same run:
+The real ``finetune_ctc`` recipe (the demo's preset: S3D, 32 px) runs a fixed number of steps while another
+process keeps two threads busy. Settings alternate in the same run: ``before`` (one loader worker,
+``OMP_NUM_THREADS`` = every core), ``after`` (the same worker, threads by the recipe's policy) and
+``after_no_worker`` (the demo's preset as shipped); the median frames/s of each counts. Why: docs/design/benchmarks.md
 
-* ``before``: one loader worker and ``OMP_NUM_THREADS`` = every core, what the
-  demo used to run (and what torch picks by itself): its threads spin against
-  the loader worker and the competitor;
-* ``after``: the same loader worker, no ``OMP_NUM_THREADS``, so the recipe's
-  thread policy decides (cores // local processes - loader workers; see
-  ``recipes/threads.py``);
-* ``after_no_worker``: the demo's preset as shipped (decoding in the main
-  process), threads by the policy.
-
-Each setting runs ``rounds`` times, alternating, and the median frames/s counts.
 Run: ``python -m signstream.benchmarks.threads --out DIR [--quick]``.
 """
 
@@ -32,11 +22,9 @@ from signstream.benchmarks.report import quick_cli, save_report
 from signstream.loaders.cpu import available_cores
 
 PRESET = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "finetune_ctc-synthetic-s3d.yaml"
-COMPETITOR = ("import torch\n"
-              "torch.set_num_threads(2)\n"
-              "a = torch.randn(384, 384)\n"
-              "while True:\n"
-              "    a = torch.tanh(a @ a)\n")
+COMPETITOR = (
+    "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\nwhile True:\n    a = torch.tanh(a @ a)\n"
+)
 
 
 def _corpus(tmp: Path, n: int) -> Path:
@@ -50,9 +38,20 @@ def _corpus(tmp: Path, n: int) -> Path:
 
 def finetune_fps(shards: Path, out: Path, steps: int, env: dict, workers: int) -> dict:
     """One short fine-tuning run of the real recipe; its train frames/s and thread log line."""
-    cmd = [sys.executable, "-m", "signstream.tools.cli", "finetune_ctc", "--config", str(PRESET),
-           f"shards={shards}", f"out={out}", "epochs=1", f"max_steps_per_epoch={steps}", "resume=false",
-           f"num_workers={workers}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "signstream.tools.cli",
+        "finetune_ctc",
+        "--config",
+        str(PRESET),
+        f"shards={shards}",
+        f"out={out}",
+        "epochs=1",
+        f"max_steps_per_epoch={steps}",
+        "resume=false",
+        f"num_workers={workers}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"finetune_ctc failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -66,8 +65,11 @@ def run(out: str | Path, quick: bool = False) -> dict:
     out, cores = Path(out), available_cores()
     steps, rounds = (4, 1) if quick else (20, 2)
     base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    settings = {"before": ({**base, "OMP_NUM_THREADS": str(cores)}, 1), "after": (base, 1),
-                "after_no_worker": (base, 0)}
+    settings = {
+        "before": ({**base, "OMP_NUM_THREADS": str(cores)}, 1),
+        "after": (base, 1),
+        "after_no_worker": (base, 0),
+    }
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -81,29 +83,42 @@ def run(out: str | Path, quick: bool = False) -> dict:
             competitor.kill()
             competitor.wait()
     fps = {name: statistics.median(r["frames_per_s"] for r in rs) for name, rs in runs.items()}
-    result = {"cores": cores, "steps": steps, "rounds": rounds, "competitor_threads": 2,
-              **{f"fps_{name}": v for name, v in fps.items()},
-              "speedup": round(fps["after"] / fps["before"], 2) if fps["before"] else None,
-              "speedup_no_worker": round(fps["after_no_worker"] / fps["before"], 2) if fps["before"] else None,
-              **{f"log_{name}": rs[0]["log"] for name, rs in runs.items()}, "runs": runs}
+    result = {
+        "cores": cores,
+        "steps": steps,
+        "rounds": rounds,
+        "competitor_threads": 2,
+        **{f"fps_{name}": v for name, v in fps.items()},
+        "speedup": round(fps["after"] / fps["before"], 2) if fps["before"] else None,
+        "speedup_no_worker": round(fps["after_no_worker"] / fps["before"], 2) if fps["before"] else None,
+        **{f"log_{name}": rs[0]["log"] for name, rs in runs.items()},
+        "runs": runs,
+    }
     save_report(out, "threads", result, render_markdown)
     return result
 
 
 def render_markdown(r: dict) -> str:
     """Markdown table of the thread-policy figures."""
-    return "\n".join([
-        f"## Thread policy (fine-tuning, {r['cores']} cores, beside a 2-thread competing process)", "",
-        "| setting | torch threads | fine-tuning frames/s |", "|---|---|---|",
-        f"| before: 1 loader worker, OMP_NUM_THREADS={r['cores']} | "
-        f"{r['log_before'].removeprefix('torch threads: ')} | {r['fps_before']:.0f} |",
-        f"| after: 1 loader worker, the policy | {r['log_after'].removeprefix('torch threads: ')} "
-        f"| {r['fps_after']:.0f} |",
-        f"| after: the demo preset (no worker), the policy | "
-        f"{r['log_after_no_worker'].removeprefix('torch threads: ')} | {r['fps_after_no_worker']:.0f} |",
-        f"| after ÷ before (same loader) | | {r['speedup']:.2f} |",
-        f"| demo preset ÷ before | | {r['speedup_no_worker']:.2f} |", "",
-        f"Median of {r['rounds']} alternating run(s) of {r['steps']} steps each.", ""])
+    return "\n".join(
+        [
+            f"## Thread policy (fine-tuning, {r['cores']} cores, beside a 2-thread competing process)",
+            "",
+            "| setting | torch threads | fine-tuning frames/s |",
+            "|---|---|---|",
+            f"| before: 1 loader worker, OMP_NUM_THREADS={r['cores']} | "
+            f"{r['log_before'].removeprefix('torch threads: ')} | {r['fps_before']:.0f} |",
+            f"| after: 1 loader worker, the policy | {r['log_after'].removeprefix('torch threads: ')} "
+            f"| {r['fps_after']:.0f} |",
+            f"| after: the demo preset (no worker), the policy | "
+            f"{r['log_after_no_worker'].removeprefix('torch threads: ')} | {r['fps_after_no_worker']:.0f} |",
+            f"| after ÷ before (same loader) | | {r['speedup']:.2f} |",
+            f"| demo preset ÷ before | | {r['speedup_no_worker']:.2f} |",
+            "",
+            f"Median of {r['rounds']} alternating run(s) of {r['steps']} steps each.",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,19 +1,11 @@
 """signstream.loaders: shards (or PNG folders) in, normalised video batches out.
 
-Public API (imported lazily, so ``signstream.loaders.fileio`` stays light)::
-
-    make_loader(source, *, backend="auto"|"dali"|"pyav"|"pngdir", device, batch_size,
-                transform, mode, shuffle, seed, num_workers, ...) -> loader
-    Transform, Batch, LoaderStats, resolve_shards, NORMALIZATIONS, WINDOWS
-
-Modules: ``api`` (make_loader), ``transform`` (shared preprocessing and
-sampling plans), ``batch`` (Batch, padding, bucketing, normalisation),
-``format`` (the shard format: keys, members, manifest, tar and index files),
-``corpora`` (corpus tables), ``shards`` (resolving and reading shards),
-``pyav_backend``, ``dali_backend``, ``pngdir`` (PNG-folder baseline),
-``stats`` (loader.stats, bad-sample policies), ``base`` (epochs, ranks, equal
-train batches), ``feature_writers`` / ``feature_readers`` (feature files),
-``fileio`` (atomic writes).
+Public API, imported lazily (``signstream.loaders.fileio`` stays light): ``make_loader``, ``Transform``, ``Batch``,
+``LoaderStats``, ``resolve_shards``, ``NORMALIZATIONS``, ``WINDOWS`` and the backend registry. Modules (roles:
+docs/design/loaders.md): ``api``; shared ``base``, ``stages``, ``transform``, ``batch``, ``stats``; shards ``format``,
+``shards``, ``corpora``, ``remote``, ``nvdec``; backends ``pyav_backend``, ``pngdir``, ``dali_backend``,
+``dali_pipeline``, ``dali_stream``, ``dali_copy``, ``dali_opencv``, ``dali_startup``; outputs ``fileio``, ``outputs``,
+``ownership``, ``feature_writers``, ``feature_readers``; host ``cpu``, ``memory``.
 """
 
 from __future__ import annotations
@@ -24,6 +16,9 @@ from typing import Any
 _EXPORTS = {
     "make_loader": "signstream.loaders.api",
     "BACKENDS": "signstream.loaders.api",
+    "Backend": "signstream.loaders.api",
+    "register_backend": "signstream.loaders.api",
+    "get_backend": "signstream.loaders.api",
     "Transform": "signstream.loaders.transform",
     "NORMALIZATIONS": "signstream.loaders.transform",
     "WINDOWS": "signstream.loaders.transform",

@@ -1,17 +1,10 @@
 """What every loader shares: epochs, ranks, equal train batches, stats, finalising.
 
-A backend implements one method, ``_epoch(epoch)``, yielding ``(batch, report)``
-pairs (batch ``None`` when only a report is sent); :class:`BaseLoader` turns
-that into the user-facing iterator: it folds reports into ``loader.stats``,
-moves batches to the device, normalises them, and counts them.
-
-Distributed rules, shared by all backends:
-
-* eval: rank ``r`` of ``W`` reads the contiguous samples
-  ``[N*r//W, N*(r+1)//W)`` once — every sample exactly once over all ranks;
-* train: every rank yields exactly :func:`train_batches` batches per epoch
-  (``floor(floor(N/W)/B)``, at least 1), cycling through its share if corrupt
-  samples thinned it, so no rank waits forever in a collective.
+A backend implements one method, ``_epoch(epoch)``, yielding ``(batch, report)`` pairs (batch ``None`` when only
+a report is sent); :class:`BaseLoader` turns that into the user-facing iterator: it folds reports into
+``loader.stats``, moves batches to the device, normalises them, and counts them. Key invariant: eval reads every
+sample exactly once over all ranks; train yields exactly :func:`train_batches` batches on every rank, so no rank
+waits forever in a collective. Why: docs/design/loaders.md
 """
 
 from __future__ import annotations
@@ -49,7 +42,9 @@ def process_rank_world(rank: int | None = None, world: int | None = None) -> tup
             found = (state.process_index, state.num_processes)
         except ImportError:  # accelerate is a dependency, but the loaders work without it
             dist = torch.distributed
-            found = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+            found = (
+                (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+            )
         rank = found[0] if rank is None else rank
         world = found[1] if world is None else world
     if world < 1 or not 0 <= rank < world:
@@ -77,8 +72,19 @@ class BaseLoader:
 
     backend = "base"
 
-    def __init__(self, *, transform: Transform, device: str, mode: str, batch_size: int, seed: int,
-                 shuffle: bool, rank: int, world: int, handler: str):
+    def __init__(
+        self,
+        *,
+        transform: Transform,
+        device: str,
+        mode: str,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        rank: int,
+        world: int,
+        handler: str,
+    ):
         if mode not in MODES:
             raise SignstreamError(f"mode must be one of {MODES}, got {mode!r}")
         if batch_size < 1:
@@ -137,6 +143,14 @@ class BaseLoader:
 
     def describe(self) -> dict[str, Any]:
         """Settings of this loader (for logs and benchmark reports)."""
-        return {"backend": self.backend, "device": str(self.device), "mode": self.mode,
-                "batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed,
-                "rank": self.rank, "world": self.world, "transform": self.transform.as_dict()}
+        return {
+            "backend": self.backend,
+            "device": str(self.device),
+            "mode": self.mode,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world": self.world,
+            "transform": self.transform.as_dict(),
+        }

@@ -1,23 +1,9 @@
 """The one batch format of every backend, and the steps that build it.
 
-Backends fill a uint8 ``[B, C, T, H, W]`` buffer — the PyAV backend decodes
-straight into it, the PNG baseline copies :class:`Decoded` clips in with
-:func:`collate` — and :func:`finish_batch` pads every clip past its length
-(``replicate`` the last frame or ``zeros``). :func:`finalize` then moves the
-batch to the device and normalises it there: uint8 crosses process and PCIe
-boundaries, a quarter of the float bytes. :func:`group_batches` forms batches
-from a stream of planned samples, optionally bucketing by length inside a
-buffer to cut padding; it runs on compressed samples, before decoding, so a
-bucketing buffer never holds decoded frames.
-
-Memory is the other half of speed here: a worker writes batches into a
-:class:`SharedRing` of shared-memory buffers that the main process keeps mapped,
-and normalised output goes to a :class:`BufferPool`, so steady-state batches
-cost no page faults (they cost more than decoding otherwise).
-
-On a GPU, a steady-state batch never waits on the host: it crosses PCIe
-non-blocking from pinned memory, the normalisation constants live on the
-device once per (device, dtype), and the lengths stay on the CPU.
+Backends fill a uint8 ``[B, C, T, H, W]`` buffer; :func:`finish_batch` pads it,
+:func:`finalize` moves it to the device and normalises it there, :func:`group_batches` forms
+batches before decoding. Buffers are reused (:class:`SharedRing`, :class:`BufferPool`) so
+steady-state batches cost no page faults. Why: docs/design/batch.md
 """
 
 from __future__ import annotations
@@ -81,8 +67,9 @@ class Decoded:
     source: str
 
 
-def collate(samples: list[Decoded], transform: Transform,
-            alloc: Callable[[tuple[int, ...]], torch.Tensor] | None = None) -> Batch:
+def collate(
+    samples: list[Decoded], transform: Transform, alloc: Callable[[tuple[int, ...]], torch.Tensor] | None = None
+) -> Batch:
     """Pad decoded clips to the batch's T and stack them as uint8 ``[B, C, T, H, W]``.
 
     T is the longest clip, at least ``transform.min_frames``, rounded up to a
@@ -97,26 +84,29 @@ def collate(samples: list[Decoded], transform: Transform,
     video = (alloc or new_buffer)((len(samples), c, transform.batch_frames(max(lengths)), h, w))
     out = video.numpy()
     for i, s in enumerate(samples):
-        out[i, :, :lengths[i]] = s.clip
+        out[i, :, : lengths[i]] = s.clip
     return finish_batch(video, lengths, [s.key for s in samples], [s.meta for s in samples], transform)
 
 
 def check_frame_sizes(sizes: list[tuple[int, int]], keys: list[str]) -> None:
     """Clips of one batch must share their frame size."""
     if len(set(sizes)) > 1:
-        raise SignstreamError(f"clips of different frame sizes {sorted(set(sizes))} in one batch "
-                              f"(keys {keys}); set Transform.size to crop them alike")
+        raise SignstreamError(
+            f"clips of different frame sizes {sorted(set(sizes))} in one batch "
+            f"(keys {keys}); set Transform.size to crop them alike"
+        )
 
 
-def finish_batch(video: torch.Tensor, lengths: list[int], keys: list[str], meta: list[dict[str, Any]],
-                 transform: Transform) -> Batch:
+def finish_batch(
+    video: torch.Tensor, lengths: list[int], keys: list[str], meta: list[dict[str, Any]], transform: Transform
+) -> Batch:
     """Pad every clip of a filled ``[B, C, T, H, W]`` buffer past its length; wrap it as a Batch.
 
     T shrinks to what the clips need (a buffer sized for a batch that lost a
     corrupt sample can be longer).
     """
     t = transform.batch_frames(max(lengths))
-    video = video[:len(lengths), :, :t]
+    video = video[: len(lengths), :, :t]
     out = video.numpy()
     pad = lookup(PADS, transform.pad, "pad mode")
     for i, n in enumerate(lengths):
@@ -129,8 +119,8 @@ class SharedRing:
     """Round-robin shared-memory batch buffers for one DataLoader worker.
 
     Sending a fresh tensor from a worker costs a new shared-memory file and
-    page faults on both sides — measured at 0.3-0.5 ms of system time per
-    224×224 frame, more than decoding it. A worker instead writes its batches
+    page faults on both sides (more than decoding it; why: docs/design/batch.md).
+    A worker instead writes its batches
     into ``slots`` buffers in turn; the main process keeps the buffers it has
     received mapped (:meth:`keep`), so torch reuses the mapping and nothing is
     faulted in again. Reuse is safe because a DataLoader worker runs at most
@@ -208,8 +198,8 @@ def normalize_clip(src: np.ndarray, dst: np.ndarray, mean: np.ndarray, inv: np.n
     """uint8 ``[C, T, H, W]`` -> float32 ``(x - mean) * inv`` into ``dst``, one plane per channel.
 
     OpenCV's ``addWeighted`` with a float32 destination is ``convertTo``'s
-    scale-and-shift in one pass (about 1.6x numpy's multiply + subtract here,
-    equal to 1e-6); a channel plane ``[T, H, W]`` is viewed as one 2-D image.
+    scale-and-shift in one pass (faster than numpy, equal to 1e-6; docs/design/batch.md);
+    a channel plane ``[T, H, W]`` is viewed as one 2-D image.
     """
     import cv2
 
@@ -220,8 +210,9 @@ def normalize_clip(src: np.ndarray, dst: np.ndarray, mean: np.ndarray, inv: np.n
 
 
 @functools.lru_cache(maxsize=32)
-def device_constants(mean: tuple[float, ...], inv: tuple[float, ...], device: torch.device,
-                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def device_constants(
+    mean: tuple[float, ...], inv: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean`` and ``1/std`` as ``[1, C, 1, 1, 1]`` tensors on ``device``, built once per
     (values, device, dtype) and reused by every batch.
 
@@ -274,8 +265,9 @@ def to_device(video: torch.Tensor, device: torch.device) -> torch.Tensor:
     return video.to(device, non_blocking=True)
 
 
-def finalize(batch: Batch, transform: Transform, device: str | torch.device = "cpu",
-             pool: BufferPool | None = None) -> Batch:
+def finalize(
+    batch: Batch, transform: Transform, device: str | torch.device = "cpu", pool: BufferPool | None = None
+) -> Batch:
     """Move a uint8 batch to ``device``, normalise it if asked, zero the padding if asked.
 
     The lengths stay on the CPU (see :attr:`Batch.lengths`).
@@ -294,8 +286,14 @@ def finalize(batch: Batch, transform: Transform, device: str | torch.device = "c
 
 
 # -------------------------------------------------------------------- batching
-def group_batches(items: Iterable[T], batch_size: int, *, length: Callable[[T], int] | None = None,
-                  bucket: int = 0, rng: np.random.Generator | None = None) -> Iterator[list[T]]:
+def group_batches(
+    items: Iterable[T],
+    batch_size: int,
+    *,
+    length: Callable[[T], int] | None = None,
+    bucket: int = 0,
+    rng: np.random.Generator | None = None,
+) -> Iterator[list[T]]:
     """Group a stream into lists of ``batch_size`` (the last one may be short).
 
     Args:
@@ -332,9 +330,10 @@ def group_batches(items: Iterable[T], batch_size: int, *, length: Callable[[T], 
         yield from _flush_bucket(buffer, batch_size, length, rng)
 
 
-def _flush_bucket(buffer: list[T], batch_size: int, length: Callable[[T], int],
-                  rng: np.random.Generator) -> Iterator[list[T]]:
+def _flush_bucket(
+    buffer: list[T], batch_size: int, length: Callable[[T], int], rng: np.random.Generator
+) -> Iterator[list[T]]:
     ordered = sorted(buffer, key=length)
-    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     for i in rng.permutation(len(chunks)):
         yield chunks[i]

@@ -1,12 +1,8 @@
-"""The CPUs this process may use and the ranks it shares them with, OpenCV's own thread
-pool switched off where work is already per core, and forks that are safe whatever
-OpenCV did before them.
+"""The CPUs this process may use, the ranks it shares them with, and fork-safe OpenCV.
 
-Light on purpose (no torch import), so the packer and the synthetic-corpus
-writer can use it in their worker processes. Importing this module registers
-the fork guard (:func:`_opencv_quiet_before_fork`) for the whole process; every
-module that forks (the loaders' DataLoader workers, pack and synth pools)
-imports it, so the guard is in place before any fork the project makes.
+No torch import, so pack and synth workers can use it. Importing it registers the fork guard
+(:func:`_opencv_quiet_before_fork`); every module that forks imports it, so the guard is in
+place before any fork the project makes. Why: docs/design/threads.md
 """
 
 from __future__ import annotations
@@ -60,8 +56,10 @@ def local_processes(env: Mapping[str, str] | None = None) -> int:
 
 def worker_timeout_message(workers: int) -> str:
     """The one line for a pool or DataLoader whose workers stopped answering."""
-    return (f"no result from {workers} worker process(es) in {WORKER_TIMEOUT_S:.0f} s: a worker is "
-            "stuck; rerun, or use 0 workers to see which input it stalls on")
+    return (
+        f"no result from {workers} worker process(es) in {WORKER_TIMEOUT_S:.0f} s: a worker is "
+        "stuck; rerun, or use 0 workers to see which input it stalls on"
+    )
 
 
 def one_opencv_thread() -> None:
@@ -113,5 +111,6 @@ def _forget_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):  # POSIX; spawn-only platforms start children clean
-    os.register_at_fork(before=_opencv_quiet_before_fork, after_in_parent=_opencv_restore_after_fork,
-                        after_in_child=_forget_after_fork)
+    os.register_at_fork(
+        before=_opencv_quiet_before_fork, after_in_parent=_opencv_restore_after_fork, after_in_child=_forget_after_fork
+    )

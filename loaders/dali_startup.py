@@ -1,21 +1,10 @@
 """How DALI's video decoder starts: its size for the host, whether it works at all, and
 the one line when it does not.
 
-Sizing: :func:`resolve_decoder_threads` and :func:`default_batches_per_run` decide
-DALI's threads and the clips of one iteration (on CUDA from the host, not from
-``num_workers``; the comments beside the constants say why).
-
-A decoder that cannot start (no ``libnvcuvid`` in the container, a GPU or MIG
-slice without NVDEC engines, a driver older than DALI's CUDA, no GPU memory
-left) fails every DALI iteration, exactly as a corrupt video fails the one
-iteration that holds it. The DALI loader tells the two apart by decoding
-:func:`reference_clip`, a tiny video made here that any working decoder reads:
-if the reference fails too, the decoder is dead and :func:`dead_decoder_error`
-is raised once, instead of skipping the whole split sample by sample (an eval
-loader that yields nothing and a recipe that "succeeds" on zero videos).
-
-Light on purpose (no DALI, no torch import): the sizes and messages are plain
-functions of the host and of DALI's error text, so they are tested without a GPU.
+Sizing: :func:`resolve_decoder_threads`, :func:`default_batches_per_run`. A dead decoder fails
+every iteration like a corrupt video fails one; :func:`reference_clip` tells them apart, and
+:func:`dead_decoder_error` is the one line. Invariant: no DALI or torch import here, so all of
+this is tested without a GPU. Why: docs/design/dali.md.
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ from signstream.loaders.cpu import available_cores, local_processes
 # peak memory grows with the clips in flight, so no more than that. CUDA: CUDA_CLIPS_PER_THREAD clips
 # per decoder thread: DALI's mixed video decoder works one clip per thread of its pool, so an iteration
 # of one clip per thread idles every thread that drew a short clip until the longest one is done; with
-# two each, the pool stays busy. GPU memory grows with the clips in flight (dali_backend.PREFETCH_RUNS
+# two each, the pool stays busy. GPU memory grows with the clips in flight (dali_pipeline.PREFETCH_RUNS
 # + 1 iterations of output): lower batches_per_run or decoder_threads on a small GPU.
 CPU_CLIPS_PER_RUN = 8
 CUDA_CLIPS_PER_THREAD = 2
@@ -59,8 +48,9 @@ def default_batches_per_run(batch_size: int, cuda: bool, threads: int = 1) -> in
     return max(1, CPU_CLIPS_PER_RUN // max(1, batch_size))
 
 
-def resolve_decoder_threads(cuda: bool, num_workers: int, override: int | None = None, *,
-                            cores: int | None = None, processes: int | None = None) -> int:
+def resolve_decoder_threads(
+    cuda: bool, num_workers: int, override: int | None = None, *, cores: int | None = None, processes: int | None = None
+) -> int:
     """DALI's thread count: ``override`` when given, else the default for the device.
 
     CUDA: this process's share of the host, ``min(MAX_DECODER_THREADS, cores // processes)``,
@@ -94,27 +84,49 @@ REFERENCE_SIDE = 128  # NVDEC's smallest VP9 frame; H.264's minimum is smaller
 # (substrings of DALI's error text, lower case) -> what the user can do about that cause.
 # First match wins, so the specific causes come before the generic "cannot create a decoder".
 CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("libnvcuvid", "nvcuvid.so"),
-     "the driver's video-decode library libnvcuvid.so.1 is missing (in a container, start it with "
-     "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video, or install the full NVIDIA driver)"),
-    (("out of memory", "out_of_memory", "memoryallocation", "insufficient memory", "bad_alloc"),
-     "the GPU is out of memory (free it, or lower batch_size, batches_per_run or decoder_threads)"),
-    (("driver version is insufficient", "insufficientdriver", "insufficient driver", "libcuda.so",
-      "cuda driver is not installed", "failed to load cuda driver"),
-     "the CUDA driver is missing or older than this DALI build needs (update the driver, or install "
-     "the nvidia-dali wheel for the CUDA version nvidia-smi reports)"),
-    (("no cuda-capable device", "cuda_error_no_device", "failed to create video decoder",
-      "decoder hardware does not support", "cuda_error_not_supported"),
-     "this GPU has no usable NVDEC engine (a MIG slice needs a profile with media engines, e.g. "
-     "1g.18gb+me or a whole GPU; python -m signstream.loaders.nvdec shows what the driver reports)"),
+    (
+        ("libnvcuvid", "nvcuvid.so"),
+        "the driver's video-decode library libnvcuvid.so.1 is missing (in a container, start it with "
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video, or install the full NVIDIA driver)",
+    ),
+    (
+        ("out of memory", "out_of_memory", "memoryallocation", "insufficient memory", "bad_alloc"),
+        "the GPU is out of memory (free it, or lower batch_size, batches_per_run or decoder_threads)",
+    ),
+    (
+        (
+            "driver version is insufficient",
+            "insufficientdriver",
+            "insufficient driver",
+            "libcuda.so",
+            "cuda driver is not installed",
+            "failed to load cuda driver",
+        ),
+        "the CUDA driver is missing or older than this DALI build needs (update the driver, or install "
+        "the nvidia-dali wheel for the CUDA version nvidia-smi reports)",
+    ),
+    (
+        (
+            "no cuda-capable device",
+            "cuda_error_no_device",
+            "failed to create video decoder",
+            "decoder hardware does not support",
+            "cuda_error_not_supported",
+        ),
+        "this GPU has no usable NVDEC engine (a MIG slice needs a profile with media engines, e.g. "
+        "1g.18gb+me or a whole GPU; python -m signstream.loaders.nvdec shows what the driver reports)",
+    ),
 )
 
 
 def dali_reason(exc: BaseException) -> str:
     """DALI's error condensed to one line: what follows ``encountered:``, without DALI's context lines."""
     text = str(exc).split("encountered:", 1)[-1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
-             and not ln.strip().startswith(("C++ context", "Current pipeline object"))]
+    lines = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.strip().startswith(("C++ context", "Current pipeline object"))
+    ]
     reason = re.sub(r'^Assert on ".*?" failed: ', "", " ".join(lines) or type(exc).__name__)
     return f"DALI: {reason}"[:300]
 
@@ -139,8 +151,11 @@ def dead_decoder_error(errors: list[BaseException], device_id: int | None, *, st
     where = f"NVDEC decoding fails on GPU {device_id}" if device_id is not None else "DALI's CPU video decoder fails"
     hint = cause_hint(*(str(e) for e in errors))
     if hint is None:
-        hint = ("check the driver and the GPU's NVDEC engines (python -m signstream.loaders.nvdec)"
-                if device_id is not None else "check the nvidia-dali installation")
+        hint = (
+            "check the driver and the GPU's NVDEC engines (python -m signstream.loaders.nvdec)"
+            if device_id is not None
+            else "check the nvidia-dali installation"
+        )
     reasons = " / ".join(dict.fromkeys(dali_reason(e) for e in errors))
     return f"{where}{stage}: {reasons}; {hint}; or use backend='pyav'"
 
@@ -183,7 +198,13 @@ def reference_clip(codec: str = "vp9", height: int = REFERENCE_SIDE, width: int 
 def reference_inputs(codec: str, height: int = REFERENCE_SIDE, width: int = REFERENCE_SIDE) -> dict[str, np.ndarray]:
     """Every per-sample graph input for decoding the whole reference clip at its own size."""
     frames = np.arange(REFERENCE_FRAMES, dtype=np.int32)
-    return {"encoded": np.frombuffer(reference_clip(codec, height, width), np.uint8), "frames": frames,
-            "order": frames.copy(), "roi_start": np.zeros(2, np.float32),
-            "roi_end": np.array([height, width], np.float32), "size": np.array([height, width], np.float32),
-            "mirror": np.array(0, np.int32), "jitter": np.ones(3, np.float32)}
+    return {
+        "encoded": np.frombuffer(reference_clip(codec, height, width), np.uint8),
+        "frames": frames,
+        "order": frames.copy(),
+        "roi_start": np.zeros(2, np.float32),
+        "roi_end": np.array([height, width], np.float32),
+        "size": np.array([height, width], np.float32),
+        "mirror": np.array(0, np.int32),
+        "jitter": np.ones(3, np.float32),
+    }

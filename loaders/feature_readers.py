@@ -1,18 +1,9 @@
 """Feature readers: load extracted features back for head training.
 
-Reads every format the extraction recipe writes — the per-video ``.npy`` store
-(``<dir>/<split>/features.index.json`` + ``<key>.npy``), SignJoey/SLRT gzip pickles
-(``<dir>/<prefix>.<split>``) and zstd feature shards
-(``<dir>/feature-shards/<split>/*.tar``) — into one list of
-:class:`FeatureSample`. Readers are plain functions in :data:`READERS`;
-:func:`load_split` picks one by name or detects the format.
-
-A SignJoey file is a pickle, and a pickle can run any code while it loads;
-feature files from elsewhere are untrusted input. :class:`FeatureUnpickler`
-therefore admits only what such a file holds — lists, dicts, strings, numbers,
-and tensors rebuilt the way ``torch.load(weights_only=True)`` rebuilds them
-(plain numpy arrays too) — and refuses every other global with a one-line
-error naming the file, before anything it names is called.
+Reads every format extraction writes (npy store, SignJoey pickles, zstd feature shards) into
+:class:`FeatureSample` lists; :func:`load_split` picks a reader from :data:`READERS` or detects
+the format. Invariant: a pickle may only rebuild plain data and tensors (:class:`FeatureUnpickler`);
+any other global is refused before it is called. Why: docs/design/feature-files.md
 """
 
 from __future__ import annotations
@@ -57,8 +48,7 @@ def read_npy(root: Path, split: str) -> list[FeatureSample]:
         path = root / split / m["file"]
         if not path.exists():
             raise SignstreamError(f"{index} lists {m['file']}, which is missing")
-        out.append(FeatureSample(m["name"], m.get("gloss", ""), np.load(path), m.get("signer", ""),
-                                 m.get("text", "")))
+        out.append(FeatureSample(m["name"], m.get("gloss", ""), np.load(path), m.get("signer", ""), m.get("text", "")))
     return out
 
 
@@ -120,14 +110,18 @@ def load_pickle(path: Path):
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
             return FeatureUnpickler(f).load()
     except pickle.UnpicklingError as exc:
-        raise SignstreamError(f"refusing to load {path}: not a plain feature file ({exc}); "
-                              "only lists, dicts, strings, numbers and tensors are read") from None
+        raise SignstreamError(
+            f"refusing to load {path}: not a plain feature file ({exc}); "
+            "only lists, dicts, strings, numbers and tensors are read"
+        ) from None
     except Exception as exc:  # any failure of the deserializer means a file we cannot use
-        raise SignstreamError(f"cannot read {path} as a SignJoey feature file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise SignstreamError(
+            f"cannot read {path} as a SignJoey feature file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 def _signjoey_sample(path: Path, e) -> FeatureSample:
@@ -139,8 +133,9 @@ def _signjoey_sample(path: Path, e) -> FeatureSample:
     features = np.asarray(sign, dtype=np.float32)
     if features.ndim != 2:
         raise SignstreamError(f"{path}: entry {e['name']!r} has features of shape {features.shape}, not [T, D]")
-    return FeatureSample(str(e["name"]), str(e.get("gloss") or ""), features, str(e.get("signer") or ""),
-                         str(e.get("text") or ""))
+    return FeatureSample(
+        str(e["name"]), str(e.get("gloss") or ""), features, str(e.get("signer") or ""), str(e.get("text") or "")
+    )
 
 
 def read_signjoey(root: Path, split: str) -> list[FeatureSample]:
@@ -166,17 +161,20 @@ def check_shapes(samples: list[FeatureSample], where: str) -> list[FeatureSample
     """
     for s in samples:
         if s.features.ndim != 2:
-            raise SignstreamError(f"{where}: entry {s.name!r} has features of shape {s.features.shape}, "
-                                  "not [T, D]")
+            raise SignstreamError(f"{where}: entry {s.name!r} has features of shape {s.features.shape}, not [T, D]")
         if s.features.shape[0] == 0 or s.features.shape[1] == 0:
-            raise SignstreamError(f"{where}: entry {s.name!r} has features of shape {s.features.shape} "
-                                  "(no frames or no channels); remove it or extract it again")
+            raise SignstreamError(
+                f"{where}: entry {s.name!r} has features of shape {s.features.shape} "
+                "(no frames or no channels); remove it or extract it again"
+            )
     first = samples[0] if samples else None
     for s in samples:
         if s.features.shape[1] != first.features.shape[1]:
-            raise SignstreamError(f"{where}: entry {s.name!r} has {s.features.shape[1]}-wide features but "
-                                  f"entry {first.name!r} has {first.features.shape[1]}; one split must come "
-                                  "from one backbone")
+            raise SignstreamError(
+                f"{where}: entry {s.name!r} has {s.features.shape[1]}-wide features but "
+                f"entry {first.name!r} has {first.features.shape[1]}; one split must come "
+                "from one backbone"
+            )
     return samples
 
 
@@ -195,8 +193,9 @@ def read_shards(root: Path, split: str) -> list[FeatureSample]:
         for parts in members.values():
             meta = json.loads(parts["json"])
             feats = np.load(io.BytesIO(dctx.decompress(parts["npy.zst"])))
-            out.append(FeatureSample(meta["name"], meta.get("gloss", ""), feats, meta.get("signer", ""),
-                                     meta.get("text", "")))
+            out.append(
+                FeatureSample(meta["name"], meta.get("gloss", ""), feats, meta.get("signer", ""), meta.get("text", ""))
+            )
     return sorted(out, key=lambda s: s.name)
 
 
@@ -215,8 +214,10 @@ def detect_format(root: Path, split: str) -> str:
         return "shards"
     if list(root.glob(f"*.{split}")):
         return "signjoey"
-    raise SignstreamError(f"no features for split {split!r} in {root} "
-                          "(expected <split>/features.index.json, feature-shards/<split>/ or <prefix>.<split>)")
+    raise SignstreamError(
+        f"no features for split {split!r} in {root} "
+        "(expected <split>/features.index.json, feature-shards/<split>/ or <prefix>.<split>)"
+    )
 
 
 def load_split(root: str | Path, split: str, fmt: str = "auto") -> list[FeatureSample]:

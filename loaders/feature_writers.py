@@ -1,25 +1,9 @@
 """Feature writers: per-video ``.npy``, SignJoey / SLRT pickles, feature shards.
 
-Extraction writes every video's features once, atomically, as
-``<dir>/<split>/<key>.npy`` (``[T', D]``) with a JSON sidecar ``<key>.json`` of
-its metadata, named by the sample's unique shard key (never by the corpus name,
-which may repeat or hold path separators); ``<split>/features.index.json``
-lists them;
-that per-video store is what makes extraction resumable and lets each rank
-write only the videos it owns. The other formats are *merged* from it by the
-main process after all ranks finish:
-
-* ``signjoey``: ``<out>/<prefix>.<split>``, a gzip-compressed pickle holding a
-  list of ``{"name", "signer", "gloss", "text", "sign": torch.Tensor[T', D],
-  "num_frames"}`` sorted by name (SignJoey and SLRT read it as it is);
-* ``shards``: ``<out>/feature-shards/<split>/<split>-NNNNNN.tar`` WebDataset shards
-  with ``<key>.npy.zst`` (zstd-compressed ``.npy`` bytes) and ``<key>.json``.
-
-Writers are plain functions in :data:`WRITERS`, chosen by name with :func:`signstream.lookup`
-and called as ``writer(store, out, split, prefix=...)``: every writer takes the
-keyword ``prefix`` (the file stem; only the SignJoey pickles carry it) and no
-option it does not name, so a misspelt option is a ``TypeError``, never ignored.
-What they write is read back by :mod:`signstream.loaders.feature_readers`.
+Extraction writes each video once, atomically, to a per-video store named by shard key
+(``<split>/<key>.npy`` + ``.json``); the other formats are merged from it by the main process.
+Writers are plain functions in :data:`WRITERS`, called as ``writer(store, out, split, prefix=...)``;
+read back by :mod:`signstream.loaders.feature_readers`. Why: docs/design/feature-files.md
 """
 
 from __future__ import annotations
@@ -71,14 +55,21 @@ def is_done(store: Path, split: str, key: str) -> bool:
     return npy.exists() and meta.exists()
 
 
-def write_video(store: Path, split: str, key: str, meta: dict, features: np.ndarray,
-                dtype: str = "float16") -> None:
+def write_video(store: Path, split: str, key: str, meta: dict, features: np.ndarray, dtype: str = "float16") -> None:
     """Write one video's ``[T', D]`` features and its metadata, atomically, JSON last."""
     npy, sidecar = video_paths(store, split, key)
     with atomic_write(npy, "wb") as f:
         np.save(f, np.ascontiguousarray(features, dtype=dtype))
-    write_json(sidecar, {**meta, "key": npy.name[:-4], "feature_frames": int(features.shape[0]),
-                         "feature_dim": int(features.shape[1]), "file": npy.name})
+    write_json(
+        sidecar,
+        {
+            **meta,
+            "key": npy.name[:-4],
+            "feature_frames": int(features.shape[0]),
+            "feature_dim": int(features.shape[1]),
+            "file": npy.name,
+        },
+    )
 
 
 def store_entries(store: Path, split: str) -> list[tuple[Path, dict]]:
@@ -97,8 +88,12 @@ def store_entries(store: Path, split: str) -> list[tuple[Path, dict]]:
         except (OSError, ValueError):
             continue
         stem = sidecar.name[:-5]
-        if (isinstance(meta, dict) and meta.get("file") == f"{stem}.npy" and isinstance(meta.get("name"), str)
-                and sidecar.with_name(f"{stem}.npy").is_file()):
+        if (
+            isinstance(meta, dict)
+            and meta.get("file") == f"{stem}.npy"
+            and isinstance(meta.get("name"), str)
+            and sidecar.with_name(f"{stem}.npy").is_file()
+        ):
             entries.append((sidecar, {**meta, "key": stem}))
     return entries
 
@@ -161,9 +156,17 @@ def signjoey_writer(store: Path, out: Path, split: str, *, prefix: str = "featur
 
     items = read_store(store, split)
     names = unique_names([m for m, _ in items])
-    entries = [{"name": name, "signer": m.get("signer") or "", "gloss": m.get("gloss") or "",
-                "text": m.get("text") or "", "sign": torch.from_numpy(np.asarray(f, dtype=np.float32)),
-                "num_frames": int(m.get("num_frames") or f.shape[0])} for name, (m, f) in zip(names, items)]
+    entries = [
+        {
+            "name": name,
+            "signer": m.get("signer") or "",
+            "gloss": m.get("gloss") or "",
+            "text": m.get("text") or "",
+            "sign": torch.from_numpy(np.asarray(f, dtype=np.float32)),
+            "num_frames": int(m.get("num_frames") or f.shape[0]),
+        }
+        for name, (m, f) in zip(names, items)
+    ]
     path = out / f"{prefix}.{split}"
     # filename="" and mtime=0: the gzip header would otherwise hold the temporary name and the time
     with atomic_write(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
@@ -171,8 +174,7 @@ def signjoey_writer(store: Path, out: Path, split: str, *, prefix: str = "featur
     return path
 
 
-def shards_writer(store: Path, out: Path, split: str, *, prefix: str = "features",
-                  max_samples: int = 1000) -> Path:
+def shards_writer(store: Path, out: Path, split: str, *, prefix: str = "features", max_samples: int = 1000) -> Path:
     """Merge a split into zstd-compressed feature WebDataset shards (deterministic).
 
     The shards are named by split (``prefix`` names nothing here), ``max_samples`` videos each.
@@ -188,8 +190,12 @@ def shards_writer(store: Path, out: Path, split: str, *, prefix: str = "features
             buf = io.BytesIO()
             np.save(buf, feats)
             key = meta["key"]  # the file stem in the store: sanitised, never a path from the metadata
-            samples.append([(f"{key}.npy.zst", cctx.compress(buf.getvalue())),
-                            (f"{key}.json", json.dumps(meta, sort_keys=True).encode())])
+            samples.append(
+                [
+                    (f"{key}.npy.zst", cctx.compress(buf.getvalue())),
+                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+                ]
+            )
         tar = split_dir / shard_name(split, number)
         write_index(index_path_for(tar), write_tar(tar, samples))
     return split_dir

@@ -1,9 +1,10 @@
 """Atomic file writes shared by every stage that writes outputs.
 
 A killed job must never leave a file that looks complete but is not: every
-writer goes to a temporary name in the same directory and is renamed into
-place only after it is flushed and closed. :class:`BackgroundWriter` runs such
-writes on one thread behind the caller, in order, a bounded number at a time.
+writer goes to a temporary ``.<name>.<random>.tmp`` in the same directory, and
+that is fsynced, renamed into place, and the directory fsynced (:func:`atomic_write`
+for file objects, :func:`atomic_save` for libraries that want a path).
+:class:`BackgroundWriter` runs such writes on one thread behind the caller, in order.
 """
 
 from __future__ import annotations
@@ -36,27 +37,15 @@ def tmp_name(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; rename on success.
-
-    Args:
-        path: final destination.
-        mode: ``"wb"`` or ``"w"``.
-
-    Yields:
-        The open file object. On an exception the temporary file is removed
-        and ``path`` is left untouched.
-    """
-    path = Path(path)
+def _staged(path: Path) -> Iterator[tuple[int, str]]:
+    """A temporary sibling of ``path`` (fd, name), published on success and removed on any exception."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself reaches the disk: no empty name after a power cut
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -66,13 +55,86 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot sync a directory; the rename still stands
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; fsync and rename on success.
+
+    Args:
+        path: final destination.
+        mode: ``"wb"`` or ``"w"``.
+
+    Yields:
+        The open file object. On an exception the temporary file is removed
+        and ``path`` is left untouched.
+    """
+    with _staged(Path(path)) as (fd, _), os.fdopen(fd, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
+    """Write ``path`` atomically with a writer that takes a file name.
+
+    Args:
+        path: final destination.
+        save: ``save(tmp)`` writes the whole file at ``tmp`` (a temporary sibling
+            of ``path``); if it raises, ``path`` is left untouched and ``tmp`` removed.
+    """
+    with _staged(Path(path)) as (fd, tmp):
+        os.close(fd)
+        save(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and folder under ``folder`` to disk (for files another library wrote in place)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a ``{name: tensor}`` dict as a safetensors file, atomically (see :func:`atomic_save`)."""
+    from safetensors.torch import save_file
+
+    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path``, atomically (see :func:`atomic_write`)."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def disk_full(exc: BaseException) -> str | None:
     """The one-line message for a full disk or exhausted quota, else ``None``."""
     if not (isinstance(exc, OSError) and exc.errno in DISK_FULL):
         return None
     where = f" while writing {exc.filename}" if exc.filename else ""
-    return (f"{exc.strerror or os.strerror(exc.errno)}{where}; free some space, then rerun "
-            "the same command to resume")
+    return f"{exc.strerror or os.strerror(exc.errno)}{where}; free some space, then rerun the same command to resume"
 
 
 def _umask() -> int:
@@ -211,5 +273,7 @@ class BackgroundWriter:
             raise self._error
 
     def _stuck_message(self) -> str:
-        return (f"no background write finished in {self.timeout_s:.0f} s (writing {self._current or '?'}): "
-                "the disk or file system stopped answering; check it, then rerun the same command to resume")
+        return (
+            f"no background write finished in {self.timeout_s:.0f} s (writing {self._current or '?'}): "
+            "the disk or file system stopped answering; check it, then rerun the same command to resume"
+        )

@@ -1,35 +1,10 @@
-"""The shard format: keys, member names, sample JSON, manifest, tar and index files.
+"""The shard format, once: keys, sample members and their JSON, manifest, tar and DALI index.
 
-One module owns what a pack output is, so the packer, ``signstream verify``,
-the loaders and the feature-shard writer read and write the same thing:
-
-* **keys** — every sample is named by a key: WebDataset and DALI split member
-  names at the first dot, and corpus names may hold dots, slashes or repeat,
-  so the key is the corpus name with every character outside ``[A-Za-z0-9_-]``
-  replaced by ``_``, cut to :data:`KEY_MAX` characters, and made unique within
-  a split by a ``_2``, ``_3``… suffix in table order (the original name stays
-  in the JSON). Pack, the PNG-folder loader and the feature files all use
-  :func:`make_keys` / :func:`sample_key`, so one corpus gives the same keys
-  everywhere (and so the same per-sample augmentation streams);
-* **members** — a sample is ``<key>.<video ext>`` (:data:`VIDEO_EXTS`) plus
-  ``<key>.json`` holding :data:`SAMPLE_FIELDS`: ``num_frames``, ``height`` and
-  ``width`` are whole numbers, ``fps`` is the source's frame rate in frames
-  per second as a JSON number (an exact rate such as 30000/1001 written as the
-  nearest float, 29.97002997002997; a variable-rate source records its average
-  rate), the other fields are text. A shard is untrusted input, so every
-  reader parses this member with :func:`read_sample_meta`, which bounds its
-  size and nesting and checks each field's type and range
-  (:func:`sample_meta_problems`) before anything is allocated from it;
-* **split directory** — ``<split>-NNNNNN.tar`` shards, a DALI index
-  ``<split>-NNNNNN.idx`` beside each, and ``manifest.json`` (format
-  :data:`FORMAT`, one entry with :data:`SHARD_FIELDS` per shard);
-  ``glosses.txt`` (the train vocabulary) sits in the pack root;
-* **tars** — plain (uncompressed) so DALI can seek into them; members carry
-  fixed mtimes, owners and modes so the same samples always give the same
-  bytes. The index format is the one DALI's ``wds2idx`` writes
-  (:data:`INDEX_VERSION`): a header line ``v1.2 <num_samples>`` then one line
-  per sample with ``ext offset size name`` for each member, offsets pointing at
-  the member's data (after its header).
+A pack output is ``<root>/<split>/<split>-NNNNNN.tar`` shards, a DALI v1.2 index beside each
+and ``manifest.json`` (:class:`Manifest`), with ``glosses.txt`` in the root (:class:`PackLayout`).
+A sample is ``<key>.<video ext>`` plus ``<key>.json`` (:data:`SAMPLE_FIELDS`). A shard or manifest
+is untrusted input: each passes one strict reader (:func:`read_sample_meta`, :func:`read_manifest`)
+that names the file and field on anything wrong, and refuses a version outside :data:`READABLE_VERSIONS`.
 """
 
 from __future__ import annotations
@@ -41,23 +16,26 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from signstream import SignstreamError
 from signstream.loaders.fileio import atomic_write
 
-FORMAT = "signstream-shards/1"
+FORMAT_NAME = "signstream-shards"
+FORMAT_VERSION = 1  # what this signstream writes
+READABLE_VERSIONS = frozenset({1})  # what it reads: a bump keeps the older versions here
 MANIFEST = "manifest.json"
-VOCAB_FILE = "glosses.txt"
+GLOSSES = "glosses.txt"
 INDEX_VERSION = "v1.2"
 BLOCK = 512
 
 VIDEO_EXTS = ("webm", "mp4", "mkv")
 EXT_CODEC = {"webm": "vp9", "mp4": "h264", "mkv": "mjpeg"}
-SAMPLE_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height",
-                 "width", "codec")
+# num_frames, height and width are whole numbers; fps is the source's rate as a JSON number (an exact
+# 30000/1001 as the nearest float; a variable-rate source its average); the rest are text.
+SAMPLE_FIELDS = ("name", "key", "split", "signer", "gloss", "text", "num_frames", "fps", "height", "width", "codec")
 SAMPLE_INTS = ("num_frames", "height", "width")
 SAMPLE_TEXTS = ("name", "key", "split", "signer", "gloss", "text", "codec")
 # Bounds of a sample's JSON member. What pack writes is far inside them; a reader checks
@@ -69,7 +47,12 @@ MAX_FRAMES = 1_000_000  # 11 hours at 25 fps
 MAX_SIDE = 16384  # pixels: beyond what any codec level allows
 MAX_FPS = 1000.0
 INT_RANGES = {"num_frames": (1, MAX_FRAMES), "height": (1, MAX_SIDE), "width": (1, MAX_SIDE)}
-SHARD_FIELDS = ("file", "index", "sha256", "samples")  # a manifest shard entry also has frames, bytes, keys
+SHARD_FIELDS = ("file", "index", "sha256", "samples", "frames", "bytes", "keys")
+TOTALS_FIELDS = ("shards", "samples", "frames", "bytes", "png_bytes")
+MANIFEST_TEXTS = ("split", "codec", "video_ext", "fingerprint")
+MANIFEST_OBJECTS = ("options", "versions")
+MANIFEST_FIELDS = ("format", *MANIFEST_TEXTS, *MANIFEST_OBJECTS, "shards", "totals", "skipped")
+MAX_MANIFEST_BYTES = 1 << 30  # a million samples' keys are ~100 MB
 
 KEY_MAX = 80
 KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -82,7 +65,12 @@ def sample_key(name: str) -> str:
 
 
 def make_keys(names: Iterable[str]) -> list[str]:
-    """Dot-free, unique keys for corpus names, in order (the second ``a.b`` becomes ``a_b_2``)."""
+    """Dot-free, unique keys for corpus names, in order (the second ``a.b`` becomes ``a_b_2``).
+
+    WebDataset and DALI split member names at the first dot, and corpus names may hold dots or
+    repeat; the original name stays in the JSON. Pack, the PNG-folder loader and the feature files
+    all key samples this way, so one corpus gives the same keys (and augmentation streams) everywhere.
+    """
     keys, seen = [], set()
     for name in names:
         base = sample_key(name)
@@ -179,8 +167,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def sample_meta_problems(meta: dict[str, Any], video_bytes: int | None = None,
-                         complete: bool = False) -> list[str]:
+def sample_meta_problems(meta: dict[str, Any], video_bytes: int | None = None, complete: bool = False) -> list[str]:
     """Every way ``meta`` breaks the field rules of the format (empty when it keeps them).
 
     Args:
@@ -220,8 +207,275 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:06d}.tar"
 
 
+# ------------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class PackLayout:
+    """The files of a pack output under ``root`` (a :class:`~pathlib.Path`, or a remote path joined with ``/``)."""
+
+    root: Any
+
+    def manifest_path(self, split: str) -> Any:
+        """A split's ``manifest.json``: ``<root>/<split>/manifest.json``."""
+        return self.root / split / MANIFEST
+
+    @property
+    def glosses_path(self) -> Any:
+        """The train vocabulary in the pack root: ``<root>/glosses.txt``."""
+        return self.root / GLOSSES
+
+    def shard_path(self, split: str, number: int) -> Any:
+        """Shard ``number`` of a split (its index is :func:`index_path_for` of it)."""
+        return self.root / split / shard_name(split, number)
 
 
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of a manifest: tar and index names (plain, in the split dir), checksum, counts, keys."""
+
+    file: str
+    index: str
+    sha256: str
+    samples: int
+    frames: int
+    bytes: int
+    keys: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> ShardEntry:
+        """An entry from a dict the packer built or :func:`manifest_problems` passed."""
+        return cls(**{k: entry[k] for k in SHARD_FIELDS if k != "keys"}, keys=tuple(entry["keys"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SHARD_FIELDS} | {"keys": list(self.keys)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A split's ``manifest.json``: what was packed, how, and every shard.
+
+    ``options``, ``versions`` and the ``skipped`` rows (each with a ``name`` and a
+    ``reason``) are kept as the JSON objects they are; ``totals`` holds :data:`TOTALS_FIELDS`.
+    """
+
+    split: str
+    codec: str
+    video_ext: str
+    fingerprint: str
+    options: dict[str, Any]
+    shards: tuple[ShardEntry, ...]
+    totals: dict[str, int]
+    skipped: tuple[dict[str, Any], ...] = ()
+    versions: dict[str, Any] = field(default_factory=dict)
+    version: int = field(default_factory=lambda: FORMAT_VERSION)
+
+    @classmethod
+    def build(
+        cls,
+        split: str,
+        codec: str,
+        video_ext: str,
+        fingerprint: str,
+        options: dict[str, Any],
+        shards: Iterable[ShardEntry],
+        png_bytes: int = 0,
+        **rest: Any,
+    ) -> Manifest:
+        """A manifest whose totals are summed from its shards (``rest``: skipped, versions)."""
+        shards = tuple(shards)
+        totals = {
+            "shards": len(shards),
+            "samples": sum(s.samples for s in shards),
+            "frames": sum(s.frames for s in shards),
+            "bytes": sum(s.bytes for s in shards),
+            "png_bytes": png_bytes,
+        }
+        return cls(split, codec, video_ext, fingerprint, options, shards, totals, **rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data (the form :func:`read_manifest` reads)."""
+        return {
+            "format": f"{FORMAT_NAME}/{self.version}",
+            "split": self.split,
+            "codec": self.codec,
+            "video_ext": self.video_ext,
+            "fingerprint": self.fingerprint,
+            "options": self.options,
+            "shards": [s.to_dict() for s in self.shards],
+            "totals": dict(self.totals),
+            "skipped": list(self.skipped),
+            "versions": self.versions,
+        }
+
+    def to_json(self) -> bytes:
+        """Deterministic bytes: pretty, key-sorted, strictly valid JSON."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """The one writer of ``manifest.json``: checked by the reader's rules, then written atomically.
+
+    Raises:
+        SignstreamError: the manifest breaks the format (never written, so never refused later).
+    """
+    data = manifest.to_json()
+    problems = manifest_problems(json.loads(data))
+    if problems:
+        raise SignstreamError(f"{path}: not writing a manifest that breaks the format: {'; '.join(problems)}")
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def read_manifest(source: Any, where: str | None = None) -> Manifest:
+    """The strict reader of ``manifest.json``, used wherever a manifest is read.
+
+    Args:
+        source: the manifest's path (local, or remote with ``read_bytes``) or its bytes.
+        where: the name messages give it (default: the path).
+
+    Raises:
+        SignstreamError: one line naming the file and each wrong field (unreadable, not JSON,
+            missing or mistyped, a shard name that is a path, a version it does not read).
+    """
+    where = str(source) if where is None and not isinstance(source, bytes) else (where or "manifest")
+    data = parse_manifest_json(source, where)
+    problems = manifest_problems(data)
+    if problems:
+        raise SignstreamError(f"{where}: {'; '.join(problems)}")
+    return Manifest(
+        data["split"],
+        data["codec"],
+        data["video_ext"],
+        data["fingerprint"],
+        data["options"],
+        tuple(ShardEntry.from_dict(s) for s in data["shards"]),
+        data["totals"],
+        tuple(data["skipped"]),
+        data["versions"],
+        manifest_version(data),
+    )
+
+
+def parse_manifest_json(source: Any, where: str) -> Any:
+    """Read (bounded) and parse a manifest's JSON; any JSON value comes back, unchecked.
+
+    Raises:
+        SignstreamError: unreadable, oversized or not JSON (one line naming ``where``).
+    """
+    try:
+        raw = source if isinstance(source, bytes) else source.read_bytes()
+    except (OSError, ConnectionError) as exc:
+        raise SignstreamError(f"cannot read manifest {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise SignstreamError(f"{where}: {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} a manifest may hold")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise SignstreamError(f"{where}: not a manifest (JSON nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SignstreamError(f"{where}: not a readable JSON manifest ({exc})") from None
+
+
+def manifest_version(data: Any) -> int | None:
+    """The format version ``data`` claims (``"signstream-shards/<n>"``), ``None`` if it claims none."""
+    tag = data.get("format") if isinstance(data, dict) else None
+    name, _, number = tag.partition("/") if isinstance(tag, str) else ("", "", "")
+    return int(number) if name == FORMAT_NAME and number.isdigit() and len(number) < 10 else None
+
+
+def version_problem(data: Any) -> str | None:
+    """Why ``data`` is not a manifest of a version this signstream reads (``None``: it is)."""
+    if not isinstance(data, dict):
+        return f"not a manifest (a JSON {type(data).__name__}, not an object)"
+    if "format" not in data:
+        return "missing key 'format'"
+    version = manifest_version(data)
+    readable = ", ".join(map(str, sorted(READABLE_VERSIONS)))
+    if version is None:
+        return f"'format' is {_short(data['format'])}, not {FORMAT_NAME}/<version>"
+    if version > max(READABLE_VERSIONS):
+        return (
+            f"format version {version} was written by a newer signstream (this one reads {readable}); "
+            "upgrade signstream to read it"
+        )
+    if version not in READABLE_VERSIONS:
+        return f"format version {version} is not one this signstream reads ({readable})"
+    return None
+
+
+def manifest_problems(data: Any) -> list[str]:
+    """Every way parsed manifest JSON breaks the format, field by field (empty when it keeps it).
+
+    A version this signstream cannot read is the only problem reported: its fields may differ.
+    """
+    why = version_problem(data)
+    if why:
+        return [why]
+    problems = [f"missing key {k!r}" for k in MANIFEST_FIELDS if k not in data]
+    problems += [
+        f"{k!r} is not text (got {_short(data[k])})"
+        for k in MANIFEST_TEXTS
+        if k in data and not isinstance(data[k], str)
+    ]
+    problems += [f"{k!r} is not an object" for k in MANIFEST_OBJECTS if k in data and not isinstance(data[k], dict)]
+    for k in ("shards", "skipped"):
+        if k in data and not isinstance(data[k], list):
+            problems.append(f"{k!r} is not a list")
+    totals = data.get("totals", {})
+    if not isinstance(totals, dict):
+        problems.append("'totals' is not an object")
+    else:
+        problems += [
+            f"'totals' {k!r} is not a whole number >= 0 (got {_short(totals.get(k))})"
+            for k in TOTALS_FIELDS
+            if "totals" in data and not _count(totals.get(k))
+        ]
+    skipped = data.get("skipped") if isinstance(data.get("skipped"), list) else []
+    problems += [
+        f"skipped entry {i} is not an object with text 'name' and 'reason'"
+        for i, row in enumerate(skipped)
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("name", "reason")))
+    ]
+    shards = data.get("shards") if isinstance(data.get("shards"), list) else []
+    for i, entry in enumerate(shards):
+        problems += [f"shard entry {i} {p}" for p in shard_entry_problems(entry)]
+    return problems
+
+
+def shard_entry_problems(entry: Any) -> list[str]:
+    """Every way one shard entry of a manifest breaks the format."""
+    if not isinstance(entry, dict):
+        return ["is not an object"]
+    missing = [k for k in SHARD_FIELDS if k not in entry]
+    problems = [f"lacks {', '.join(missing)}"] if missing else []
+    problems += [
+        f"has an unusable {k!r}: {_short(entry[k])}"
+        for k in ("file", "index")
+        if k in entry and not is_plain_name(entry[k])
+    ]
+    sha = entry.get("sha256")
+    if "sha256" in entry and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        problems.append(f"'sha256' is not 64 hex digits (got {_short(sha)})")
+    problems += [
+        f"{k!r} is not a whole number >= 0 (got {_short(entry[k])})"
+        for k in ("samples", "frames", "bytes")
+        if k in entry and not _count(entry[k])
+    ]
+    keys = entry.get("keys")
+    if "keys" in entry and not (isinstance(keys, list) and all(isinstance(k, str) and is_key(k) for k in keys)):
+        problems.append("'keys' is not a list of sample keys")
+    return problems
+
+
+def is_plain_name(value: Any) -> bool:
+    """True for a file name that stays in its directory: no path, no parent reference."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+# ------------------------------------------------------------------ tar files
 @dataclass(frozen=True)
 class Member:
     """A tar member's place in the file: name, data offset and size.
@@ -273,6 +527,9 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 def write_tar(path: str | os.PathLike, samples: Iterable[list[tuple[str, bytes]]]) -> list[list[Member]]:
     """Write samples (lists of ``(member_name, data)``) to ``path`` atomically.
 
+    The tar is plain (DALI seeks into it) and its members carry fixed times, owners and modes,
+    so the same samples always give the same bytes.
+
     Returns:
         The members of each sample with their data offsets, for the index.
     """
@@ -294,7 +551,7 @@ def write_tar(path: str | os.PathLike, samples: Iterable[list[tuple[str, bytes]]
 
 
 def index_text(layout: list[list[Member]]) -> str:
-    """Render a DALI v1.2 index for samples laid out as ``layout``."""
+    """Render a DALI v1.2 index: ``v1.2 <n>``, then per sample ``ext offset size name`` per member."""
     lines = [f"{INDEX_VERSION} {len(layout)}"]
     for members in layout:
         for m in members:
@@ -336,8 +593,12 @@ def read_index(path) -> list[list[Member]]:
         if len(tokens) % 4:
             raise SignstreamError(f"{path}:{lineno}: expected 'ext offset size name' groups")
         try:
-            layout.append([Member(tokens[i + 3], int(tokens[i + 1]), int(tokens[i + 2]), tokens[i])
-                           for i in range(0, len(tokens), 4)])
+            layout.append(
+                [
+                    Member(tokens[i + 3], int(tokens[i + 1]), int(tokens[i + 2]), tokens[i])
+                    for i in range(0, len(tokens), 4)
+                ]
+            )
         except ValueError:
             raise SignstreamError(f"{path}:{lineno}: offsets and sizes must be integers") from None
     if len(layout) != int(head[1]):
@@ -358,8 +619,9 @@ def scan_tar(path: str | os.PathLike) -> list[list[Member]]:
     return layout
 
 
-def read_layout(path: str | os.PathLike, fileobj: IO[bytes] | None = None
-                ) -> tuple[list[list[Member]], tarfile.TarError | None]:
+def read_layout(
+    path: str | os.PathLike, fileobj: IO[bytes] | None = None
+) -> tuple[list[list[Member]], tarfile.TarError | None]:
     """Like :func:`scan_tar`, but a damaged archive gives what was read before the damage.
 
     Args:
@@ -374,8 +636,7 @@ def read_layout(path: str | os.PathLike, fileobj: IO[bytes] | None = None
     """
     infos: list[tarfile.TarInfo] = []
     try:
-        with (tarfile.open(path, mode="r:") if fileobj is None
-              else tarfile.open(fileobj=fileobj, mode="r|")) as tar:
+        with tarfile.open(path, mode="r:") if fileobj is None else tarfile.open(fileobj=fileobj, mode="r|") as tar:
             for info in tar:
                 infos.append(info)
     except tarfile.TarError as exc:

@@ -1,17 +1,10 @@
-"""What NVDEC on this GPU can decode: the driver's own answer, or the documented table.
+"""What DALI's decoders can decode, and the checks that refuse shards they cannot.
 
-The driver reports, per codec, chroma format and bit depth, whether the GPU's
-NVDEC engines decode it and the smallest and largest coded frame
-(``cuvidGetDecoderCaps`` in ``libnvcuvid``, which ships with the driver, the
-library DALI's NVDEC decoder opens). :func:`decoder_caps` asks it through
-ctypes, so the CUDA loader checks shards against the limits of the GPU it will
-decode on (an H.264 maximum of 8192 on Blackwell, no AV1 on A100/Hopper)
-instead of one table for every GPU. Without a driver (a CPU machine, a
-container without the video library) it returns ``None`` and
-:func:`nvdec_limits` falls back to :data:`NVDEC_LIMITS`.
-
-Run ``python -m signstream.loaders.nvdec [--device N]`` on a GPU machine to
-print what the driver reports beside the table.
+NVDEC's limits come from the driver of the GPU that decodes (``cuvidGetDecoderCaps``
+through ctypes), else from :data:`NVDEC_LIMITS`; DALI's CPU decoder reads :data:`CPU_CODECS`.
+Invariant: a shard is refused before decoding only with a one-line error naming it and a way out.
+``python -m signstream.loaders.nvdec [--device N]`` prints the driver's answer beside the table.
+Why the driver is asked, and where the table comes from: docs/design/dali.md.
 """
 
 from __future__ import annotations
@@ -21,6 +14,12 @@ import ctypes
 import functools
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+from signstream import SignstreamError
+from signstream.loaders.pyav_backend import probe_size
+from signstream.loaders.shards import SampleError, SampleReader, ShardSet
 
 # NVDEC frame-size limits per codec, ((min h, min w), (max h, max w)), for Turing, A100 and Hopper
 # GPUs: the fallback when the driver cannot be asked. Maxima as the Video Codec SDK 13.0 NVDEC
@@ -39,6 +38,8 @@ NVDEC_LIMITS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 # cudaVideoCodec values (cuviddec.h) of the codecs shards can hold
 CODEC_IDS = {"h264": 4, "hevc": 8, "vp8": 9, "vp9": 10, "av1": 11}
 CHROMA_420 = 1  # cudaVideoChromaFormat_420: what pack writes (yuv420p, 8 bit)
+# What DALI's CPU video decoder (the PyPI wheel) reads; it has no H.264/HEVC.
+CPU_CODECS = {"vp9", "vp8", "mjpeg"}
 
 
 class DecodeCaps(ctypes.Structure):
@@ -103,8 +104,13 @@ class _Driver:
     def query(self, codec: str) -> Caps:
         caps = DecodeCaps(eCodecType=CODEC_IDS[codec], eChromaFormat=CHROMA_420, nBitDepthMinus8=0)
         self._check(self.cuvid.cuvidGetDecoderCaps(ctypes.byref(caps)), "cuvidGetDecoderCaps")
-        return Caps(codec, bool(caps.bIsSupported), (int(caps.nMinHeight), int(caps.nMinWidth)),
-                    (int(caps.nMaxHeight), int(caps.nMaxWidth)), int(caps.nMaxMBCount))
+        return Caps(
+            codec,
+            bool(caps.bIsSupported),
+            (int(caps.nMinHeight), int(caps.nMinWidth)),
+            (int(caps.nMaxHeight), int(caps.nMaxWidth)),
+            int(caps.nMaxMBCount),
+        )
 
 
 def _libraries() -> tuple[Any, Any]:
@@ -148,8 +154,84 @@ def unsupported_codec_error(codec: str, device: int, where: str) -> str | None:
     caps = decoder_caps(device)
     if caps is None or codec not in caps or caps[codec].supported:
         return None
-    return (f"{where}: the NVDEC engines of GPU {device} cannot decode {codec} (the driver says so); "
-            f"repack with signstream pack --codec vp9, or use device='cpu' / backend='pyav'")
+    return (
+        f"{where}: the NVDEC engines of GPU {device} cannot decode {codec} (the driver says so); "
+        f"repack with signstream pack --codec vp9, or use device='cpu' / backend='pyav'"
+    )
+
+
+def check_codecs(shardset: ShardSet, device: str) -> None:
+    """Refuse shards whose codec DALI's decoder on ``device`` cannot read, before any decoding.
+
+    Args:
+        shardset: the resolved shards.
+        device: the loader's device; on the CPU DALI reads only :data:`CPU_CODECS`
+            (on CUDA the driver's answer is checked by :func:`check_nvdec_sizes`).
+
+    Raises:
+        SignstreamError: one line naming the split, the codec and what to use instead.
+    """
+    if torch.device(device).type == "cuda":
+        return
+    bad = sorted(shardset.codecs - CPU_CODECS)
+    if bad:
+        raise SignstreamError(
+            f"{shardset.origin}: DALI's CPU video decoder cannot decode {'/'.join(bad)}; "
+            f"use backend='pyav', device='cuda', or repack the shards as VP9 (signstream pack --codec vp9)"
+        )
+
+
+def nvdec_size_error(codec: str, height: int, width: int, where: str, device: int | None = None) -> str | None:
+    """The one-line reason NVDEC cannot decode a ``height x width`` video (``None`` if it can).
+
+    Args:
+        codec: the video codec.
+        height: coded frame height.
+        width: coded frame width.
+        where: what the message names first (shard, sample).
+        device: the GPU whose driver gives the limits; ``None`` (or a driver that cannot be
+            asked): :data:`NVDEC_LIMITS`.
+    """
+    limits = nvdec_limits(codec, device)
+    if limits is None:
+        return None
+    (min_h, min_w), (max_h, max_w) = limits
+    if min_h <= height <= max_h and min_w <= width <= max_w:
+        return None
+    return (
+        f"{where}: {height}x{width} {codec} frames are outside NVDEC's limits for {codec} "
+        f"({min_h}x{min_w} to {max_h}x{max_w}, height x width); repack with "
+        f"signstream pack --resize HxW, or use device='cpu' / backend='pyav'"
+    )
+
+
+def check_nvdec_sizes(shardset: ShardSet, device: int | None = None) -> None:
+    """Refuse, before any decoding, shards NVDEC cannot decode.
+
+    That is a codec the driver of GPU ``device`` says it lacks, or frames outside
+    its limits (checked on the first sample of each shard).
+
+    Raises:
+        SignstreamError: one line naming the shard (and sample) and the way out.
+    """
+    codec = next(iter(shardset.codecs)) if len(shardset.codecs) == 1 else None
+    if device is not None and codec is not None:
+        why = unsupported_codec_error(codec, device, shardset.origin)
+        if why:
+            raise SignstreamError(why)
+    if nvdec_limits(codec, device) is None:
+        return
+    with SampleReader(shardset) as reader:
+        for shard in shardset.shards:
+            for ref in shard.samples[:1]:
+                try:
+                    data, meta, _ = reader.read(ref)
+                    h, w = (int(meta["height"]), int(meta["width"])) if "height" in meta else probe_size(data)
+                except (SampleError, KeyError, TypeError, ValueError):
+                    continue  # a damaged first sample is skipped later, not a size problem
+                why = nvdec_size_error(codec, h, w, f"{shard.path.name} (sample {ref.key})", device)
+                if why:
+                    raise SignstreamError(why)
 
 
 def report(device: int = 0) -> str:
@@ -161,8 +243,10 @@ def report(device: int = 0) -> str:
     for codec, c in caps.items():
         table = NVDEC_LIMITS.get(codec)
         tab = f"{table[0][0]}x{table[0][1]} / {table[1][0]}x{table[1][1]}" if table else "-"
-        lines.append(f"{codec} | {c.supported} | {c.min_hw[0]}x{c.min_hw[1]} | {c.max_hw[0]}x{c.max_hw[1]} "
-                     f"| {c.max_macroblocks} | {tab}")
+        lines.append(
+            f"{codec} | {c.supported} | {c.min_hw[0]}x{c.min_hw[1]} | {c.max_hw[0]}x{c.max_hw[1]} "
+            f"| {c.max_macroblocks} | {tab}"
+        )
     return "\n".join(lines)
 
 

@@ -1,18 +1,9 @@
 """One writer per output: a lock in the output folder (or bucket prefix) that names its holder.
 
-A run that writes an output first creates ``.signstream.lock`` there,
-atomically (``O_CREAT | O_EXCL`` locally, a conditional ``If-None-Match``
-put in a bucket), recording the holder's pid, host, command and start time.
-A second writer finds it and stops with one line naming the first; the lock
-is removed by its holder on any normal exit (context manager, and ``atexit``
-for a holder that never reaches its ``release``).
-
-A lock left by a process that no longer exists is stale: when it names this
-host and its pid is gone (or now belongs to a younger process), the next run
-takes it over with a warning. A lock from another host cannot be checked from
-here, so it is never taken over: the refusal names the file to delete once
-that run is known to be gone. Forked children inherit the ``atexit`` hook but
-never remove their parent's lock (the pid must match).
+A run that writes an output first creates ``.signstream.lock`` there atomically, recording its pid, host, command
+and start time; a second writer stops with one line naming the first. The holder removes it on any normal exit
+(context manager, and ``atexit``); forked children never remove their parent's lock. A lock whose process on this
+host is gone is taken over with a warning; one from another host never is. Why: docs/design/ownership.md
 """
 
 from __future__ import annotations
@@ -78,9 +69,15 @@ def _redact(text: str) -> str:
 def holder_record() -> dict:
     """What a lock says about its holder (this process)."""
     command = _redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command[:300],
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "started_unix": round(time.time(), 3),
-            "pid_start": _start_ticks(os.getpid()), "token": uuid.uuid4().hex}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command[:300],
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "started_unix": round(time.time(), 3),
+        "pid_start": _start_ticks(os.getpid()),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def parse_record(data: bytes) -> dict | None:
@@ -89,8 +86,12 @@ def parse_record(data: bytes) -> dict | None:
         record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
-    ok = (isinstance(record, dict) and isinstance(record.get("pid"), int) and record["pid"] > 0
-          and isinstance(record.get("token"), str))
+    ok = (
+        isinstance(record, dict)
+        and isinstance(record.get("pid"), int)
+        and record["pid"] > 0
+        and isinstance(record.get("token"), str)
+    )
     return record if ok else None
 
 
@@ -103,14 +104,19 @@ def busy_message(where: str, record: dict, key: str, lock: str) -> str:
     """The one line a second writer gets."""
     command = str(record.get("command", "?"))
     command = command if len(command) <= 80 else command[:77] + "..."
-    return (f"{where} is being written by another run (pid {record['pid']} on {record.get('host', '?')} "
-            f"since {record.get('started', '?')}: {command}); wait for it to finish or choose another {key} "
-            f"(if that run is gone, delete {lock})")
+    return (
+        f"{where} is being written by another run (pid {record['pid']} on {record.get('host', '?')} "
+        f"since {record.get('started', '?')}: {command}); wait for it to finish or choose another {key} "
+        f"(if that run is gone, delete {lock})"
+    )
 
 
 def _warn_takeover(lock: str, record: dict | None) -> None:
-    who = (f"pid {record['pid']} on {record.get('host')} since {record.get('started', '?')}"
-           if record else "an unreadable lock")
+    who = (
+        f"pid {record['pid']} on {record.get('host')} since {record.get('started', '?')}"
+        if record
+        else "an unreadable lock"
+    )
     print(f"warning: {lock} was left by a run that is gone ({who}); taking it over", file=sys.stderr)
 
 
@@ -141,14 +147,17 @@ class _Lock(abc.ABC):
                 _HELD[id(self)] = self
                 return self
             if found is None and age is not None and age < UNREADABLE_GRACE_S:
-                raise OutputBusy(f"{self.where} is being claimed by another run ({self.path} is being "
-                                 f"written); try again in a minute or choose another {self.key}")
+                raise OutputBusy(
+                    f"{self.where} is being claimed by another run ({self.path} is being "
+                    f"written); try again in a minute or choose another {self.key}"
+                )
             if found is not None and not is_stale(found):
                 raise OutputBusy(busy_message(self.where, found, self.key, self.path))
             _warn_takeover(self.path, found)
             self._remove_if(data)
-        raise OutputBusy(f"{self.where}: cannot take {self.path} (other runs keep claiming it); "
-                         f"choose another {self.key}")
+        raise OutputBusy(
+            f"{self.where}: cannot take {self.path} (other runs keep claiming it); choose another {self.key}"
+        )
 
     def release(self) -> None:
         """Remove the lock if this process still holds it (idempotent)."""
@@ -207,8 +216,7 @@ class OutputLock(_Lock):
             except FileExistsError:
                 pass
             except OSError as exc:
-                raise SignstreamError(f"{self.key}: cannot create {self.folder}: "
-                                      f"{exc.strerror or exc}") from None
+                raise SignstreamError(f"{self.key}: cannot create {self.folder}: {exc.strerror or exc}") from None
         return super().acquire()
 
     def release(self) -> None:

@@ -1,41 +1,9 @@
 """Shards on a web server or in an S3 bucket: ``http(s)://host/path`` and ``s3://bucket/prefix``.
 
-A URL is accepted wherever a shard directory is (``make_loader``, the
-recipes' ``shards=``, ``signstream verify``). The small files — the split's
-``manifest.json``, the DALI index beside each tar, the root's
-``glosses.txt`` — are fetched from the same place; the tars are never copied
-to local disk: the PyAV backend reads each sample as one HTTP range request
-(its video and JSON members are adjacent in the tar), reading ahead in large
-blocks while the order is sequential (eval), and DALI reads ``s3://`` through
-its own S3 client.
-
-Access goes through fsspec (``aiohttp`` for HTTP, ``s3fs`` for S3). S3
-credentials, region and endpoint come from the standard AWS variables and
-config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL`` for
-an S3-compatible store, ...): nothing is hard-coded, and DALI's S3 client reads
-the same variables. A URL may also carry a secret itself (``user:password@``,
-a presigned ``X-Amz-Signature``, a ``token`` parameter): requests use it as
-given, but everything that shows or records a location — messages, warnings,
-skip reasons, saved configs, summaries, reports — passes it through
-:func:`redact` first.
-
-Failure policy (no hang, bounded work):
-
-* every request has a connect and a read timeout (``SIGNSTREAM_REMOTE_TIMEOUT``
-  seconds, default 20), a deadline for the whole call (three times that), and is
-  tried at most ``SIGNSTREAM_REMOTE_ATTEMPTS``
-  times (default 3) with 0.25 s, 0.5 s, ... between tries; a missing object is
-  not retried;
-* a sample whose bytes cannot be fetched (or come back short) is a
-  :class:`~signstream.loaders.shards.SampleError`: the loader skips it and
-  names it (key, shard, reason) like a corrupt video;
-* after :data:`TRIP_AFTER` failed requests in a row to one host, a process
-  stops waiting on it: further requests fail at once, except one real try
-  every :data:`PROBE_EVERY_S` seconds, and the first success resets this. A
-  server that dies mid-run thus costs one timeout per half minute, not one per
-  sample, and the samples it held are skipped by name;
-* a manifest, index or vocabulary that cannot be fetched, or a missing shard,
-  is a one-line :class:`~signstream.SignstreamError`.
+Accepted wherever a shard directory is; small files are fetched, tars are read by range, never
+copied. Invariants: nothing hangs (every request has timeouts, a deadline and bounded tries,
+and a host that keeps failing is marked down, probed now and then), an unfetchable sample is
+skipped by name, and every shown location passes :func:`redact`. Why: docs/design/remote.md
 """
 
 from __future__ import annotations
@@ -86,7 +54,9 @@ def is_remote(spec: Any) -> bool:
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s@]*(?:@[^/?#\s@]*)*)@")
 _SECRET_QUERY = re.compile(
     r"(?P<name>[?&;][^=&#\s]*?(?:token|sig|signature|secret|password|passwd|pwd|key|credential|auth)"
-    r"[^=&#\s]*=)[^&#\s'\"]*", re.IGNORECASE)
+    r"[^=&#\s]*=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
 REDACTED = "***"
 
 
@@ -193,13 +163,16 @@ def filesystem(url: str):
         # instance cache, so a changed endpoint gets a new client.
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # Our own bounded retry loop wraps every call; botocore's retries stay at one try.
-        return fsspec.filesystem("s3", client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-                                 config_kwargs={"connect_timeout": t, "read_timeout": t,
-                                                "retries": {"max_attempts": 1}})
+        return fsspec.filesystem(
+            "s3",
+            client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+            config_kwargs={"connect_timeout": t, "read_timeout": t, "retries": {"max_attempts": 1}},
+        )
     import aiohttp
 
-    return fsspec.filesystem(scheme, client_kwargs={
-        "timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)})
+    return fsspec.filesystem(
+        scheme, client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)}
+    )
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -263,8 +236,10 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
     transient = transient_errors()
     host = _HOSTS.setdefault(_host_of(what), _Host())
     if host.down():
-        raise ConnectionError(f"{redact(what)}: host unreachable ({host.failures} failed requests in a row; "
-                              f"next try within {PROBE_EVERY_S:.0f} s)")
+        raise ConnectionError(
+            f"{redact(what)}: host unreachable ({host.failures} failed requests in a row; "
+            f"next try within {PROBE_EVERY_S:.0f} s)"
+        )
     tries = 1 if host.failures >= TRIP_AFTER else attempts()
     for attempt in range(tries):
         host.last_try = time.monotonic()
@@ -276,7 +251,7 @@ def with_retries(what: str, call: Callable[[], T]) -> T:
         except transient as exc:
             last = exc
             if attempt + 1 < tries:
-                time.sleep(0.25 * 2 ** attempt)
+                time.sleep(0.25 * 2**attempt)
             continue
         host.failures = 0
         return result
@@ -312,7 +287,7 @@ class RemotePath:
     @property
     def suffix(self) -> str:
         name = self.name
-        return name[name.rfind("."):] if "." in name else ""
+        return name[name.rfind(".") :] if "." in name else ""
 
     def with_suffix(self, suffix: str) -> RemotePath:
         stem = self.url[: len(self.url) - len(self.suffix)] if self.suffix else self.url
@@ -373,8 +348,10 @@ def fetch_range(url: str, start: int, stop: int) -> bytes:
     def call() -> bytes:
         data = fs.cat_file(url, start=start, end=stop, timeout=deadline_s())
         if len(data) > stop - start:
-            raise RangeIgnored(f"{redact(url)}: asked for {stop - start} bytes, got {len(data)}: "
-                               "the server does not honour HTTP Range requests")
+            raise RangeIgnored(
+                f"{redact(url)}: asked for {stop - start} bytes, got {len(data)}: "
+                "the server does not honour HTTP Range requests"
+            )
         if len(data) < stop - start:
             raise ShortRead(f"got {len(data)} of {stop - start} bytes")
         return data
@@ -399,7 +376,7 @@ class RangeReader:
         """Bytes ``[start, stop)``; raises ``ConnectionError`` / ``FileNotFoundError``."""
         end = self._start + len(self._data)
         if self._start <= start and stop <= end:
-            data = self._data[start - self._start: stop - self._start]
+            data = self._data[start - self._start : stop - self._start]
         else:
             sequential = 0 <= start - self._last_end <= MAX_GAP
             fetch_to = max(stop, start + READAHEAD) if sequential else stop
@@ -435,8 +412,7 @@ def open_stream(path: RemotePath):
     return fs.open(path.url, "rb", block_size=READAHEAD, cache_type="readahead")
 
 
-def stream_members(path: RemotePath, *, with_data: bool = False
-                   ) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+def stream_members(path: RemotePath, *, with_data: bool = False) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """Yield each regular member of a remote tar (and its bytes) in one streamed pass."""
     with open_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for info in tar:
@@ -489,15 +465,6 @@ def paths_of(spec: Any, expand: Callable[[str], list[str]]) -> tuple[list[Remote
     if not tars:
         raise SignstreamError(f"empty split: no manifest.json and no .tar shards at {redact(path)}")
     return tars, text
-
-
-def check_dali(shardset: Any) -> None:
-    """DALI's webdataset reader opens local files and ``s3://`` only; say which backend reads the rest."""
-    schemes = sorted({s.path.url.split("://", 1)[0] for s in shardset.shards if isinstance(s.path, RemotePath)})
-    bad = [s for s in schemes if s != "s3"]
-    if bad:
-        raise SignstreamError(f"{redact(shardset.origin)}: DALI's webdataset reader cannot read {'/'.join(bad)}:// "
-                              "shards (only local files and s3://); use backend='pyav', which streams them")
 
 
 # --------------------------------------------------------------- small files, local use

@@ -1,23 +1,14 @@
 """Which shards and samples a loader reads: resolve, validate, split, read.
 
-``resolve_shards`` accepts what users have at hand — a split directory (with
-``manifest.json`` or just ``*.tar`` files), a manifest path, a brace pattern
-(``out/train/train-{000000..000009}.tar``) or a list of tar paths — and turns it
-into a :class:`ShardSet`: every shard with the byte offsets of every sample,
-read from the DALI index beside it (or, without one, from a scan of the tar).
-``http(s)://`` and ``s3://`` URLs resolve the same way (:mod:`signstream.loaders.remote`).
-Problems the user can fix are one-line :class:`SignstreamError` s naming the
-file: a missing shard, an empty split, an index that disagrees with the
-manifest, a duplicate key.
-
-Splitting work between ranks uses DALI's own rule (:func:`rank_range`: rank
-``r`` of ``W`` reads the contiguous samples ``[N*r//W, N*(r+1)//W)``), so the
-PyAV and DALI backends hand the same samples to the same rank.
+``resolve_shards`` turns a split directory, a manifest, a brace pattern, a list of tars or an ``http(s)://`` /
+``s3://`` URL into a :class:`ShardSet`: every shard with the byte offsets of every sample (from the DALI index
+beside it, else a scan of the tar). Problems the user can fix are one-line :class:`SignstreamError` s naming the
+file. Ranks split work by DALI's rule (:func:`rank_range`), so the PyAV and DALI backends hand the same samples to
+the same rank. Why: docs/design/loaders.md
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,13 +22,14 @@ from signstream.loaders.format import (
     MANIFEST,
     MAX_JSON_BYTES,
     VIDEO_EXTS,
+    Manifest,
     Member,
     MetaError,
     read_index,
     read_layout,
+    read_manifest,
     read_sample_meta,
 )
-from signstream.loaders.format import FORMAT as MANIFEST_FORMAT
 
 log = logging.getLogger("signstream.loaders")
 
@@ -75,7 +67,7 @@ class ShardSet:
 
     shards: list[Shard]
     origin: str
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
     @property
     def refs(self) -> list[SampleRef]:
@@ -93,8 +85,8 @@ class ShardSet:
     @property
     def codecs(self) -> set[str]:
         """Codecs of the videos: from the manifest, else guessed from the extensions."""
-        if self.manifest and self.manifest.get("codec"):
-            return {str(self.manifest["codec"])}
+        if self.manifest is not None:
+            return {self.manifest.codec}
         return {EXT_CODEC.get(ext, ext) for ext in self.video_exts}
 
     def shard_of(self, ref: SampleRef) -> str:
@@ -123,24 +115,25 @@ def scan_layout(path: Path) -> list[list[Member]]:
     if error is not None:
         if not layout:
             raise SignstreamError(f"cannot read shard {path}: {error}")
-        log.warning("shard %s ends early (%s): reading the %d samples before the cut",
-                    remote.redact(path), remote.redact(error), len(layout))
+        log.warning(
+            "shard %s ends early (%s): reading the %d samples before the cut",
+            remote.redact(path),
+            remote.redact(error),
+            len(layout),
+        )
     return layout
 
 
-def _shard_from_layout(number: int, path: Path, index_path: Path | None,
-                       layout: list[list[Member]]) -> Shard:
+def _shard_from_layout(number: int, path: Path, index_path: Path | None, layout: list[list[Member]]) -> Shard:
     shard = Shard(path, index_path)
     for members in layout:
         key = members[0].key
         video = [m for m in members if m.ext in VIDEO_EXTS]
         meta = [(m.offset, m.size) for m in members if m.ext == "json"]
         if not video:
-            raise SignstreamError(f"sample {key} in {path} has no video member "
-                                  f"({'/'.join(VIDEO_EXTS)})")
+            raise SignstreamError(f"sample {key} in {path} has no video member ({'/'.join(VIDEO_EXTS)})")
         first = video[0]
-        shard.samples.append(SampleRef(number, key, first.ext, (first.offset, first.size),
-                                       meta[0] if meta else None))
+        shard.samples.append(SampleRef(number, key, first.ext, (first.offset, first.size), meta[0] if meta else None))
     return shard
 
 
@@ -162,23 +155,16 @@ def _expand(pattern: str) -> list[str]:
 
 
 def _from_manifest(path: Path) -> ShardSet:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SignstreamError(f"cannot read manifest {path}: {exc}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise SignstreamError(f"{path}: unknown manifest format {manifest.get('format')!r} "
-                              f"(expected {MANIFEST_FORMAT!r})")
-    entries = manifest.get("shards") or []
-    if not entries:
+    manifest = read_manifest(path)
+    if not manifest.shards:
         raise SignstreamError(f"empty split: {path} lists no shards")
     shards = []
-    for i, entry in enumerate(entries):
-        index = path.parent / entry["index"] if entry.get("index") else None
-        shard = load_shard(i, path.parent / entry["file"], index)
-        if "samples" in entry and entry["samples"] != len(shard.samples):
-            raise SignstreamError(f"{shard.index_path or shard.path} lists {len(shard.samples)} samples, "
-                                  f"{path} says {entry['samples']}")
+    for i, entry in enumerate(manifest.shards):
+        shard = load_shard(i, path.parent / entry.file, path.parent / entry.index)
+        if entry.samples != len(shard.samples):
+            raise SignstreamError(
+                f"{shard.index_path or shard.path} lists {len(shard.samples)} samples, {path} says {entry.samples}"
+            )
         shards.append(shard)
     return ShardSet(shards, str(path), manifest)
 
@@ -269,7 +255,7 @@ class SampleReader:
             block = self._ranges.read(lo, hi)
         except (ConnectionError, FileNotFoundError) as exc:
             raise SampleError(f"cannot fetch: {exc}") from None
-        cut = [block[s[0] - lo: s[0] - lo + s[1]] for s in spans]
+        cut = [block[s[0] - lo : s[0] - lo + s[1]] for s in spans]
         return cut[0], (cut[1] if ref.meta is not None else None)
 
     def _open(self, number: int):
@@ -280,8 +266,10 @@ class SampleReader:
             except OSError as exc:
                 # deleted or replaced since the loader was built: this sample is skipped and named,
                 # and the next one tries again (the file may be back, e.g. a repack finished)
-                raise SampleError(f"cannot open the shard any more ({exc.strerror or exc}); "
-                                  "was it deleted or repacked while the loader ran?") from None
+                raise SampleError(
+                    f"cannot open the shard any more ({exc.strerror or exc}); "
+                    "was it deleted or repacked while the loader ran?"
+                ) from None
             self._number = number
         return self._file
 
@@ -303,8 +291,9 @@ class SampleReader:
         The metadata passed the format's strict reader (:func:`format.read_sample_meta`).
         """
         if ref.meta is not None and ref.meta[1] > MAX_JSON_BYTES:  # checked before reading it
-            raise SampleError(f"JSON member is {ref.meta[1]} bytes, over the {MAX_JSON_BYTES} "
-                              "a sample's metadata may hold")
+            raise SampleError(
+                f"JSON member is {ref.meta[1]} bytes, over the {MAX_JSON_BYTES} a sample's metadata may hold"
+            )
         if remote.is_url(self.shardset.shards[ref.shard].path):
             video, raw = self._read_remote(ref)
         else:

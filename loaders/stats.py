@@ -89,9 +89,11 @@ class LoaderStats:
 
     def summary(self) -> str:
         """One line for logs."""
-        line = (f"{self.samples} samples, {self.frames} frames in {self.batches} batches, "
-                f"padding {self.padding_fraction:.1%}, {self.bytes_read / 1e6:.1f} MB read, "
-                f"{len(self.skipped)} skipped")
+        line = (
+            f"{self.samples} samples, {self.frames} frames in {self.batches} batches, "
+            f"padding {self.padding_fraction:.1%}, {self.bytes_read / 1e6:.1f} MB read, "
+            f"{len(self.skipped)} skipped"
+        )
         if self.skipped:
             line += ": " + "; ".join(f"{s.key} ({s.shard}: {s.reason})" for s in self.skipped[:5])
             if len(self.skipped) > 5:

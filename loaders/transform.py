@@ -1,18 +1,9 @@
 """The preprocessing every backend shares: one ``Transform``, one per-sample plan.
 
-A :class:`Transform` says what the backbone wants (output size, normalisation,
-frame stride, ``max_frames``/``min_frames``, T padded to a multiple) and how
-training augments (random crop/scale, temporal rescale, colour jitter, an
-optional horizontal flip). Every random choice for a sample is drawn here, in
-:func:`plan_sample`, from a generator seeded by ``(seed, epoch, key, pass)``;
-the result is a :class:`SamplePlan` — which frames to decode, which source box
-to crop and resize, flip, jitter — that each backend executes with its own
-primitives (DALI operators, PyAV + OpenCV, ``cv2.imread``). Plans never depend
-on the backend, the worker count or the batch a sample lands in, which is what
-lets the backends agree frame for frame.
-
-Strategy choices are plain dicts, looked up with :func:`signstream.lookup`:
-:data:`NORMALIZATIONS` (mean/std presets) and temporal windows :data:`WINDOWS`.
+Every random choice for a sample is drawn in :func:`plan_sample` from a generator seeded by
+``(seed, epoch, key, pass)``; backends only execute the resulting :class:`SamplePlan`. So plans
+never depend on the backend, worker count or batch, and backends agree frame for frame.
+Presets: :data:`NORMALIZATIONS`, :data:`WINDOWS`. Why: docs/design/transform.md
 """
 
 from __future__ import annotations
@@ -48,12 +39,12 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 # --------------------------------------------------------------- temporal windows
 def _window_centre(idx: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     start = (len(idx) - m) // 2
-    return idx[start:start + m]
+    return idx[start : start + m]
 
 
 def _window_random(idx: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     start = int(rng.integers(0, len(idx) - m + 1))
-    return idx[start:start + m]
+    return idx[start : start + m]
 
 
 def _window_start(idx: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,7 +65,7 @@ WINDOWS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]]
 
 
 def _pad_replicate(video: np.ndarray, length: int) -> None:
-    video[:, length:] = video[:, length - 1:length]
+    video[:, length:] = video[:, length - 1 : length]
 
 
 def _pad_zeros(video: np.ndarray, length: int) -> None:
@@ -163,8 +154,10 @@ class Transform:
             (self.min_frames >= 1, f"min_frames must be >= 1, got {self.min_frames}"),
             (self.pad_multiple >= 1, f"pad_multiple must be >= 1, got {self.pad_multiple}"),
             (0 < self.train_scale[0] <= self.train_scale[1], f"bad train_scale {self.train_scale}"),
-            (self.temporal_rescale is None or 0 < self.temporal_rescale[0] <= self.temporal_rescale[1],
-             f"bad temporal_rescale {self.temporal_rescale}"),
+            (
+                self.temporal_rescale is None or 0 < self.temporal_rescale[0] <= self.temporal_rescale[1],
+                f"bad temporal_rescale {self.temporal_rescale}",
+            ),
             (0 <= self.colour_jitter < 1, f"colour_jitter must be in [0, 1), got {self.colour_jitter}"),
         ]
         for ok, message in checks:
@@ -173,8 +166,9 @@ class Transform:
         for name in ("size", "resize"):
             pair = _pair(getattr(self, name))
             if pair is not None and not (1 <= min(pair) and max(pair) <= MAX_INPUT_SIDE):
-                raise SignstreamError(f"Transform: {name} must be between 1 and {MAX_INPUT_SIDE}, "
-                                      f"got {getattr(self, name)}")
+                raise SignstreamError(
+                    f"Transform: {name} must be between 1 and {MAX_INPUT_SIDE}, got {getattr(self, name)}"
+                )
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -287,8 +281,10 @@ def size_mismatch(plan: SamplePlan, height: int, width: int) -> str | None:
     """
     if plan.src_hw is None or tuple(plan.src_hw) == (int(height), int(width)):
         return None
-    return (f"metadata says {plan.src_hw[0]}x{plan.src_hw[1]} but the video is {height}x{width} "
-            f"(fix the sample's JSON height/width)")
+    return (
+        f"metadata says {plan.src_hw[0]}x{plan.src_hw[1]} but the video is {height}x{width} "
+        f"(fix the sample's JSON height/width)"
+    )
 
 
 def sample_rng(seed: int, epoch: int, key: str, pass_: int = 0) -> np.random.Generator:
@@ -336,8 +332,9 @@ def _even_span(start: float, size: float, limit: int) -> tuple[int, int]:
     return max(0, min(start_i, limit - size_i)), size_i
 
 
-def spatial_plan(height: int, width: int, t: Transform, train: bool,
-                 rng: np.random.Generator) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+def spatial_plan(
+    height: int, width: int, t: Transform, train: bool, rng: np.random.Generator
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     """Source box and output size: resize then crop, expressed as one crop+resize."""
     rh, rw = resized_hw(height, width, t)
     sy, sx = rh / height, rw / width
@@ -356,8 +353,9 @@ def spatial_plan(height: int, width: int, t: Transform, train: bool,
     return (y0, x0, h, w), (int(out[0]), int(out[1]))
 
 
-def plan_sample(num_frames: int, height: int, width: int, t: Transform, *, train: bool,
-                rng: np.random.Generator) -> SamplePlan:
+def plan_sample(
+    num_frames: int, height: int, width: int, t: Transform, *, train: bool, rng: np.random.Generator
+) -> SamplePlan:
     """All of a sample's choices, drawn in a fixed order (temporal, spatial, flip, jitter)."""
     indices = temporal_indices(num_frames, t, train, rng)
     box, out_hw = spatial_plan(height, width, t, train, rng)
@@ -381,7 +379,7 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], out_hw: tupl
     import cv2
 
     y0, x0, h, w = box
-    region = frames[:, y0:y0 + h, x0:x0 + w]
+    region = frames[:, y0 : y0 + h, x0 : x0 + w]
     oh, ow = out_hw
     if (h, w) == (oh, ow):
         return np.ascontiguousarray(region)
@@ -400,13 +398,12 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], out_hw: tupl
     return y.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def resize_frame(frame: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int],
-                 dst: np.ndarray) -> None:
+def resize_frame(frame: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int], dst: np.ndarray) -> None:
     """One ``[H, W, 3]`` frame's ``box`` resized into ``dst`` (``[*out_hw, 3]``), filters as :func:`crop_resize`."""
     import cv2
 
     y0, x0, h, w = box
-    region = frame[y0:y0 + h, x0:x0 + w]
+    region = frame[y0 : y0 + h, x0 : x0 + w]
     oh, ow = out_hw
     if (h, w) == (oh, ow):
         dst[:] = region
@@ -430,8 +427,8 @@ def emit_frame(out: np.ndarray, positions: np.ndarray, frame: np.ndarray, plan: 
     """Write one ``[H, W, 3]`` frame, jittered and flipped as planned, to ``out[:, positions]``.
 
     ``out`` is channel-first ``[3, T, H, W]`` (the batch layout); OpenCV's
-    ``split`` de-interleaves straight into it, about three times faster than a
-    numpy transpose copy.
+    ``split`` de-interleaves straight into it, faster than a numpy transpose
+    copy (figure: docs/design/transform.md).
     """
     import cv2
 

@@ -56,26 +56,27 @@ class VideoCTC(nn.Module):
         return self.head(feats, self.feature_lengths(lengths, video.shape[2]))
 
 
-def checkpoint_metadata(backbone: str, backbone_kwargs: dict, head: str, head_kwargs: dict,
-                        num_classes: int, **extra) -> dict[str, str]:
+def checkpoint_metadata(
+    backbone: str, backbone_kwargs: dict, head: str, head_kwargs: dict, num_classes: int, **extra
+) -> dict[str, str]:
     """The safetensors metadata that lets :func:`load_backbone` rebuild the model."""
-    return {"format": FORMAT, "backbone": backbone, "backbone_kwargs": json.dumps(backbone_kwargs),
-            "head": head, "head_kwargs": json.dumps(head_kwargs), "num_classes": str(num_classes),
-            **{k: str(v) for k, v in extra.items()}}
+    return {
+        "format": FORMAT,
+        "backbone": backbone,
+        "backbone_kwargs": json.dumps(backbone_kwargs),
+        "head": head,
+        "head_kwargs": json.dumps(head_kwargs),
+        "num_classes": str(num_classes),
+        **{k: str(v) for k, v in extra.items()},
+    }
 
 
 def save_checkpoint(model: VideoCTC, path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write the model's weights and metadata as safetensors, atomically."""
-    from safetensors.torch import save_file
+    """Write the model's weights and metadata as safetensors, atomically (fsynced, then renamed)."""
+    from signstream.loaders.fileio import save_safetensors_atomic
 
-    from signstream.loaders.fileio import tmp_name
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_safetensors_atomic(path, state, metadata=metadata)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -91,11 +92,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             if meta.get("format") == FORMAT:
                 state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a foreign file
-        raise SignstreamError(f"{path} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                              "checkpoint= takes a model.safetensors written by finetune_ctc") from None
+        raise SignstreamError(
+            f"{path} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "checkpoint= takes a model.safetensors written by finetune_ctc"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise SignstreamError(f"{path} is not a finetune_ctc checkpoint (metadata format "
-                              f"{meta.get('format')!r}); pass backbone weights with weights= instead")
+        raise SignstreamError(
+            f"{path} is not a finetune_ctc checkpoint (metadata format "
+            f"{meta.get('format')!r}); pass backbone weights with weights= instead"
+        )
     return state, meta
 
 
@@ -105,7 +110,7 @@ def load_backbone(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict
     kwargs = {**json.loads(meta["backbone_kwargs"]), **overrides}
     backbone = create_model(meta["backbone"], **kwargs)
     prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     # The keys are the model's own (saved from its state dict): no checkpoint_filter_fn.
     apply_state_dict(backbone, weights, path)
     return backbone, meta

@@ -1,13 +1,9 @@
 """CTC decoders: time-major log-probabilities -> class-id sequences.
 
-Two strategies, plain functions that share the signature
-``decode(log_probs [T, B, C], lengths [B] | None, *, blank=0, **options)
--> list[list[int]]`` and accept torch tensors or numpy arrays (no torch
-import here, so evaluation tools can decode saved numpy outputs).
-
-- ``greedy``: best class per frame, collapse repeats, drop blanks.
-- ``beam``: CTC prefix beam search in log space (Hannun et al. 2014) with
-  per-frame pruning to the ``prune_topk`` most likely classes.
+``greedy_decode`` and ``beam_decode`` (prefix beam search) share the signature
+``decode(log_probs [T, B, C], lengths [B] | None, *, blank=0, **options) -> list[list[int]]``
+and accept torch tensors or numpy arrays; no torch import here, so saved numpy outputs
+can be decoded. Why: docs/design/models.md
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""Feature modes: turn one whole video into a ``[T', D]`` feature sequence.
+"""Feature modes: turn one normalised video into a ``[T', D]`` feature sequence.
 
-Two strategies, plain functions named by :data:`FeatureMode`;
-:func:`extract_features` is the entry point used by the extraction recipe and
-the benchmarks.
-
-* ``dense`` — one feature per ``temporal_stride`` frames over the whole video,
-  computed in overlapping chunks so peak memory depends on the chunk size, not
-  on the video length.
-* ``window`` — sliding clips of ``clip_len`` frames every ``stride`` frames,
-  one feature (the clip's features averaged over time) per clip.
-
-In both, a video shorter than the backbone's ``input_spec.min_frames`` is
-padded by repeating its last frame, never dropped. The video must already be
-normalised with the backbone's ``input_spec``.
+``dense`` (one feature per ``temporal_stride`` frames, computed in overlapping chunks) and
+``window`` (one time-averaged feature per sliding clip), chosen by :data:`FeatureMode`;
+:func:`extract_features` is the entry point. A video shorter than ``input_spec.min_frames``
+is padded by repeating its last frame, never dropped. Why: docs/design/models.md
 """
 
 from __future__ import annotations
@@ -102,11 +93,7 @@ def _runner(model: nn.Module, opts: FeatureOptions) -> Callable[[torch.Tensor], 
     # One forward pass on the model's device, returned as float32 on the CPU.
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    amp = (
-        torch.autocast(device.type, dtype=opts.autocast)
-        if opts.autocast is not None
-        else contextlib.nullcontext()
-    )
+    amp = torch.autocast(device.type, dtype=opts.autocast) if opts.autocast is not None else contextlib.nullcontext()
 
     def run(clip: torch.Tensor) -> torch.Tensor:
         with amp:
@@ -146,13 +133,9 @@ def dense(model: nn.Module, video: torch.Tensor, opts: FeatureOptions) -> torch.
     chunk_len = DEFAULT_CHUNK_LEN if opts.chunk_len is None else opts.chunk_len
     overlap = _round_up(model.receptive_field // 2, align) if opts.overlap is None else opts.overlap
     if chunk_len <= 0 or chunk_len % align:
-        raise SignstreamError(
-            f"dense: chunk_len={chunk_len} must be a positive multiple of {align}"
-        )
+        raise SignstreamError(f"dense: chunk_len={chunk_len} must be a positive multiple of {align}")
     if overlap < 0 or overlap % align:
-        raise SignstreamError(
-            f"dense: overlap={overlap} must be a non-negative multiple of {align}"
-        )
+        raise SignstreamError(f"dense: overlap={overlap} must be a non-negative multiple of {align}")
     # The padded length; padding is materialised per chunk by frames_between.
     total = max(video.shape[2], spec.min_frames)
     if opts.pad == "repeat":
@@ -191,13 +174,10 @@ def window(model: nn.Module, video: torch.Tensor, opts: FeatureOptions) -> torch
     stride = max(1, clip_len // 2) if opts.stride is None else opts.stride
     if clip_len < model.input_spec.min_frames:
         raise SignstreamError(
-            f"window: clip_len={clip_len} is shorter than the backbone's min_frames="
-            f"{model.input_spec.min_frames}"
+            f"window: clip_len={clip_len} is shorter than the backbone's min_frames={model.input_spec.min_frames}"
         )
     if stride <= 0 or opts.clips_per_batch <= 0:
-        raise SignstreamError(
-            f"window: stride={stride} and clips_per_batch={opts.clips_per_batch} must be positive"
-        )
+        raise SignstreamError(f"window: stride={stride} and clips_per_batch={opts.clips_per_batch} must be positive")
     num_frames = video.shape[2]
     count = 1 if num_frames <= clip_len else math.ceil((num_frames - clip_len) / stride) + 1
     run = _runner(model, opts)

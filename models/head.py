@@ -1,19 +1,9 @@
-"""Recognition heads: frame features ``[B, T, D]`` -> CTC log-probabilities.
+"""Recognition heads: frame features ``[B, T, D]`` -> CTC log-probabilities ``[T', B, C]``.
 
-Three sequence models, registered by name in :data:`HEADS` and wrapped by
-:class:`RecognitionHead`:
-
-- ``conv_bilstm`` (VAC / CorrNet): temporal conv ``K5-P2-K5-P2`` (stride 4)
-  then a 2-layer BiLSTM over packed sequences;
-- ``transformer`` (SignJoey-like): linear projection, sinusoidal positions,
-  ``nn.TransformerEncoder`` with a key padding mask, no downsampling;
-- ``linear``: dropout + classifier only, for end-to-end fine-tuning where the
-  backbone already models time.
-
-Every encoder computes its output lengths exactly and guarantees that padded
-frames (positions ``>= lengths[b]``) cannot change outputs at valid positions
-in eval mode. Outputs are ``[T', B, C]`` log-softmax with blank = 0, ready for
-:func:`ctc_loss` / ``torch.nn.functional.ctc_loss``.
+Sequence encoders registered by name in :data:`HEADS` (``conv_bilstm``, ``transformer``,
+``linear``), wrapped by :class:`RecognitionHead`. Invariant: output lengths are exact, padded
+frames (``>= lengths[b]``) never change valid outputs in eval mode, and blank is class 0.
+Why: docs/design/models.md
 """
 
 from __future__ import annotations
@@ -73,8 +63,12 @@ class ConvBiLSTMEncoder(nn.Module):
         self.bn2 = nn.BatchNorm1d(hidden)
         self.pool = nn.MaxPool1d(kernel_size=2, ceil_mode=True)
         self.lstm = nn.LSTM(
-            hidden, hidden // 2, num_layers=num_layers, bidirectional=True,
-            batch_first=True, dropout=dropout if num_layers > 1 else 0.0,
+            hidden,
+            hidden // 2,
+            num_layers=num_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         self.out_dim = hidden
 
@@ -97,9 +91,7 @@ class ConvBiLSTMEncoder(nn.Module):
         y, lens = self._block(y, lengths, self.conv1, self.bn1)
         y, lens = self._block(y, lens, self.conv2, self.bn2)
         y = y.transpose(1, 2)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            y, lens.cpu(), batch_first=True, enforce_sorted=False
-        )
+        packed = nn.utils.rnn.pack_padded_sequence(y, lens.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=y.shape[1])
         return out, lens
@@ -108,9 +100,7 @@ class ConvBiLSTMEncoder(nn.Module):
 def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
     """``[length, dim]`` sine/cosine position table (Vaswani et al. 2017)."""
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
@@ -122,26 +112,24 @@ class TransformerEncoderBody(nn.Module):
 
     temporal_stride = 1
 
-    def __init__(
-        self, in_dim: int, hidden: int, dropout: float, num_layers: int = 2, num_heads: int = 8
-    ) -> None:
+    def __init__(self, in_dim: int, hidden: int, dropout: float, num_layers: int = 2, num_heads: int = 8) -> None:
         super().__init__()
         if hidden % num_heads:
-            raise SignstreamError(
-                f"transformer head: hidden={hidden} is not divisible by num_heads={num_heads}"
-            )
+            raise SignstreamError(f"transformer head: hidden={hidden} is not divisible by num_heads={num_heads}")
         self.proj = nn.Linear(in_dim, hidden)
         self.scale = math.sqrt(hidden)
         self.drop = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            hidden, num_heads, dim_feedforward=4 * hidden, dropout=dropout,
-            batch_first=True, norm_first=True,
+            hidden,
+            num_heads,
+            dim_feedforward=4 * hidden,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
         )
         # enable_nested_tensor=False: with norm_first the fast path is not used
         # anyway, and this silences the warning that says so.
-        self.encoder = nn.TransformerEncoder(
-            layer, num_layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
-        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False)
         self.out_dim = hidden
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -255,12 +243,9 @@ class RecognitionHead(nn.Module):
         if features.dim() != 3:
             raise SignstreamError(f"head expects features [B, T, D], got shape {tuple(features.shape)}")
         host = lengths.cpu()  # checked on the host: no copy (and no sync) for CPU lengths
-        if host.numel() != features.shape[0] or not (
-            1 <= int(host.min()) and int(host.max()) <= features.shape[1]
-        ):
+        if host.numel() != features.shape[0] or not (1 <= int(host.min()) and int(host.max()) <= features.shape[1]):
             raise SignstreamError(
-                f"head: lengths must be {features.shape[0]} values in [1, {features.shape[1]}], "
-                f"got {host.tolist()}"
+                f"head: lengths must be {features.shape[0]} values in [1, {features.shape[1]}], got {host.tolist()}"
             )
         if lengths.device.type == "cpu" and features.device.type == "cuda":
             lengths = lengths.pin_memory()  # from pageable memory the driver may wait for the stream
@@ -295,6 +280,11 @@ def ctc_loss(
         A scalar tensor.
     """
     return F.ctc_loss(
-        log_probs.float(), targets, out_lengths, target_lengths,
-        blank=0, reduction="mean", zero_infinity=True,
+        log_probs.float(),
+        targets,
+        out_lengths,
+        target_lengths,
+        blank=0,
+        reduction="mean",
+        zero_infinity=True,
     )

@@ -1,17 +1,9 @@
 """I3D backbone: Inception-v1 inflated to 3D (Carreira & Zisserman 2017), RGB stream.
 
-Module and parameter names are pytorch-i3d's (``Conv3d_1a_7x7`` … ``Mixed_5c``,
-units ``<name>.conv3d.weight`` + ``<name>.bn.*``, inception branches ``b0``,
-``b1a``, ``b1b``, ``b2a``, ``b2b``, ``b3b``), so its ``rgb_imagenet.pt`` and
-``rgb_charades.pt`` state dicts load strictly. Every convolution and pool uses
-TensorFlow-style dynamic SAME padding (see :mod:`signstream.models.layers`), as
-the checkpoints were converted from TensorFlow.
-
-Temporal length: each stride-2 stage applies SAME padding, which yields
-``ceil(n / 2)``; three of them (Conv3d_1a_7x7, MaxPool3d_4a_3x3,
-MaxPool3d_5a_2x2) give ``ceil(ceil(ceil(T / 2) / 2) / 2) = ceil(T / 8)`` for every
-``T >= 1`` (the nested-ceil identity; checked in the tests). Spatially the
-output is ``ceil(H / 32) x ceil(W / 32)`` and is averaged away.
+Module and parameter names are pytorch-i3d's, so its ``rgb_imagenet.pt`` and
+``rgb_charades.pt`` load strictly; every conv and pool uses TensorFlow SAME padding, which
+makes the output length exactly ``ceil(T / temporal_stride)`` (8 when whole) for every ``T >= 1``.
+Why (and the derivation): docs/design/models.md
 """
 
 from __future__ import annotations
@@ -79,9 +71,7 @@ class InceptionBlock(nn.Module):
         self.b3b = Unit3D(in_channels, w3b, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1
-        )
+        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
 
 
 def _build_layer(name: str) -> nn.Module:
@@ -159,11 +149,7 @@ def checkpoint_filter_fn(state_dict: StateDict, model: I3D) -> StateDict:
     unexpected still fails the strict load.
     """
     unused = {name for names in STAGES[model.stop_after :] for name in names}
-    return {
-        k: v
-        for k, v in state_dict.items()
-        if k not in HEAD_KEYS and k.split(".", 1)[0] not in unused
-    }
+    return {k: v for k, v in state_dict.items() if k not in HEAD_KEYS and k.split(".", 1)[0] not in unused}
 
 
 @register_model

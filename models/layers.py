@@ -1,11 +1,9 @@
 """Shared building blocks of the video backbones.
 
-* TensorFlow-style dynamic SAME padding (:func:`same_padding`, :func:`pad_same`)
-  and the two I3D layers built on it (:class:`Unit3D`, :class:`MaxPool3dSame`),
-  laid out with pytorch-i3d's parameter names so its checkpoints load as-is.
-* :class:`VideoBackbone`, the base class giving every backbone the same
-  interface: ``forward_features`` → ``[B, T', D]``, an ordered ``blocks()``
-  list, ``freeze(k)``, per-block gradient checkpointing and channels-last.
+TensorFlow-style SAME padding and the two I3D layers built on it (:class:`Unit3D`,
+:class:`MaxPool3dSame`, under pytorch-i3d's parameter names), and :class:`VideoBackbone`,
+the base class giving every backbone one interface: ``forward_features`` -> ``[B, T', D]``,
+``blocks()``, ``freeze(k)``, gradient checkpointing and channels-last.
 """
 
 from __future__ import annotations
@@ -42,9 +40,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def pad_same(
-    x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]
-) -> torch.Tensor:
+def pad_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
     """Zero-pad a ``[B, C, T, H, W]`` tensor so a ``kernel``/``stride`` window gives SAME output.
 
     The padding depends on the input size, as in TensorFlow, so it is computed
@@ -105,9 +101,7 @@ class MaxPool3dSame(nn.Module):
     pytorch-i3d bit for bit.
     """
 
-    def __init__(
-        self, kernel: int | tuple[int, int, int], stride: int | tuple[int, int, int]
-    ) -> None:
+    def __init__(self, kernel: int | tuple[int, int, int], stride: int | tuple[int, int, int]) -> None:
         super().__init__()
         self.kernel = _triple(kernel)
         self.stride = _triple(stride)
@@ -194,8 +188,7 @@ class VideoBackbone(nn.Module):
         blocks = self.blocks()
         if not 0 <= num_blocks <= len(blocks):
             raise SignstreamError(
-                f"freeze_blocks={num_blocks} is out of range: {type(self).__name__} has "
-                f"{len(blocks)} blocks"
+                f"freeze_blocks={num_blocks} is out of range: {type(self).__name__} has {len(blocks)} blocks"
             )
         self.frozen_blocks = num_blocks
         for i, block in enumerate(blocks):
@@ -222,8 +215,7 @@ class VideoBackbone(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 5:
             raise SignstreamError(
-                f"{type(self).__name__} expects a [B, C, T, H, W] video tensor, "
-                f"got shape {tuple(x.shape)}"
+                f"{type(self).__name__} expects a [B, C, T, H, W] video tensor, got shape {tuple(x.shape)}"
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

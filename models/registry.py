@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from signstream import SignstreamError, lookup
@@ -50,23 +49,6 @@ class InputSpec:
     min_frames: int = 1
     pad_multiple: int = 1
     default_size: int = 224
-
-    def normalize(self, video: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
-        """Normalise a float video whose pixels already lie in ``value_range``.
-
-        Args:
-            video: float tensor with RGB channels along ``channel_dim``.
-            channel_dim: index of the channel axis (0 for ``[C, T, H, W]``,
-                1 for ``[B, C, T, H, W]``).
-
-        Returns:
-            ``(video - mean) / std`` as a new tensor.
-        """
-        shape = [1] * video.dim()
-        shape[channel_dim] = len(self.mean)
-        mean = torch.tensor(self.mean, dtype=video.dtype, device=video.device).view(shape)
-        std = torch.tensor(self.std, dtype=video.dtype, device=video.device).view(shape)
-        return (video - mean) / std
 
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -122,7 +104,5 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) 
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             allowed = ", ".join(p for p in params if p != "weights")
-            raise SignstreamError(
-                f"model {name!r} has no option {unknown[0]!r}; its options: {allowed}"
-            )
+            raise SignstreamError(f"model {name!r} has no option {unknown[0]!r}; its options: {allowed}")
     return fn(weights=weights, **kwargs)

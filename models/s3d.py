@@ -1,25 +1,9 @@
-"""S3D backbone: torchvision's ``torchvision.models.video.s3d`` architecture.
+"""S3D backbone: torchvision's ``torchvision.models.video.s3d`` layers, under torchvision's names.
 
-The layers are torchvision's own modules (built with random init, never
-downloaded); the model keeps torchvision's ``features`` Sequential under the
-same name, so torchvision's ``s3d-d76dad2f.pth`` loads strictly. kylemin's
-``S3D_kinetics400.pt`` (the same network under other names: ``base.*``,
-``conv_s``/``bn_s``/``conv_t``/``bn_t``, ``fc.0``) loads through an explicit key
-map, :func:`kylemin_key_map`.
-
-Two input conventions (``variant``): torchvision's weights expect Kinetics
-mean/std normalisation; kylemin's expect [-1, 1] (mean = std = 0.5 on [0, 1]).
-With ``variant=None`` the factory picks the one matching the checkpoint's key
-layout (torchvision without weights). An explicit ``variant`` always wins, e.g.
-for a fine-tuned kylemin model saved with this module's key names.
-
-Temporal length of ``features`` (fixed, symmetric padding, not SAME): the stem
-conv (k7, s2, p3) and the 3x3x3 pool (s2, p1) each give ``ceil(n / 2)``; the
-final 2x2x2 pool (s2, p0) gives ``floor(n / 2)``. So
-``T' = floor(ceil(T / 4) / 2)``, which equals ``ceil(T / 8)`` only when
-``T mod 8`` is 0 or in 5..7; e.g. T = 17..20 give 2, not 3 (the last frames are
-dropped). Padding T to a multiple of 8 (``input_spec.pad_multiple``) makes it
-exactly ``T / 8``. It needs T >= 5 and H, W >= 17 for block 5.
+torchvision's ``s3d-d76dad2f.pth`` loads strictly, kylemin's ``S3D_kinetics400.pt`` through
+:func:`kylemin_key_map`; ``variant`` (Kinetics mean/std or [-1, 1]) follows the checkpoint's
+key layout unless given. Invariant (whole network): ``T' = floor(ceil(T / 4) / 2)``, ``T / 8`` once T is
+padded to ``input_spec.pad_multiple``. Why (and the derivation): docs/design/models.md
 """
 
 from __future__ import annotations
@@ -99,9 +83,7 @@ class S3D(VideoBackbone):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise SignstreamError(
-                f"s3d: variant must be one of {', '.join(VARIANTS)}, got {variant!r}"
-            )
+            raise SignstreamError(f"s3d: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if stop_after not in range(1, len(BLOCK_ENDS) + 1):
             raise SignstreamError(f"s3d: stop_after must be 1..{len(BLOCK_ENDS)}, got {stop_after}")
         self.variant = variant
@@ -109,11 +91,7 @@ class S3D(VideoBackbone):
         # Slicing keeps torchvision's child names "0".."k-1", hence its state-dict keys.
         self.features = _torchvision_s3d().features[: BLOCK_ENDS[stop_after - 1]]
         self.num_features, self.temporal_stride, self.receptive_field = _STAGE_INFO[stop_after - 1]
-        mean, std = (
-            (KINETICS_MEAN, KINETICS_STD)
-            if variant == "torchvision"
-            else (SYMMETRIC_MEAN, SYMMETRIC_STD)
-        )
+        mean, std = (KINETICS_MEAN, KINETICS_STD) if variant == "torchvision" else (SYMMETRIC_MEAN, SYMMETRIC_STD)
         self.input_spec = InputSpec(
             mean=mean,
             std=std,
@@ -125,9 +103,7 @@ class S3D(VideoBackbone):
 
     def _build_blocks(self) -> list[nn.Module]:
         starts = (0, *BLOCK_ENDS[:-1])
-        return [
-            self.features[a:b] for a, b in zip(starts, BLOCK_ENDS[: self.stop_after], strict=False)
-        ]
+        return [self.features[a:b] for a, b in zip(starts, BLOCK_ENDS[: self.stop_after], strict=False)]
 
     def out_frames(self, num_frames: int) -> int:
         n = math.ceil(num_frames / 2)

@@ -1,17 +1,8 @@
-"""Gloss vocabulary: class ids for CTC training and decoding.
+"""Gloss vocabulary: class ids for CTC training and decoding, read from ``glosses.txt``.
 
-Built from the packer's ``glosses.txt`` (one gloss per line, train split).
-Class layout, fixed so that checkpoints and vocab files stay in sync:
-
-- id ``0`` is the CTC blank (never in the file);
-- the gloss on line ``i`` (0-based) of ``glosses.txt`` is id ``i + 1``;
-- ``<unk>`` is the last id, ``len(glosses) + 1``.
-
-Unknown-gloss policy: :meth:`Vocabulary.encode` maps any gloss that is not in
-the file to the explicit ``<unk>`` id instead of failing or silently dropping
-it, so a dev/test reference with an unseen gloss keeps its length (the model
-can never be right about it, which is what WER should reflect). The head
-therefore has ``len(vocab) = len(glosses) + 2`` output classes.
+Fixed layout so checkpoints and vocab files stay in sync: id 0 is the CTC blank, line ``i``
+(0-based) is id ``i + 1``, ``<unk>`` is the last id; ``len(vocab) = len(glosses) + 2``. An
+unknown gloss encodes to ``<unk>``, never dropped. Why: docs/design/models.md
 """
 
 from __future__ import annotations
@@ -130,9 +121,7 @@ class Vocabulary:
             elif 0 < i <= len(self.glosses):
                 out.append(self.glosses[i - 1])
             else:
-                raise SignstreamError(
-                    f"{self.source}: class id {i} out of range for {len(self)} classes"
-                )
+                raise SignstreamError(f"{self.source}: class id {i} out of range for {len(self)} classes")
         return out
 
     def decode_string(self, ids: Iterable[int]) -> str:

@@ -1,12 +1,9 @@
-"""Strict loading of local checkpoint files into backbones.
+"""Strict loading of local checkpoint files (``.pt``/``.pth``/``.safetensors``) into backbones.
 
-Reads ``.pt``/``.pth`` (``torch.load(weights_only=True)``) and ``.safetensors``
-files, unwraps the usual containers (``{"state_dict": ...}``, ``{"model": ...}``,
-DataParallel ``module.`` prefixes), passes the result through the backbone's
-``checkpoint_filter_fn`` (key renames, explicitly dropped classifier keys) and
-loads it with ``strict=True``. Any missing, unexpected or mis-shaped key raises a
-:class:`~signstream.SignstreamError` naming the keys and the file. Nothing here
-downloads: weights come from files the user names.
+Containers are unwrapped, keys pass the backbone's ``checkpoint_filter_fn``, and the load is
+``strict=True``: any missing, unexpected or mis-shaped key is a
+:class:`~signstream.SignstreamError` naming the keys and the file. Nothing here downloads.
+Why: docs/design/models.md
 """
 
 from __future__ import annotations
@@ -131,9 +128,7 @@ def check_keys(state_dict: StateDict, model: nn.Module, path: str | os.PathLike)
     if shapes:
         problems.append(f"{len(shapes)} with another shape (file vs model): {_names(shapes)}")
     if problems:
-        raise SignstreamError(
-            f"{path} does not match {type(model).__name__}: " + "; ".join(problems)
-        )
+        raise SignstreamError(f"{path} does not match {type(model).__name__}: " + "; ".join(problems))
 
 
 def apply_state_dict(

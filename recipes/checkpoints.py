@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from signstream.loaders.fileio import write_json
+from signstream.loaders.fileio import atomic_write, fsync_tree, write_json
 
 CHECKPOINTS = "checkpoints"
 NAME_RE = re.compile(r"epoch_\d{3,}")
@@ -40,8 +40,7 @@ def checkpoint_dirs(out: Path) -> Iterator[Path]:
 
 def latest(out: Path) -> Path | None:
     """The newest complete checkpoint (one with its ``DONE`` marker), or ``None``."""
-    done = sorted((p for p in checkpoint_dirs(out) if (p / DONE).exists()),
-                  key=lambda p: int(p.name.split("_")[1]))
+    done = sorted((p for p in checkpoint_dirs(out) if (p / DONE).exists()), key=lambda p: int(p.name.split("_")[1]))
     return done[-1] if done else None
 
 
@@ -90,8 +89,7 @@ def best_score(history: list[dict]) -> float | None:
     return min((h["dev_wer"] for h in history if _sane(h) and _finite(h.get("dev_wer"))), default=None)
 
 
-def save_epoch(accelerator, out: Path, epoch: int, history: list[dict],
-               save_models: Callable[[bool], None]) -> None:
+def save_epoch(accelerator, out: Path, epoch: int, history: list[dict], save_models: Callable[[bool], None]) -> None:
     """Save the exact-resume state of ``epoch``, then the recipe's model files (main process).
 
     Args:
@@ -103,5 +101,7 @@ def save_epoch(accelerator, out: Path, epoch: int, history: list[dict],
     if accelerator.is_main_process:
         save_models(is_best(history))
         write_json(ckpt / "history.json", history)
-        (ckpt / DONE).write_text("complete\n")  # written last: the checkpoint is whole
+        fsync_tree(ckpt)  # the state files reach the disk before the marker that vouches for them
+        with atomic_write(ckpt / DONE, "w") as f:  # written last, and fsynced: the checkpoint is whole
+            f.write("complete\n")
     accelerator.wait_for_everyone()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import sys
 import types
 import typing
@@ -29,7 +28,8 @@ import yaml
 
 import signstream
 from signstream import SignstreamError
-from signstream.loaders.fileio import atomic_write, disk_full
+from signstream.loaders import memory
+from signstream.loaders.fileio import atomic_write
 from signstream.loaders.remote import redact
 from signstream.loaders.transform import MAX_INPUT_SIDE
 
@@ -102,8 +102,7 @@ class Renamed:
 
 
 # Shorthands used by the recipe configs.
-FileStem = typing.Annotated[str, Matches(r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
-                                         "a plain file name (letters, digits, _ . -)")]
+FileStem = typing.Annotated[str, Matches(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", "a plain file name (letters, digits, _ . -)")]
 PositiveInt = typing.Annotated[int, Range(1)]
 ImageSize = typing.Annotated[int, Range(1, MAX_INPUT_SIDE)]  # side of the square frames a backbone gets
 NonNegativeInt = typing.Annotated[int, Range(0)]
@@ -118,51 +117,6 @@ Device = typing.Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "a device (auto,
 # A training step whose loss or gradient is NaN/inf: stop the run (one line naming it), or skip
 # the step (no backward, no optimizer step) and count it in the metrics. See recipes/guards.py.
 NonFinite = typing.Literal["stop", "skip"]
-
-
-def accelerate_precision(precision: str) -> str:
-    """Accelerate's ``mixed_precision`` value for a recipe's ``precision`` (fp32 -> ``no``)."""
-    return "no" if precision == "fp32" else precision
-
-
-def make_accelerator(device: str = "auto", **kwargs: Any):
-    """The recipe's ``Accelerator`` on ``device`` (a :data:`Device` value); ``kwargs`` go to Accelerate.
-
-    ``auto`` is CUDA when there is one, else the CPU (MULTI_CPU over gloo under
-    a multi-process launch). ``cuda:N`` makes GPU N the current CUDA device, so
-    the model, the batches and the loaders, which the recipes put on ``"cuda"``,
-    all land there; it names one GPU, so it is refused under a multi-process
-    launch, where each process takes the GPU of its local rank (use ``cuda``).
-
-    Raises:
-        SignstreamError: CUDA asked for but absent, ``cuda:N`` past the last
-            GPU (checked before CUDA is initialised), or fp16 training on the
-            CPU, one line each.
-    """
-    import torch
-    from accelerate import Accelerator
-
-    index = None
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = torch.device(device).index
-        if count == 0:
-            raise SignstreamError(f"device={device!r} but no CUDA device is available; use device=cpu or auto")
-        if index is not None and index >= count:
-            raise SignstreamError(f"device={device!r} but only {count} CUDA device(s) are visible "
-                                  f"(cuda:0 to cuda:{count - 1})")
-        if index is not None:
-            torch.cuda.set_device(index)
-    on_cpu = device == "cpu" or not torch.cuda.is_available()
-    if on_cpu and kwargs.get("mixed_precision") == "fp16":
-        # Accelerate applies no fp16 autocast on the CPU: the run would silently train in fp32
-        raise SignstreamError("precision=fp16 trains on CUDA only (on the CPU it would silently run in fp32); "
-                              "use precision=bf16 or fp32 on the CPU")
-    accelerator = Accelerator(cpu=on_cpu, **kwargs)
-    if index is not None and accelerator.num_processes > 1:
-        raise SignstreamError(f"device={device!r} names one GPU but this launch has {accelerator.num_processes} "
-                              "processes (each takes its local rank's GPU); use device=cuda")
-    return accelerator
 
 
 def _kind(value: Any) -> str:
@@ -236,8 +190,9 @@ def _apply(cfg: C, values: dict, source: str) -> C:
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SignstreamError(f"unknown config key(s) {', '.join(unknown)} in {source} "
-                              f"(known: {', '.join(sorted(known))})")
+        raise SignstreamError(
+            f"unknown config key(s) {', '.join(unknown)} in {source} (known: {', '.join(sorted(known))})"
+        )
     return dataclasses.replace(cfg, **{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
 
@@ -290,8 +245,11 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 def describe(cls: type) -> str:
     """A ``--help`` text listing the config keys, types and defaults."""
     hints = typing.get_type_hints(cls)
-    lines = [f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}",
-             "usage: --config PRESET.yaml key=value ...", ""]
+    lines = [
+        f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}",
+        "usage: --config PRESET.yaml key=value ...",
+        "",
+    ]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
@@ -322,43 +280,10 @@ def list_presets(recipe: str, folder: Path = PRESETS) -> list[tuple[str, str]]:
 
 
 def peak_rss_mb(children: bool = False) -> float:
-    """Peak resident set size (MB, i.e. MiB) of this process, or of its largest waited-for child.
-
-    The one peak-RSS probe of the recipes and the demo: the kernel's own high-water
-    mark (``ru_maxrss``, KiB on Linux), so no short peak is missed. With
-    ``children`` it is the peak of the largest child that has finished (the
-    kernel reports the largest, not a sum).
-    """
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024
+    """Peak RSS (MB, i.e. MiB) of this process or of its largest waited-for child: :func:`memory.peak_rss_mib`."""
+    return memory.peak_rss_mib(children)
 
 
 def peak_memory() -> dict:
-    """Peak RSS of this process (MB) and, with CUDA, max allocated (MB)."""
-    import torch
-
-    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
-    if torch.cuda.is_available():
-        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-def main_guard(fn, argv: list[str] | None = None) -> int:
-    """Run a recipe's ``main``; every expected way it ends is one line on stderr, never a traceback.
-
-    User errors exit 2, a full disk 1, Ctrl-C 130; after the last two,
-    rerunning the same command resumes (outputs are written atomically).
-    """
-    try:
-        return int(fn(argv) or 0)
-    except SignstreamError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        if not disk_full(exc):
-            raise
-        print(f"error: {redact(disk_full(exc))}", file=sys.stderr)
-        return 1
+    """:func:`memory.peak_memory` under the recipes' output keys (``peak_rss_mb``, ``cuda_max_allocated_mb``)."""
+    return {key.replace("_mib", "_mb"): value for key, value in memory.peak_memory().items()}

@@ -16,8 +16,7 @@ from signstream.models.vocab import Vocabulary
 from signstream.recipes.scoring import CLEANUPS, wer_score, write_ctm, write_stm
 
 
-def decode_batch(log_probs, out_lengths, vocab: Vocabulary, decoder: str = "greedy",
-                 beam_width: int = 5) -> list[str]:
+def decode_batch(log_probs, out_lengths, vocab: Vocabulary, decoder: str = "greedy", beam_width: int = 5) -> list[str]:
     """Decode ``[T', B, C]`` log-probs into gloss strings (``decoder``: ``greedy`` or ``beam``)."""
     log_probs, out_lengths = log_probs.detach().float().cpu(), out_lengths.cpu()
     if decoder == "beam":
@@ -36,8 +35,14 @@ def write_gloss_file(path: Path, sentences: dict[str, str]) -> None:
             f.write(f"{name}\t{sentences[name]}\n")
 
 
-def score_split(out: Path, split: str, refs: dict[str, str], hyps: dict[str, str],
-                cleanup: str, signers: dict[str, str] | None = None) -> dict:
+def score_split(
+    out: Path,
+    split: str,
+    refs: dict[str, str],
+    hyps: dict[str, str],
+    cleanup: str,
+    signers: dict[str, str] | None = None,
+) -> dict:
     """Score one split and write its hypothesis, reference, CTM and STM files."""
     score = wer_score(refs, hyps, cleanup=cleanup)
     clean = lookup(CLEANUPS, cleanup, "cleanup")

@@ -14,8 +14,8 @@ metadata is skipped and named (key, shard, reason). After every rank finishes, t
 the requested writers: ``npy`` (an index), ``signjoey`` (``out/<prefix>.<split>``
 gzip pickles) and ``shards`` (zstd feature shards). A rerun leaves videos already
 written out of what the loader reads (decided from the shard index before
-anything is decoded; DALI reads whole tars, so there only fully finished shards
-are left out), so a killed job resumes and ends with the same outputs — but only
+anything is decoded; a backend that reads whole tars leaves out only fully
+finished shards), so a killed job resumes and ends with the same outputs — but only
 the same configuration: ``out/fingerprint.json`` records the backbone, the
 hashes of the weight/checkpoint files and shard manifests, and the feature
 options, and a different run into the same ``out`` is refused unless
@@ -43,6 +43,7 @@ from accelerate.utils import gather_object
 
 from signstream import SignstreamError, lookup
 from signstream.loaders import Transform, make_loader, remote
+from signstream.loaders.api import RECIPE_BACKENDS, get_backend
 from signstream.loaders.feature_readers import INDEX_FILE
 from signstream.loaders.feature_writers import (
     FILE_RE,
@@ -53,6 +54,7 @@ from signstream.loaders.feature_writers import (
     write_video,
 )
 from signstream.loaders.fileio import BackgroundWriter, write_json
+from signstream.loaders.format import GLOSSES, PackLayout
 from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
@@ -67,13 +69,11 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveInt,
     Precision,
-    main_guard,
-    make_accelerator,
     parse_config,
     peak_memory,
     save_config,
 )
-from signstream.recipes.threads import apply_thread_policy
+from signstream.recipes.runtime import accelerator_for, main_guard
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Videos whose files may wait to be written while the next ones are computed: enough to hide
@@ -95,7 +95,7 @@ class ExtractConfig:
     batch_size: PositiveInt = 1
     precision: Precision = "fp32"
     device: Device = "auto"
-    backend: Literal["pyav", "dali", "auto"] = "pyav"
+    backend: typing.Annotated[str, Choice(RECIPE_BACKENDS, "loader backend")] = "pyav"
     num_workers: NonNegativeInt = 1
     # DALI's decoder threads; none: on CUDA this process's share of the host's cores (at most 8,
     # whatever num_workers says), on the CPU num_workers (loaders/dali_startup.py says why)
@@ -104,7 +104,9 @@ class ExtractConfig:
     clip_len: PositiveInt = 16
     stride: PositiveInt | None = None
     chunk_len: PositiveInt | None = None
-    writers: list[typing.Annotated[str, Choice(WRITERS, "feature writer")]] = field(default_factory=lambda: ["npy", "signjoey"])
+    writers: list[typing.Annotated[str, Choice(WRITERS, "feature writer")]] = field(
+        default_factory=lambda: ["npy", "signjoey"]
+    )
     prefix: FileStem = "features"
     dtype: Literal["float16", "float32"] = "float16"
     calibrate_bn: NonNegativeInt = 8
@@ -131,8 +133,11 @@ def build_backbone(cfg: ExtractConfig) -> torch.nn.Module:
         kwargs = {"stop_after": cfg.stop_after} if cfg.stop_after is not None else {}
         model = create_model(cfg.backbone, weights=cfg.weights, **kwargs)
     source = f"checkpoint={cfg.checkpoint}" if cfg.checkpoint else f"weights={cfg.weights}"
-    guards.require_finite_model(model, source, "it comes from a diverged run and would give NaN features; "
-                                "use a checkpoint from before the run diverged")
+    guards.require_finite_model(
+        model,
+        source,
+        "it comes from a diverged run and would give NaN features; use a checkpoint from before the run diverged",
+    )
     return model
 
 
@@ -145,8 +150,17 @@ def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
     from signstream.models.layers import calibrate_batchnorm
 
     transform = Transform.from_input_spec(model.input_spec, size=cfg.image_size, max_frames=64)
-    loader = make_loader(shards / cfg.splits[0], backend="pyav", mode="eval", batch_size=1,
-                         transform=transform, shuffle=False, num_workers=0, rank=0, world_size=1)
+    loader = make_loader(
+        shards / cfg.splits[0],
+        backend="pyav",
+        mode="eval",
+        batch_size=1,
+        transform=transform,
+        shuffle=False,
+        num_workers=0,
+        rank=0,
+        world_size=1,
+    )
     clips = []
     for batch in loader:
         clips.append(batch.video[:, :, : int(batch.lengths[0])].to(device))
@@ -163,12 +177,14 @@ def check_config(cfg: ExtractConfig) -> Path:
     if not cfg.shards or not (remote.is_url(cfg.shards) or shards.is_dir()):
         raise SignstreamError(f"shards directory not found: {cfg.shards!r} (set shards=DIR, a pack output)")
     for split in cfg.splits:
-        if not (shards / split / "manifest.json").exists():
-            raise SignstreamError(f"no packed split {split!r} in {shards} (missing {shards / split / 'manifest.json'})")
+        if not PackLayout(shards).manifest_path(split).exists():
+            raise SignstreamError(
+                f"no packed split {split!r} in {shards} (missing {PackLayout(shards).manifest_path(split)})"
+            )
     if not cfg.splits:
         raise SignstreamError("splits is empty; name at least one packed split")
-    if not (shards / "glosses.txt").is_file():
-        raise SignstreamError(f"{shards} is not a pack output (no glosses.txt)")
+    if not PackLayout(shards).glosses_path.is_file():
+        raise SignstreamError(f"{shards} is not a pack output (no {GLOSSES})")
     if cfg.checkpoint and cfg.weights:
         raise SignstreamError("set either checkpoint= (a finetune_ctc model) or weights=, not both")
     return shards
@@ -177,22 +193,37 @@ def check_config(cfg: ExtractConfig) -> Path:
 def run_fingerprint(cfg: ExtractConfig, shards: Path) -> dict:
     """Everything that determines the features: model, weights, options, shard manifests."""
     random_init = not (cfg.weights or cfg.checkpoint)
-    model = {"backbone": None if cfg.checkpoint else cfg.backbone,
-             "stop_after": None if cfg.checkpoint else cfg.stop_after,
-             "weights": outputs.file_digest(cfg.weights), "checkpoint": outputs.file_digest(cfg.checkpoint)}
+    model = {
+        "backbone": None if cfg.checkpoint else cfg.backbone,
+        "stop_after": None if cfg.checkpoint else cfg.stop_after,
+        "weights": outputs.file_digest(cfg.weights),
+        "checkpoint": outputs.file_digest(cfg.checkpoint),
+    }
     if random_init:  # seeded init, then BatchNorm calibrated on the first split's first videos
-        model.update(seed=cfg.seed, calibrate_bn=cfg.calibrate_bn, calibrated_on=outputs.file_digest(
-            shards / cfg.splits[0] / "manifest.json") if cfg.calibrate_bn else None)
-    options = {k: getattr(cfg, k) for k in ("image_size", "precision", "mode", "clip_len", "stride",
-                                            "chunk_len", "dtype")}
-    return {"model": model, "options": options,
-            "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in cfg.splits}}
+        model.update(
+            seed=cfg.seed,
+            calibrate_bn=cfg.calibrate_bn,
+            calibrated_on=outputs.file_digest(PackLayout(shards).manifest_path(cfg.splits[0]))
+            if cfg.calibrate_bn
+            else None,
+        )
+    options = {
+        k: getattr(cfg, k) for k in ("image_size", "precision", "mode", "clip_len", "stride", "chunk_len", "dtype")
+    }
+    return {
+        "model": model,
+        "options": options,
+        "shards": {s: outputs.file_digest(PackLayout(shards).manifest_path(s)) for s in cfg.splits},
+    }
 
 
 def compatible(old: dict, new: dict) -> bool:
     """Same model and options; every split extracted before came from the same shards."""
-    return (old.get("model") == new["model"] and old.get("options") == new["options"]
-            and all(old.get("shards", {}).get(s, d) == d for s, d in new["shards"].items()))
+    return (
+        old.get("model") == new["model"]
+        and old.get("options") == new["options"]
+        and all(old.get("shards", {}).get(s, d) == d for s, d in new["shards"].items())
+    )
 
 
 def owned_files(out: Path, record: dict):
@@ -205,7 +236,9 @@ def owned_files(out: Path, record: dict):
         yield out / f"{prefix}.{split}"
         shard_dir = out / "feature-shards" / split
         if shard_dir.is_dir():
-            yield from (p for p in shard_dir.iterdir() if re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)", p.name))
+            yield from (
+                p for p in shard_dir.iterdir() if re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(tar|idx)", p.name)
+            )
     yield from (out / n for n in ("summary.json", "config.yaml", "glosses.txt"))
 
 
@@ -232,7 +265,7 @@ def unfinished(shardset: ShardSet, out: Path, split: str, whole_shards: bool) ->
     Decided from the index and the files in ``out`` alone, before anything is
     decoded. Only the first sample of each file key can be finished (a later
     one is a duplicate and stays, to be named as one). With ``whole_shards``
-    (DALI, whose reader reads whole tars) a shard is left out only when all of
+    (a backend that reads whole tars) a shard is left out only when all of
     it is finished; a kept shard is read whole, its finished videos skipped after decode.
     """
     kept, finished, claimed = [], set(), set()
@@ -250,63 +283,8 @@ def unfinished(shardset: ShardSet, out: Path, split: str, whole_shards: bool) ->
         finished |= done
         if todo:
             number = len(kept)
-            kept.append(Shard(shard.path, shard.index_path,
-                              [dataclasses.replace(ref, shard=number) for ref in todo]))
+            kept.append(Shard(shard.path, shard.index_path, [dataclasses.replace(ref, shard=number) for ref in todo]))
     return ShardSet(kept, shardset.origin, shardset.manifest), finished
-
-
-def extract_split(accelerator, model, cfg, shards: Path, split: str, out: Path,
-                  writer: BackgroundWriter) -> dict:
-    """Extract this rank's part of one split; returns the rank's counts.
-
-    Each video's files are handed to ``writer`` once its features are known to be
-    finite; the caller closes it, so they are all on disk before the split counts.
-    """
-    device = "cuda" if accelerator.device.type == "cuda" else "cpu"
-    backend = ("dali" if device == "cuda" else "pyav") if cfg.backend == "auto" else cfg.backend
-    shardset = resolve_shards(shards / split)
-    shard_of = {ref.key: shard.path.name for shard in shardset.shards for ref in shard.samples}
-    # every rank reads the same finished set before any rank writes, so all split the same samples
-    todo, finished = unfinished(shardset, out, split, whole_shards=backend == "dali")
-    accelerator.wait_for_everyone()
-    counts = {"videos": 0, "resumed": len(finished) if accelerator.is_main_process else 0,
-              "frames": 0, "features": 0}
-    if todo.num_samples == 0:
-        return {**counts, "skipped": []}
-    transform = Transform.from_input_spec(model.input_spec, size=cfg.image_size)
-    loader = make_loader(todo, backend=backend, mode="eval", batch_size=cfg.batch_size,
-                         transform=transform, shuffle=False, num_workers=cfg.num_workers, device=device,
-                         decoder_threads=cfg.decoder_threads)
-    skipped, seen = [], set(finished)
-    bar = _bar(accelerator, cfg, loader, split)
-    for batch in loader:
-        for i, meta in enumerate(batch.meta):
-            key = file_key(batch.keys[i])
-            reason = ("no metadata (the sample has no readable JSON with a name)" if not meta.get("name")
-                      else f"duplicate key {key!r} in this split" if key in seen else None)
-            if reason:
-                skipped.append({"key": batch.keys[i], "shard": shard_of.get(batch.keys[i], "?"), "reason": reason})
-                print(f"warning: skipped {batch.keys[i]} ({skipped[-1]['shard']}): {reason}", file=sys.stderr)
-                continue
-            seen.add(key)
-            if is_done(out, split, key):
-                counts["resumed"] += 1
-                continue
-            video = batch.video[i, :, : int(batch.lengths[i])]
-            feats = extract_features(model, video, cfg.mode, clip_len=cfg.clip_len, stride=cfg.stride,
-                                     chunk_len=cfg.chunk_len, autocast=PRECISIONS[cfg.precision])
-            values = finite_features(feats, cfg, split, batch.keys[i], shard_of.get(batch.keys[i], "?"))
-            writer.submit(str(out / split / f"{key}.npy"), write_video, out, split, key, {k: meta.get(k) for k in (
-                "name", "signer", "gloss", "text", "num_frames")}, values, cfg.dtype)
-            counts["videos"] += 1
-            counts["frames"] += int(batch.lengths[i])
-            counts["features"] += int(feats.shape[0])
-        if bar is not None:
-            bar.update(len(batch.meta))
-    if bar is not None:
-        bar.close()
-    counts["skipped"] = loader.stats.as_dict().get("skipped", []) + skipped
-    return counts
 
 
 def finite_features(feats: torch.Tensor, cfg: ExtractConfig, split: str, key: str, shard: str):
@@ -319,70 +297,16 @@ def finite_features(feats: torch.Tensor, cfg: ExtractConfig, split: str, key: st
     if np.isfinite(values).all():
         return values
     if not torch.isfinite(feats).all():
-        cause = (f"precision={cfg.precision} overflowed; use precision=fp32" if cfg.precision != "fp32" else
-                 "the model's weights are finite, so its input or an activation overflowed")
+        cause = (
+            f"precision={cfg.precision} overflowed; use precision=fp32"
+            if cfg.precision != "fp32"
+            else "the model's weights are finite, so its input or an activation overflowed"
+        )
     else:
         cause = "the values overflow float16; use dtype=float32"
-    raise SignstreamError(f"features of {key} in split {split!r} ({shard}) are not finite (NaN/inf), "
-                          f"nothing was written for it: {cause}")
-
-
-def _bar(accelerator, cfg, loader, split):
-    if not (cfg.progress and accelerator.is_main_process):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(desc=f"extract {split} (rank 0)", unit="video", dynamic_ncols=True)
-
-
-@outputs.one_writer
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(ExtractConfig, argv)
-    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
-    shards = check_config(cfg)
-    out = Path(cfg.out)
-    accelerator = make_accelerator(cfg.device)  # auto: MULTI_CPU (gloo) without CUDA
-    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
-    fingerprint = run_fingerprint(cfg, shards)
-    verdict = outputs.claim(out, "extract_features", fingerprint, overwrite=cfg.overwrite, compatible=compatible)
-    model = build_backbone(cfg).to(accelerator.device).eval()
-    if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
-        calibrate(model, cfg, shards, accelerator.device)
-    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
-    if accelerator.is_main_process:
-        outputs.prepare(out, "extract_features", fingerprint, verdict, dataclasses.asdict(cfg),
-                        owned_files, temp_dirs)
-        save_config(cfg, out / "config.yaml")
-        remote.copy_file(shards / "glosses.txt", out / "glosses.txt")
-    accelerator.wait_for_everyone()
-    t0 = time.perf_counter()
-    per_split = {}
-    for split in cfg.splits:
-        # writes overlap the next video's forward; leaving the block waits for them, however it is left
-        with BackgroundWriter(max_pending=PENDING_WRITES, name=f"extract-{split}") as writer:
-            counts = extract_split(accelerator, model, cfg, shards, split, out, writer)
-        per_split[split] = merge_counts(gather_object([counts]))
-        # every rank holds the merged counts, so all stop together, before any writer merges an empty split
-        guards.require_videos(split, per_split[split]["videos"] + per_split[split]["resumed"],
-                              per_split[split]["skipped"], max_skipped_fraction=cfg.max_skipped_fraction)
-    accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - t0
-    memory = gather_object([peak_memory()])
-    if accelerator.is_main_process:
-        merged = {split: {w: str(lookup(WRITERS, w, "feature writer")(out, out, split, prefix=cfg.prefix))
-                          for w in cfg.writers}
-                  for split in cfg.splits}
-        frames = sum(c["frames"] for c in per_split.values())
-        summary = {"splits": per_split, "outputs": merged, "seconds": round(seconds, 2),
-                   "frames_per_s": round(frames / seconds, 1) if seconds else None,
-                   "processes": accelerator.num_processes, "backbone": cfg.backbone,
-                   "feature_dim": model.num_features, "peak_memory_per_rank": memory}
-        write_json(out / "summary.json", summary)
-        accelerator.print(f"extracted {sum(c['videos'] for c in per_split.values())} videos "
-                          f"({frames} frames, {summary['frames_per_s']} frames/s) -> {out}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return 0
+    raise SignstreamError(
+        f"features of {key} in split {split!r} ({shard}) are not finite (NaN/inf), nothing was written for it: {cause}"
+    )
 
 
 def merge_counts(ranks: list[dict]) -> dict:
@@ -390,6 +314,200 @@ def merge_counts(ranks: list[dict]) -> dict:
     merged = {k: sum(r[k] for r in ranks) for k in ("videos", "resumed", "frames", "features")}
     merged["skipped"] = [s for r in ranks for s in r["skipped"]]
     return merged
+
+
+class Extraction:
+    """One extraction run, its state on ``self``: setup, model, each split, summary."""
+
+    name = "extract_features"
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+
+    def setup(self) -> None:
+        """Refuse a bad config, make the Accelerator, take and claim ``out`` (nothing written yet)."""
+        cfg = self.cfg
+        self.shards = check_config(cfg)
+        self.accelerator = accelerator_for(cfg, cfg.num_workers)  # auto: MULTI_CPU (gloo) without CUDA
+        outputs.take_lock(self.out, self.accelerator)  # before anything reads out/: one run decides and writes
+        self.fingerprint = run_fingerprint(cfg, self.shards)
+        self.verdict = outputs.claim(
+            self.out, self.name, self.fingerprint, overwrite=cfg.overwrite, compatible=compatible
+        )
+
+    def build(self) -> None:
+        """The backbone in eval mode on this rank's device, BatchNorm calibrated when randomly initialised."""
+        cfg, device = self.cfg, self.accelerator.device
+        self.model = build_backbone(cfg).to(device).eval()
+        if not (cfg.weights or cfg.checkpoint) and cfg.calibrate_bn > 0:
+            calibrate(self.model, cfg, self.shards, device)
+
+    def prepare_out(self) -> None:
+        """The main process makes ``out`` this run's, once every rank has read it."""
+        accelerator, out = self.accelerator, self.out
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            outputs.prepare(
+                out, self.name, self.fingerprint, self.verdict, dataclasses.asdict(self.cfg), owned_files, temp_dirs
+            )
+            save_config(self.cfg, out / "config.yaml")
+            remote.copy_file(PackLayout(self.shards).glosses_path, out / GLOSSES)
+        accelerator.wait_for_everyone()
+
+    def extract(self, split: str) -> dict:
+        """Extract one split on every rank; returns its counts merged over the ranks."""
+        # writes overlap the next video's forward; leaving the block waits for them, however it is left
+        with BackgroundWriter(max_pending=PENDING_WRITES, name=f"extract-{split}") as writer:
+            counts = self.extract_split(split, writer)
+        merged = merge_counts(gather_object([counts]))
+        # every rank holds the merged counts, so all stop together, before any writer merges an empty split
+        guards.require_videos(
+            split,
+            merged["videos"] + merged["resumed"],
+            merged["skipped"],
+            max_skipped_fraction=self.cfg.max_skipped_fraction,
+        )
+        return merged
+
+    def extract_split(self, split: str, writer: BackgroundWriter) -> dict:
+        """Extract this rank's part of one split; returns the rank's counts.
+
+        Each video's files are handed to ``writer`` once its features are known to be
+        finite; the caller closes it, so they are all on disk before the split counts.
+        """
+        cfg, accelerator, out = self.cfg, self.accelerator, self.out
+        device = "cuda" if accelerator.device.type == "cuda" else "cpu"
+        backend = get_backend(cfg.backend, device)
+        shardset = resolve_shards(self.shards / split)
+        shard_of = {ref.key: shard.path.name for shard in shardset.shards for ref in shard.samples}
+        # every rank reads the same finished set before any rank writes, so all split the same samples
+        todo, finished = unfinished(shardset, out, split, whole_shards=backend.reads_whole_shards)
+        accelerator.wait_for_everyone()
+        counts = {
+            "videos": 0,
+            "resumed": len(finished) if accelerator.is_main_process else 0,
+            "frames": 0,
+            "features": 0,
+        }
+        if todo.num_samples == 0:
+            return {**counts, "skipped": []}
+        transform = Transform.from_input_spec(self.model.input_spec, size=cfg.image_size)
+        loader = make_loader(
+            todo,
+            backend=backend.name,
+            mode="eval",
+            batch_size=cfg.batch_size,
+            transform=transform,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            device=device,
+            decoder_threads=cfg.decoder_threads,
+        )
+        skipped, seen = [], set(finished)
+        bar = self._progress(split)
+        for batch in loader:
+            for i, meta in enumerate(batch.meta):
+                key, shard = file_key(batch.keys[i]), shard_of.get(batch.keys[i], "?")
+                reason = (
+                    "no metadata (the sample has no readable JSON with a name)"
+                    if not meta.get("name")
+                    else f"duplicate key {key!r} in this split"
+                    if key in seen
+                    else None
+                )
+                if reason:
+                    skipped.append({"key": batch.keys[i], "shard": shard, "reason": reason})
+                    print(f"warning: skipped {batch.keys[i]} ({shard}): {reason}", file=sys.stderr)
+                    continue
+                seen.add(key)
+                if is_done(out, split, key):
+                    counts["resumed"] += 1
+                    continue
+                video = batch.video[i, :, : int(batch.lengths[i])]
+                feats = extract_features(
+                    self.model,
+                    video,
+                    cfg.mode,
+                    clip_len=cfg.clip_len,
+                    stride=cfg.stride,
+                    chunk_len=cfg.chunk_len,
+                    autocast=PRECISIONS[cfg.precision],
+                )
+                values = finite_features(feats, cfg, split, batch.keys[i], shard)
+                writer.submit(
+                    str(out / split / f"{key}.npy"),
+                    write_video,
+                    out,
+                    split,
+                    key,
+                    {k: meta.get(k) for k in ("name", "signer", "gloss", "text", "num_frames")},
+                    values,
+                    cfg.dtype,
+                )
+                counts["videos"] += 1
+                counts["frames"] += int(batch.lengths[i])
+                counts["features"] += int(feats.shape[0])
+            if bar is not None:
+                bar.update(len(batch.meta))
+        if bar is not None:
+            bar.close()
+        counts["skipped"] = loader.stats.as_dict().get("skipped", []) + skipped
+        return counts
+
+    def _progress(self, split: str):
+        if not (self.cfg.progress and self.accelerator.is_main_process):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(desc=f"extract {split} (rank 0)", unit="video", dynamic_ncols=True)
+
+    def save(self, per_split: dict, seconds: float) -> None:
+        """Merge the requested writers and write ``summary.json`` (main process; every rank gives its memory)."""
+        cfg, accelerator, out = self.cfg, self.accelerator, self.out
+        memory = gather_object([peak_memory()])
+        if not accelerator.is_main_process:
+            return
+        merged = {
+            split: {
+                w: str(lookup(WRITERS, w, "feature writer")(out, out, split, prefix=cfg.prefix)) for w in cfg.writers
+            }
+            for split in cfg.splits
+        }
+        frames = sum(c["frames"] for c in per_split.values())
+        summary = {
+            "splits": per_split,
+            "outputs": merged,
+            "seconds": round(seconds, 2),
+            "frames_per_s": round(frames / seconds, 1) if seconds else None,
+            "processes": accelerator.num_processes,
+            "backbone": cfg.backbone,
+            "feature_dim": self.model.num_features,
+            "peak_memory_per_rank": memory,
+        }
+        write_json(out / "summary.json", summary)
+        accelerator.print(
+            f"extracted {sum(c['videos'] for c in per_split.values())} videos "
+            f"({frames} frames, {summary['frames_per_s']} frames/s) -> {out}"
+        )
+
+    def run(self) -> int:
+        """Setup, model, every split in turn, then the summary; returns the exit code (0)."""
+        self.setup()
+        self.build()
+        self.prepare_out()
+        t0 = time.perf_counter()
+        per_split = {split: self.extract(split) for split in self.cfg.splits}
+        self.accelerator.wait_for_everyone()
+        self.save(per_split, time.perf_counter() - t0)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return 0
+
+
+@outputs.one_writer
+def main(argv: list[str] | None = None) -> int:
+    """Extract features as ``argv`` (``--config PRESET.yaml key=value ...``) says; returns the exit code."""
+    return Extraction(parse_config(ExtractConfig, argv)).run()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ both accepted by ``extract_features`` as ``checkpoint=`` — and ``metrics.json`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -39,12 +38,13 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader, remote
-from signstream.loaders.fileio import write_json
+from signstream.loaders.api import RECIPE_BACKENDS
+from signstream.loaders.format import GLOSSES, PackLayout
 from signstream.models import create_model
 from signstream.models.ctc import VideoCTC, checkpoint_metadata, save_checkpoint
-from signstream.models.head import HEADS, ctc_loss
+from signstream.models.head import HEADS
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import checkpoints, guards, outputs
+from signstream.recipes import checkpoints, guards, outputs, runner
 from signstream.recipes.config import (
     Choice,
     Device,
@@ -60,18 +60,13 @@ from signstream.recipes.config import (
     Precision,
     Probability,
     Range,
-    accelerate_precision,
-    main_guard,
-    make_accelerator,
     parse_config,
-    peak_memory,
-    save_config,
 )
 from signstream.recipes.evaluation import decode_batch
 from signstream.recipes.replicas import replica_report
+from signstream.recipes.runtime import accelerate_precision, accelerator_for, main_guard
 from signstream.recipes.schedules import warmup_cosine
-from signstream.recipes.scoring import CLEANUPS, wer_score
-from signstream.recipes.threads import apply_thread_policy
+from signstream.recipes.scoring import CLEANUPS
 
 
 @dataclass
@@ -87,7 +82,9 @@ class FinetuneConfig:
     head: typing.Annotated[str, Choice(HEADS, "head")] = "linear"
     hidden: PositiveInt = 256
     dropout: Probability = 0.1
-    freeze: typing.Annotated[str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")] = "none"
+    freeze: typing.Annotated[
+        str, Matches(r"none|all|\d+", "a valid freeze (freeze must be none, all or a number of blocks)")
+    ] = "none"
     bn_momentum: typing.Annotated[float, Range(0, 1)] | None = 0.1
     grad_checkpointing: bool = False
     image_size: ImageSize = 112
@@ -107,7 +104,7 @@ class FinetuneConfig:
     max_skipped_fraction: Fraction = guards.MAX_SKIPPED_FRACTION
     precision: Precision = "fp32"
     device: Device = "auto"
-    backend: Literal["pyav", "dali", "auto"] = "pyav"
+    backend: typing.Annotated[str, Choice(RECIPE_BACKENDS, "loader backend")] = "pyav"
     num_workers: NonNegativeInt = 1
     # DALI's decoder threads; none: on CUDA this process's share of the host's cores (at most 8,
     # whatever num_workers says), on the CPU num_workers (loaders/dali_startup.py says why)
@@ -124,30 +121,51 @@ class FinetuneConfig:
 
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
 # nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "num_workers", "decoder_threads", "shards", "weights", "device",
-                     "nonfinite", "max_skipped_fraction")
+NOT_FINGERPRINTED = (
+    "out",
+    "resume",
+    "overwrite",
+    "num_workers",
+    "decoder_threads",
+    "shards",
+    "weights",
+    "device",
+    "nonfinite",
+    "max_skipped_fraction",
+)
 
 
 def run_fingerprint(cfg: FinetuneConfig, shards: Path) -> dict:
     """The config (less what does not change the numbers), weight-file and shard hashes."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
     config["precision"] = accelerate_precision(cfg.precision)  # as runs before fp32 was a spelling recorded it
-    return {"config": config, "weights": outputs.file_digest(cfg.weights),
-            "glosses": outputs.file_digest(shards / "glosses.txt"),
-            "shards": {s: outputs.file_digest(shards / s / "manifest.json") for s in (cfg.train_split, cfg.dev_split)}}
+    return {
+        "config": config,
+        "weights": outputs.file_digest(cfg.weights),
+        "glosses": outputs.file_digest(PackLayout(shards).glosses_path),
+        "shards": {
+            s: outputs.file_digest(PackLayout(shards).manifest_path(s)) for s in (cfg.train_split, cfg.dev_split)
+        },
+    }
 
 
 def owned_files(out: Path, record: dict):
     """The files an earlier fine-tuning run into ``out`` wrote (deleted on ``overwrite=true``)."""
     yield from checkpoints.checkpoint_dirs(out)
-    yield from (out / n for n in ("config.yaml", "glosses.txt", "model.safetensors", "best.safetensors",
-                                  "metrics.json"))
+    yield from (
+        out / n for n in ("config.yaml", "glosses.txt", "model.safetensors", "best.safetensors", "metrics.json")
+    )
 
 
 def temp_dirs(out: Path, config: dict):
     """Where this recipe's atomic writes put temporary files, and the names written there."""
-    yield out, re.compile(r"config\.yaml|glosses\.txt|model\.safetensors|best\.safetensors|metrics\.json"
-                          r"|fingerprint\.json")
+    yield (
+        out,
+        re.compile(
+            r"config\.yaml|glosses\.txt|model\.safetensors|best\.safetensors|metrics\.json"
+            r"|fingerprint\.json"
+        ),
+    )
 
 
 def backbone_options(cfg: FinetuneConfig) -> dict:
@@ -158,8 +176,9 @@ def backbone_options(cfg: FinetuneConfig) -> dict:
 def build_model(cfg: FinetuneConfig, num_classes: int) -> VideoCTC:
     """Backbone (seeded random init or ``weights``) + head, with ``freeze`` applied."""
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    backbone = create_model(cfg.backbone, weights=cfg.weights, grad_checkpointing=cfg.grad_checkpointing,
-                            **backbone_options(cfg))
+    backbone = create_model(
+        cfg.backbone, weights=cfg.weights, grad_checkpointing=cfg.grad_checkpointing, **backbone_options(cfg)
+    )
     if cfg.freeze == "all":
         backbone.freeze(len(backbone.blocks()))
     elif cfg.freeze != "none":
@@ -190,148 +209,177 @@ def targets(batch, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([i for seq in ids for i in seq]), torch.tensor([len(s) for s in ids])
 
 
+class FinetuneRecipe:
+    """One fine-tuning run, its state on ``self``; :func:`signstream.recipes.runner.run` drives it."""
+
+    name = "finetune_ctc"
+    owned_files = staticmethod(owned_files)
+    temp_dirs = staticmethod(temp_dirs)
+
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.shards = remote.location(cfg.shards)  # a directory or a URL
+        self.guard, self.dev_split = guards.StepGuard(cfg.nonfinite), cfg.dev_split
+
+    def setup(self) -> None:
+        """Refuse a bad config before ``out`` is touched; threads; the Accelerator."""
+        cfg = self.cfg
+        if not PackLayout(self.shards).glosses_path.exists():
+            raise SignstreamError(f"{self.shards} is not a pack output (no {GLOSSES}); set shards=DIR")
+        if cfg.temporal_rescale and len(cfg.temporal_rescale) != 2:
+            raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
+        self.accelerator = accelerator_for(
+            cfg,
+            cfg.num_workers,
+            mixed_precision=accelerate_precision(cfg.precision),
+            gradient_accumulation_steps=cfg.grad_accum,
+        )  # auto: gloo without CUDA
+
+    def load_data(self) -> None:
+        """The gloss vocabulary of the packed shards."""
+        with remote.local_copy(PackLayout(self.shards).glosses_path) as glosses:
+            self.vocab = Vocabulary.from_file(glosses)
+
+    def fingerprint(self) -> dict:
+        return run_fingerprint(self.cfg, self.shards)
+
+    def build(self) -> None:
+        """Model, loaders (their transforms follow the backbone's input spec), optimizer, scheduler."""
+        cfg, accelerator = self.cfg, self.accelerator
+        model = build_model(cfg, len(self.vocab))
+        spec, device = model.backbone.input_spec, "cuda" if accelerator.device.type == "cuda" else "cpu"
+        # Train-time augmentation (random crop/scale, temporal rescale) follows mode="train".
+        rescale = tuple(cfg.temporal_rescale) if cfg.temporal_rescale else None
+        train_tf = Transform.from_input_spec(
+            spec,
+            size=cfg.image_size,
+            max_frames=cfg.max_frames,
+            frame_stride=cfg.frame_stride,
+            temporal_rescale=rescale,
+        )
+        eval_tf = Transform.from_input_spec(spec, size=cfg.image_size, frame_stride=cfg.frame_stride)
+        common = {
+            "backend": cfg.backend,
+            "device": device,
+            "batch_size": cfg.batch_size,
+            "num_workers": cfg.num_workers,
+            "decoder_threads": cfg.decoder_threads,
+        }
+        self.train_loader = make_loader(
+            self.shards / cfg.train_split, mode="train", transform=train_tf, shuffle=True, seed=cfg.seed, **common
+        )
+        self.eval_loaders = {
+            cfg.dev_split: make_loader(
+                self.shards / cfg.dev_split, mode="eval", transform=eval_tf, shuffle=False, **common
+            )
+        }
+        self.steps_per_epoch = (
+            len(self.train_loader)
+            if cfg.max_steps_per_epoch is None
+            else min(len(self.train_loader), cfg.max_steps_per_epoch)
+        )
+        optimizer = optimizer_for(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.epochs * math.ceil(self.steps_per_epoch / cfg.grad_accum), cfg.warmup_steps)
+        )
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.meta = checkpoint_metadata(
+            cfg.backbone,
+            backbone_options(cfg),
+            cfg.head,
+            {"hidden": cfg.hidden, "dropout": cfg.dropout},
+            len(self.vocab),
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the train split; returns the epoch's loss, timing and skipped steps.
+
+        The guard stops the run at a NaN/inf loss, gradient or weight (or, with
+        ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
+        """
+        cfg, accelerator, model, loader, guard = self.cfg, self.accelerator, self.model, self.train_loader, self.guard
+        model.train()
+        loader.set_epoch(epoch)
+        total, count, frames, t0 = 0.0, 0, 0, time.perf_counter()
+        seen, skipped_before, nonfinite_before = 0, len(loader.stats.skipped), guard.skipped
+        for step, batch in enumerate(loader):
+            if step >= self.steps_per_epoch:
+                break
+            seen += 1
+            with accelerator.accumulate(model):
+                loss = runner.train_step(
+                    self, epoch, step, (batch.video.to(accelerator.device), batch.lengths), targets(batch, self.vocab)
+                )
+            if loss is None:
+                continue
+            total, count, frames = total + loss, count + 1, frames + int(batch.lengths.sum())
+        skips = loader.stats.skipped[skipped_before:]
+        # summed over the processes, so that every one of them stops, or none does
+        seen_all, skipped_all = guards.split_counts(accelerator, seen, len(skips))
+        guards.require_videos(
+            cfg.train_split,
+            seen_all,
+            skips,
+            "for training",
+            max_skipped_fraction=cfg.max_skipped_fraction,
+            skipped_count=skipped_all,
+        )
+        guard.end_epoch(epoch, count, guard.skipped - nonfinite_before)
+        seconds = time.perf_counter() - t0
+        return {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "steps": count,
+            "frames": frames,
+            "frames_per_s": round(frames / seconds, 1) if seconds else None,
+            "nonfinite_skipped": guard.skipped - nonfinite_before,
+        }
+
+    def evaluate(self, split: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Decode a split that every rank reads its own part of (exactly once); returns (refs, hyps) by name."""
+        accelerator, model, loader = self.accelerator, self.model, self.eval_loaders[split]
+        model.eval()
+        pairs, skipped_before = [], len(loader.stats.skipped)
+        with torch.no_grad():
+            for batch in loader:
+                log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
+                hyps = decode_batch(log_probs, out_lengths, self.vocab, self.cfg.decoder)
+                pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
+        pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+        # gathered: every rank sees the same total, so all stop together (each naming its own skips)
+        skips = loader.stats.skipped[skipped_before:]
+        skipped_all = guards.split_counts(accelerator, 0, len(skips))[1]
+        guards.require_videos(
+            split,
+            len(pairs),
+            skips,
+            "to score",
+            max_skipped_fraction=self.cfg.max_skipped_fraction,
+            skipped_count=skipped_all,
+        )
+        return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
+
+    def save_model(self, epoch: int, best: bool) -> None:
+        """The last model, and the best one when this epoch is the best so far."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        save_checkpoint(unwrapped, self.out / "model.safetensors", {**self.meta, "epoch": str(epoch)})
+        if best:
+            save_checkpoint(unwrapped, self.out / "best.safetensors", {**self.meta, "epoch": str(epoch)})
+
+    def finish(self, history: list[dict]) -> dict:
+        """Best dev WER, loader counts and every rank's steps and weights digest."""
+        # the replica digests are equal on all machines when data parallelism held
+        return {
+            "best_dev_wer": checkpoints.best_score(history),
+            "loader": self.train_loader.stats.as_dict(),
+            "replicas": replica_report(self.accelerator, self.model, sum(h["steps"] for h in history)),
+        }
+
+
 @outputs.one_writer
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(FinetuneConfig, argv)
-    apply_thread_policy(cfg.threads, workers=cfg.num_workers)
-    shards, out = remote.location(cfg.shards), Path(cfg.out)  # shards: a directory or a URL
-    if not (shards / "glosses.txt").exists():
-        raise SignstreamError(f"{shards} is not a pack output (no glosses.txt); set shards=DIR")
-    if cfg.temporal_rescale and len(cfg.temporal_rescale) != 2:
-        raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
-    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
-                                   gradient_accumulation_steps=cfg.grad_accum)  # auto: MULTI_CPU (gloo) without CUDA
-    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
-    fingerprint = run_fingerprint(cfg, shards)
-    verdict = outputs.claim(out, "finetune_ctc", fingerprint, overwrite=cfg.overwrite)
-    if verdict == "resume" and not cfg.resume:
-        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    with remote.local_copy(shards / "glosses.txt") as glosses:
-        vocab = Vocabulary.from_file(glosses)
-    model = build_model(cfg, len(vocab))
-    spec = model.backbone.input_spec
-    device = "cuda" if accelerator.device.type == "cuda" else "cpu"
-    # Train-time augmentation (random crop/scale, temporal rescale) follows mode="train".
-    rescale = tuple(cfg.temporal_rescale) if cfg.temporal_rescale else None
-    if rescale is not None and len(rescale) != 2:
-        raise SignstreamError(f"temporal_rescale needs two values (min,max) or none, got {cfg.temporal_rescale}")
-    train_tf = Transform.from_input_spec(spec, size=cfg.image_size, max_frames=cfg.max_frames,
-                                         frame_stride=cfg.frame_stride, temporal_rescale=rescale)
-    eval_tf = Transform.from_input_spec(spec, size=cfg.image_size, frame_stride=cfg.frame_stride)
-    train_loader = make_loader(shards / cfg.train_split, backend=cfg.backend, device=device, mode="train",
-                               batch_size=cfg.batch_size, transform=train_tf, shuffle=True, seed=cfg.seed,
-                               num_workers=cfg.num_workers, decoder_threads=cfg.decoder_threads)
-    dev_loader = make_loader(shards / cfg.dev_split, backend=cfg.backend, device=device, mode="eval",
-                             batch_size=cfg.batch_size, transform=eval_tf, shuffle=False,
-                             num_workers=cfg.num_workers, decoder_threads=cfg.decoder_threads)
-    steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
-        len(train_loader), cfg.max_steps_per_epoch)
-    optimizer = optimizer_for(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * math.ceil(steps_per_epoch / cfg.grad_accum), cfg.warmup_steps))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
-    if accelerator.is_main_process:
-        outputs.prepare(out, "finetune_ctc", fingerprint, verdict, dataclasses.asdict(cfg), owned_files, temp_dirs)
-        save_config(cfg, out / "config.yaml")
-        vocab.save(out / "glosses.txt")
-    accelerator.wait_for_everyone()
-    start, history = checkpoints.resume(accelerator, out, cfg.resume)
-    meta = checkpoint_metadata(cfg.backbone, backbone_options(cfg), cfg.head,
-                               {"hidden": cfg.hidden, "dropout": cfg.dropout}, len(vocab))
-    t0, guard = time.perf_counter(), guards.StepGuard(cfg.nonfinite)
-    for epoch in range(start, cfg.epochs):
-        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, vocab, cfg, epoch,
-                             steps_per_epoch, guard)
-        record["dev_wer"] = wer_score(*evaluate(accelerator, model, dev_loader, vocab, cfg), cfg.cleanup)["wer"]
-        history.append(record)
-        accelerator.print(json.dumps(record))
-        checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch, meta))
-    metrics = {"history": history, "best_dev_wer": checkpoints.best_score(history),
-               "train_seconds": round(time.perf_counter() - t0, 2), "loader": train_loader.stats.as_dict(),
-               "nonfinite_skipped_steps": sum(h.get("nonfinite_skipped", 0) for h in history), **peak_memory()}
-    # every rank's steps and weights digest: equal on all machines when data parallelism held
-    metrics["replicas"] = replica_report(accelerator, model, sum(h["steps"] for h in history))
-    if accelerator.is_main_process:
-        write_json(out / "metrics.json", metrics)
-    accelerator.end_training()
-    return 0
-
-
-def train_epoch(accelerator, model, optimizer, scheduler, loader, vocab, cfg, epoch, steps,
-                guard: guards.StepGuard) -> dict:
-    """One pass over the train split; returns the epoch's loss, timing and skipped steps.
-
-    ``guard`` stops the run at a NaN/inf loss, gradient or weight (or, with
-    ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
-    """
-    model.train()
-    loader.set_epoch(epoch)
-    total, count, frames, t0 = 0.0, 0, 0, time.perf_counter()
-    seen, skipped_before, nonfinite_before = 0, len(loader.stats.skipped), guard.skipped
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
-        seen += 1
-        ys, ylens = targets(batch, vocab)
-        # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
-        torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
-        with accelerator.accumulate(model):
-            buffers = guard.keep_buffers(model)
-            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
-            loss = ctc_loss(log_probs, ys, out_lengths, ylens)
-            if not guard.loss_ok(accelerator, loss, epoch, step, buffers):
-                continue
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.clip_grad:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if accelerator.sync_gradients and not guard.grads_ok(accelerator, model, epoch, step):
-                optimizer.zero_grad()
-                continue
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                guard.check_weights(model, epoch, step)
-        total, count, frames = total + loss.item(), count + 1, frames + int(batch.lengths.sum())
-    skips = loader.stats.skipped[skipped_before:]
-    # summed over the processes, so that every one of them stops, or none does
-    seen_all, skipped_all = guards.split_counts(accelerator, seen, len(skips))
-    guards.require_videos(cfg.train_split, seen_all, skips, "for training",
-                          max_skipped_fraction=cfg.max_skipped_fraction, skipped_count=skipped_all)
-    guard.end_epoch(epoch, count, guard.skipped - nonfinite_before)
-    seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "train_loss": total / max(count, 1), "steps": count, "frames": frames,
-            "frames_per_s": round(frames / seconds, 1) if seconds else None,
-            "nonfinite_skipped": guard.skipped - nonfinite_before}
-
-
-def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
-    """Decode a split that every rank reads its own part of (exactly once); returns (refs, hyps) by name."""
-    model.eval()
-    pairs, skipped_before = [], len(loader.stats.skipped)
-    with torch.no_grad():
-        for batch in loader:
-            log_probs, out_lengths = model(batch.video.to(accelerator.device), batch.lengths)
-            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder)
-            pairs += [(m["name"], m["gloss"], h) for m, h in zip(batch.meta, hyps)]
-    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    # gathered: every rank sees the same total, so all stop together (each naming its own skips)
-    skips = loader.stats.skipped[skipped_before:]
-    skipped_all = guards.split_counts(accelerator, 0, len(skips))[1]
-    guards.require_videos(cfg.dev_split, len(pairs), skips, "to score",
-                          max_skipped_fraction=cfg.max_skipped_fraction, skipped_count=skipped_all)
-    return {n: r for n, r, _ in pairs}, {n: h for n, _, h in pairs}
-
-
-def model_files(accelerator, model, out: Path, epoch: int, meta: dict):
-    """What :func:`checkpoints.save_epoch` writes beside the state: the last model and the best one."""
-    def save(best: bool) -> None:
-        unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(unwrapped, out / "model.safetensors", {**meta, "epoch": str(epoch)})
-        if best:
-            save_checkpoint(unwrapped, out / "best.safetensors", {**meta, "epoch": str(epoch)})
-    return save
+    """Fine-tune as ``argv`` (``--config PRESET.yaml key=value ...``) says; returns the exit code."""
+    return runner.run(FinetuneRecipe(parse_config(FinetuneConfig, argv)))
 
 
 if __name__ == "__main__":

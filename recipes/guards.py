@@ -44,8 +44,14 @@ def describe_skips(skipped: list, limit: int = FIRST_REASONS) -> str:
     return f"{len(skipped)} skipped; first: {named}{more}"
 
 
-def require_videos(split: str, delivered: int, skipped: list, what: str = "",
-                   max_skipped_fraction: float = 1.0, skipped_count: int | None = None) -> None:
+def require_videos(
+    split: str,
+    delivered: int,
+    skipped: list,
+    what: str = "",
+    max_skipped_fraction: float = 1.0,
+    skipped_count: int | None = None,
+) -> None:
     """Refuse a split that yielded no video, or whose skipped share is above ``max_skipped_fraction``.
 
     Args:
@@ -61,15 +67,18 @@ def require_videos(split: str, delivered: int, skipped: list, what: str = "",
     """
     advice = "check the shards (signstream verify --decode) or the server they are read from"
     if not delivered:
-        raise SignstreamError(f"split {split!r} yielded no video{' ' + what if what else ''}: "
-                              f"{describe_skips(skipped)}; {advice}")
+        raise SignstreamError(
+            f"split {split!r} yielded no video{' ' + what if what else ''}: {describe_skips(skipped)}; {advice}"
+        )
     n_skipped = len(skipped) if skipped_count is None else skipped_count
     fraction = n_skipped / (delivered + n_skipped)
     if fraction > max_skipped_fraction:
-        raise SignstreamError(f"split {split!r}: {n_skipped} of {delivered + n_skipped} samples skipped "
-                              f"({fraction:.0%}), more than max_skipped_fraction={max_skipped_fraction:g} "
-                              f"(a decoder that cannot start skips them all): {describe_skips(skipped)}; "
-                              f"{advice}, or raise max_skipped_fraction to accept it")
+        raise SignstreamError(
+            f"split {split!r}: {n_skipped} of {delivered + n_skipped} samples skipped "
+            f"({fraction:.0%}), more than max_skipped_fraction={max_skipped_fraction:g} "
+            f"(a decoder that cannot start skips them all): {describe_skips(skipped)}; "
+            f"{advice}, or raise max_skipped_fraction to accept it"
+        )
 
 
 def split_counts(accelerator, delivered: int, skipped: int) -> tuple[int, int]:
@@ -109,10 +118,11 @@ def require_finite_features(samples: Iterable, split: str, where: str, skippable
     """
     for s in samples:
         if not np.isfinite(s.features).all():
-            raise SignstreamError(f"features of {s.name!r} in split {split!r} of {where} are not finite (NaN/inf); "
-                                  "re-extract them (were they made with a diverged checkpoint?) or remove the entry"
-                                  + (", or set nonfinite=skip to leave out the training steps it spoils"
-                                     if skippable else ""))
+            raise SignstreamError(
+                f"features of {s.name!r} in split {split!r} of {where} are not finite (NaN/inf); "
+                "re-extract them (were they made with a diverged checkpoint?) or remove the entry"
+                + (", or set nonfinite=skip to leave out the training steps it spoils" if skippable else "")
+            )
 
 
 def require_finite_splits(splits: dict[str, list], train_split: str, policy: NonFinite, where: str) -> None:
@@ -147,9 +157,11 @@ class StepGuard:
 
     def _refuse(self, what: str, epoch: int, step: int, skippable: bool = True) -> SignstreamError:
         advice = "lower lr, keep warmup_steps and clip_grad > 0, check the inputs for NaN/inf"
-        return SignstreamError(f"training stopped: {what} at epoch {epoch}, step {step} "
-                               f"({self._last(epoch, step)}); {advice}"
-                               + (", or set nonfinite=skip to leave such steps out" if skippable else ""))
+        return SignstreamError(
+            f"training stopped: {what} at epoch {epoch}, step {step} "
+            f"({self._last(epoch, step)}); {advice}"
+            + (", or set nonfinite=skip to leave such steps out" if skippable else "")
+        )
 
     def keep_buffers(self, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Under ``skip``, copies of the model's float buffers, taken before a forward pass.
@@ -162,8 +174,14 @@ class StepGuard:
             return []
         return [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
 
-    def loss_ok(self, accelerator, loss: torch.Tensor, epoch: int, step: int,
-                buffers: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> bool:
+    def loss_ok(
+        self,
+        accelerator,
+        loss: torch.Tensor,
+        epoch: int,
+        step: int,
+        buffers: list[tuple[torch.Tensor, torch.Tensor]] = (),
+    ) -> bool:
         """True to train on this step; False to leave it out (``skip``). Raises under ``stop``.
 
         Every process decides together (one all-reduce when there are several),
@@ -183,8 +201,9 @@ class StepGuard:
             self.skipped += 1
             return False
         here = float(loss.detach())
-        raise self._refuse(f"the loss is {here}" if not math.isfinite(here) else
-                           "the loss is NaN/inf on another process", epoch, step)
+        raise self._refuse(
+            f"the loss is {here}" if not math.isfinite(here) else "the loss is NaN/inf on another process", epoch, step
+        )
 
     def grads_ok(self, accelerator, model: torch.nn.Module, epoch: int, step: int) -> bool:
         """After backward (gradients synchronised): False to leave the step out (``skip``). Raises under ``stop``.
@@ -200,15 +219,17 @@ class StepGuard:
         raise self._refuse("a gradient is NaN/inf", epoch, step)
 
     def check_weights(self, model: torch.nn.Module, epoch: int, step: int) -> None:
-        """After an optimizer step: weights (or BatchNorm statistics) no longer finite end the run, whatever the policy."""
+        """After an optimizer step: weights (or BatchNorm statistics) no longer finite end the run, whatever
+        the policy."""
         if not all_finite([*model.parameters(), *model.buffers()]):
             bad = first_nonfinite([*model.named_parameters(), *model.named_buffers()])
-            raise self._refuse(f"the weights became non-finite (NaN/inf in {bad!r})",
-                               epoch, step, skippable=False)
+            raise self._refuse(f"the weights became non-finite (NaN/inf in {bad!r})", epoch, step, skippable=False)
 
     def end_epoch(self, epoch: int, trained: int, skipped: int) -> None:
         """Refuse an epoch whose every step was left out: it trained nothing."""
         if skipped and not trained:
-            raise SignstreamError(f"training stopped: all {skipped} steps of epoch {epoch} had a NaN/inf loss or "
-                                  f"gradient and were skipped ({self._last()}); lower lr, or check the inputs "
-                                  "for NaN/inf")
+            raise SignstreamError(
+                f"training stopped: all {skipped} steps of epoch {epoch} had a NaN/inf loss or "
+                f"gradient and were skipped ({self._last()}); lower lr, or check the inputs "
+                "for NaN/inf"
+            )

@@ -29,6 +29,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def replica_report(accelerator, model: torch.nn.Module, steps: int) -> list[dict]:
     """One record per process, in rank order: rank, host, steps run, weights digest (collective)."""
-    mine = {"rank": accelerator.process_index, "host": socket.gethostname(), "steps": int(steps),
-            "weights_sha256": weights_digest(accelerator.unwrap_model(model))}
+    mine = {
+        "rank": accelerator.process_index,
+        "host": socket.gethostname(),
+        "steps": int(steps),
+        "weights_sha256": weights_digest(accelerator.unwrap_model(model)),
+    }
     return sorted(gather_object([mine]), key=lambda r: r["rank"])

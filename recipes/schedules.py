@@ -12,8 +12,10 @@ from collections.abc import Callable
 # where ours stays at 0, and a scheduler of another class would not load our saved checkpoints.
 def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
     """``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
     return factor

@@ -1,53 +1,9 @@
 """Scoring: gloss cleanup, corpus WER, sclite CTM/STM files, gloss-file reading.
 
-What the recipes report and what ``signstream wer`` prints are computed here,
-once. Scoring follows the PHOENIX evaluation kit: both references and
-hypotheses are cleaned (:data:`CLEANUPS`), then the corpus WER is
-``(S + D + I) / N`` summed over the whole split -- not a mean of per-sentence
-rates. Alignment is Levenshtein on gloss tokens via ``jiwer``. The CTM/STM
-writers produce files that NIST sclite (Debian package ``sctk``) scores the
-same way, for cross-checks against the official tool.
-
-This module must not import torch: ``signstream wer`` has to start fast.
-
-Gloss cleanup (PHOENIX-2014 / 2014-T rules)
--------------------------------------------
-
-The RWTH-PHOENIX-Weather evaluation kit rewrites every recognised sequence with
-a chain of ``sed``/``perl`` substitutions before handing it to sclite, so that
-annotation variants the corpus treats as equivalent are not counted as errors.
-This module implements those rules on whitespace-separated gloss tokens and
-exposes them as a dict of plain functions, :data:`CLEANUPS` (``phoenix2014``,
-``phoenix2014t``, ``none``), looked up with :func:`signstream.lookup`.
-
-Order of operations (the order of the official script, one step per line):
-
-1. drop the lowercase prefixes ``loc-``, ``cl-``, ``qu-``, ``poss-``, ``lh-``
-   (removed wherever they occur in a token, in that order, like the script);
-2. spelling fixes inside tokens: ``S0NNE`` -> ``SONNE``, ``HABEN2`` -> ``HABEN``;
-3. drop the tokens ``__EMOTION__``, ``__PU__``, ``__LEFTHAND__``,
-   ``__EPENTHESIS__`` (PHOENIX-2014-T: every ``__X__`` token, ``__ON__`` and
-   ``__OFF__`` included); ``__ON__``/``__OFF__`` stay for PHOENIX-2014;
-4. ``WIE AUSSEHEN`` (two adjacent tokens) -> ``WIE-AUSSEHEN``;
-5. the bare token ``ZEIGEN`` -> ``ZEIGEN-BILDSCHIRM`` (``ZEIGEN-BILDSCHIRM``
-   itself and longer tokens such as ``AUFZEIGEN`` are left alone);
-6. runs of two or more fingerspelled letters are joined with ``+``
-   (``A B C`` -> ``A+B+C``); a letter is a single ASCII capital, plus the
-   German multi-letter units ``SCH`` and ``NN`` that the script also joins;
-7. ``RAUM`` after two capitals is dropped (``XXRAUM`` -> ``XX``, e.g.
-   ``NORDRAUM`` -> ``NORD``; a bare ``RAUM`` stays);
-8. the suffix ``-PLUSPLUS`` is dropped;
-9. immediately repeated tokens are merged (``A A B`` -> ``A B``).
-
-Differences from the shell script, on purpose:
-
-- The script runs on CTM lines (one token per line) and some of its regexes
-  mis-handle sentence-level edge cases (``A B C D`` becomes ``A B+C+D``).
-  We apply every rule to the token sequence as its comment intends.
-- Step 3 happens before merging, so ``HAUS __PU__ HAUS`` becomes ``HAUS``
-  (the Python ports in SLT/SignJoey agree; the perl merge would miss it).
-- Step 9 merges any repeated token, not only pure ``[A-Z]+`` ones, as the
-  Python ports do.
+What the recipes report and ``signstream wer`` prints is computed here, once: both sides
+are cleaned with a :data:`CLEANUPS` rule set (PHOENIX-2014 / 2014-T evaluation kit), then the
+corpus WER is ``(S + D + I) / N`` over the whole split. Must not import torch
+(``signstream wer`` starts fast). The rules and why: docs/design/scoring.md
 """
 
 from __future__ import annotations
@@ -255,9 +211,7 @@ def read_gloss_file(path: str | os.PathLike) -> dict[str, str]:
         name, tab, glosses = line.partition("\t")
         name = name.strip()
         if not tab or not name:
-            raise SignstreamError(
-                f"{path}:{lineno}: expected 'name<TAB>glosses', got {line[:60]!r}"
-            )
+            raise SignstreamError(f"{path}:{lineno}: expected 'name<TAB>glosses', got {line[:60]!r}")
         if name in out:
             raise SignstreamError(f"{path}:{lineno}: duplicate sentence name {name!r}")
         out[name] = " ".join(glosses.split())

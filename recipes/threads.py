@@ -1,21 +1,9 @@
 """CPU thread policy shared by the recipes and the demo.
 
-torch starts one OpenMP thread per core in every process. Under
-``accelerate launch --num_processes N`` on one machine, or beside a loader
-worker, those threads outnumber the cores; OpenMP threads then spin-wait
-against each other and throughput collapses (measured: fine-tuning fell by an
-order of magnitude on a loaded 2-core box). The policy here gives each process
-its share of the cores it may run on:
-
-    threads = max(1, cores // local_processes - loader_workers)
-
-where ``cores`` is the CPU affinity set of this process (``os.sched_getaffinity``,
-which respects ``taskset`` and container CPU sets), ``local_processes`` the
-ranks on this machine (``LOCAL_WORLD_SIZE`` as set by ``accelerate launch`` /
-``torchrun``, or the MPI equivalents), and each loader worker is counted as one
-busy core. An explicit choice wins: the recipe's ``threads=`` config key first,
-then ``OMP_NUM_THREADS`` (which ``accelerate launch`` also sets from its
-``--num_cpu_threads_per_process``). The decision is printed once at start.
+Each process gets its share of the cores it may run on,
+``max(1, cores // local_processes - loader_workers)``, unless the recipe's ``threads=`` key
+or ``OMP_NUM_THREADS`` says otherwise; the decision is printed once per machine.
+Why: docs/design/threads.md
 """
 
 from __future__ import annotations
@@ -49,8 +37,13 @@ class ThreadPlan:
         return f"torch threads: {self.threads} (policy: {self.cores} cores / {procs} - {workers})"
 
 
-def plan_threads(cores: int, local_processes: int = 1, workers: int = 0,
-                 env: Mapping[str, str] | None = None, configured: int | None = None) -> ThreadPlan:
+def plan_threads(
+    cores: int,
+    local_processes: int = 1,
+    workers: int = 0,
+    env: Mapping[str, str] | None = None,
+    configured: int | None = None,
+) -> ThreadPlan:
     """Decide the torch thread count of one process (a pure function).
 
     Args:

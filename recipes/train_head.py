@@ -25,7 +25,6 @@ import json
 import math
 import re
 import sys
-import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +32,15 @@ from typing import Literal
 
 import torch
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from signstream import SignstreamError
 from signstream.loaders.feature_readers import FeatureSample, load_split
-from signstream.loaders.fileio import write_json
-from signstream.models.head import HEADS, RecognitionHead, ctc_loss
+from signstream.loaders.fileio import save_safetensors_atomic
+from signstream.models.head import HEADS, RecognitionHead
 from signstream.models.vocab import Vocabulary
-from signstream.recipes import checkpoints, guards, outputs
+from signstream.recipes import checkpoints, guards, outputs, runner
 from signstream.recipes.config import (
     Choice,
     Device,
@@ -53,17 +52,12 @@ from signstream.recipes.config import (
     PositiveInt,
     Precision,
     Probability,
-    accelerate_precision,
-    main_guard,
-    make_accelerator,
     parse_config,
-    peak_memory,
-    save_config,
 )
 from signstream.recipes.evaluation import decode_batch, score_split
+from signstream.recipes.runtime import accelerate_precision, accelerator_for, main_guard
 from signstream.recipes.schedules import warmup_cosine
-from signstream.recipes.scoring import CLEANUPS, wer_score
-from signstream.recipes.threads import apply_thread_policy
+from signstream.recipes.scoring import CLEANUPS
 
 
 @dataclass
@@ -108,8 +102,9 @@ def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
     h = hashlib.sha256(outputs.file_digest(vocab_path).encode())
     for split in sorted(datasets):
         for s in datasets[split].samples:
-            h.update(json.dumps([split, s.name, s.gloss, s.signer, str(s.features.dtype),
-                                 list(s.features.shape)]).encode())
+            h.update(
+                json.dumps([split, s.name, s.gloss, s.signer, str(s.features.dtype), list(s.features.shape)]).encode()
+            )
             h.update(memoryview(s.features.tobytes() if not s.features.flags.c_contiguous else s.features).cast("B"))
     return h.hexdigest()
 
@@ -133,8 +128,13 @@ def owned_files(out: Path, record: dict):
 def temp_dirs(out: Path, config: dict):
     """Where this recipe's atomic writes put temporary files, and the names written there."""
     splits = "|".join(re.escape(s) for s in config["eval_splits"]) or "(?!)"
-    yield out, re.compile(rf"config\.yaml|glosses\.txt|metrics\.json|fingerprint\.json"
-                          rf"|({splits})\.(hyp\.txt|ref\.txt|ctm|stm)")
+    yield (
+        out,
+        re.compile(
+            rf"config\.yaml|glosses\.txt|metrics\.json|fingerprint\.json|head_best\.safetensors"
+            rf"|({splits})\.(hyp\.txt|ref\.txt|ctm|stm)"
+        ),
+    )
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -163,149 +163,156 @@ def collate(items):
 
 def build_model(cfg: TrainHeadConfig, dim: int, num_classes: int) -> RecognitionHead:
     """The recognition head for ``dim``-wide features (initialised from the global seed)."""
-    return RecognitionHead(dim, num_classes, kind=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout,
-                           num_layers=cfg.num_layers, num_heads=cfg.num_heads)
+    return RecognitionHead(
+        dim,
+        num_classes,
+        kind=cfg.head,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+    )
+
+
+class HeadRecipe:
+    """One head-training run, its state on ``self``; :func:`signstream.recipes.runner.run` drives it."""
+
+    name = "train_head"
+    owned_files = staticmethod(owned_files)
+    temp_dirs = staticmethod(temp_dirs)
+
+    def __init__(self, cfg: TrainHeadConfig):
+        self.cfg, self.out, self.features = cfg, Path(cfg.out), Path(cfg.features)
+        self.guard = guards.StepGuard(cfg.nonfinite)
+        self.dev_split = cfg.eval_splits[0] if cfg.eval_splits else None
+
+    def setup(self) -> None:
+        """Refuse a bad config before ``out`` is touched; threads; the Accelerator."""
+        cfg = self.cfg
+        if not cfg.features:
+            raise SignstreamError("set features=DIR (an extract_features output directory)")
+        if cfg.train_split in cfg.eval_splits:
+            raise SignstreamError(
+                f"eval_splits names the train split {cfg.train_split!r}; a split is either "
+                "trained on or evaluated, so remove it from eval_splits (e.g. eval_splits=dev,test)"
+            )
+        if not self.features.is_dir():
+            raise SignstreamError(f"features directory not found: {self.features}")
+        self.accelerator = accelerator_for(
+            cfg,
+            0,
+            mixed_precision=accelerate_precision(cfg.precision),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+
+    def load_data(self) -> None:
+        """The vocabulary and every split's features, refused when widths differ or values are not finite."""
+        cfg, features = self.cfg, self.features
+        set_seed(cfg.seed)
+        self.vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
+        self.vocab = Vocabulary.from_file(self.vocab_path)
+        self.datasets = {
+            s: FeatureDataset(load_split(features, s, cfg.format), self.vocab)
+            for s in [cfg.train_split, *cfg.eval_splits]
+        }
+        width = {s: d.samples[0].features.shape[1] for s, d in self.datasets.items()}
+        if len(set(width.values())) > 1:  # the head is built for the train split's width
+            raise SignstreamError(
+                f"feature widths differ between splits in {features} "
+                f"({', '.join(f'{s}: {w}' for s, w in width.items())}); extract every split "
+                "with the same backbone"
+            )
+        guards.require_finite_splits(
+            {s: d.samples for s, d in self.datasets.items()}, cfg.train_split, cfg.nonfinite, str(features)
+        )
+
+    def fingerprint(self) -> dict:
+        return run_fingerprint(self.cfg, self.datasets, self.vocab_path)
+
+    def build(self) -> None:
+        """Head (from the global seed), loaders, optimizer, scheduler."""
+        cfg, accelerator = self.cfg, self.accelerator
+        train = self.datasets[cfg.train_split]
+        model = build_model(cfg, train.samples[0].features.shape[1], len(self.vocab))
+        train_loader = DataLoader(
+            train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        eval_loaders = {
+            s: DataLoader(d, batch_size=cfg.batch_size, collate_fn=collate)
+            for s, d in self.datasets.items()
+            if s != cfg.train_split
+        }
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = cfg.epochs * math.ceil(len(train_loader) / accelerator.num_processes)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, cfg.warmup_steps))
+        self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
+            model, optimizer, train_loader, scheduler
+        )
+        self.eval_loaders = {s: accelerator.prepare(dl) for s, dl in eval_loaders.items()}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the train split; returns the epoch's mean loss and its skipped steps.
+
+        The guard stops the run at a NaN/inf loss, gradient or weight (or, with
+        ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
+        """
+        model, loader, guard = self.model, self.train_loader, self.guard
+        model.train()
+        loader.set_epoch(epoch)
+        total, count, skipped = 0.0, 0, guard.skipped
+        for step, (x, lengths, y, ylen, _) in enumerate(loader):
+            # no accumulation here: every step synchronises and steps the optimizer
+            loss = runner.train_step(self, epoch, step, (x, lengths), (y, ylen))
+            if loss is not None:
+                total, count = total + loss, count + 1
+        guard.end_epoch(epoch, count, guard.skipped - skipped)
+        return {"epoch": epoch, "train_loss": total / max(count, 1), "nonfinite_skipped": guard.skipped - skipped}
+
+    def evaluate(self, split: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Decode a split that every rank reads its own part of; returns (refs, hyps) by name."""
+        loader, cfg = self.eval_loaders[split], self.cfg
+        self.model.eval()
+        samples = loader.dataset.samples
+        pairs = []
+        with torch.no_grad():
+            for x, lengths, _y, _yl, idx in loader:
+                log_probs, out_lengths = self.model(x, lengths)
+                hyps = decode_batch(log_probs, out_lengths, self.vocab, cfg.decoder, cfg.beam_width)
+                pairs += [(samples[int(i)].name, h) for i, h in zip(idx, hyps)]
+        pairs = self.accelerator.gather_for_metrics(pairs, use_gather_object=True)
+        return {s.name: s.gloss for s in samples}, dict(pairs)
+
+    def save_model(self, epoch: int, best: bool) -> None:
+        """The best head's weights, when this epoch is the best so far."""
+        if best:
+            state = {k: v.contiguous() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
+            save_safetensors_atomic(self.out / "head_best.safetensors", state, metadata={"epoch": str(epoch)})
+
+    def finish(self, history: list[dict]) -> dict:
+        """Reload the best head, score every eval split and write its files."""
+        accelerator, best = self.accelerator, self.out / "head_best.safetensors"
+        accelerator.wait_for_everyone()
+        if best.exists():
+            accelerator.unwrap_model(self.model).load_state_dict(load_file(str(best)))
+        metrics = {"vocab_size": len(self.vocab) - 2}
+        for split in self.eval_loaders:
+            refs, hyps = self.evaluate(split)
+            if accelerator.is_main_process:
+                signers = {s.name: s.signer for s in self.datasets[split].samples}
+                score = score_split(self.out, split, refs, hyps, self.cfg.cleanup, signers)
+                metrics[f"{split}_wer"] = score["wer"]
+                metrics[f"{split}_score"] = score
+        return metrics
 
 
 @outputs.one_writer
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(TrainHeadConfig, argv)
-    apply_thread_policy(cfg.threads, workers=0)
-    if not cfg.features:
-        raise SignstreamError("set features=DIR (an extract_features output directory)")
-    if cfg.train_split in cfg.eval_splits:
-        raise SignstreamError(f"eval_splits names the train split {cfg.train_split!r}; a split is either "
-                              "trained on or evaluated, so remove it from eval_splits (e.g. eval_splits=dev,test)")
-    out, features = Path(cfg.out), Path(cfg.features)
-    if not features.is_dir():
-        raise SignstreamError(f"features directory not found: {features}")
-    accelerator = make_accelerator(cfg.device, mixed_precision=accelerate_precision(cfg.precision),
-                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    outputs.take_lock(out, accelerator)  # before anything reads out/: one run decides and writes at a time
-    set_seed(cfg.seed)
-    vocab_path = Path(cfg.vocab) if cfg.vocab else features / "glosses.txt"
-    vocab = Vocabulary.from_file(vocab_path)
-    datasets = {s: FeatureDataset(load_split(features, s, cfg.format), vocab)
-                for s in [cfg.train_split, *cfg.eval_splits]}
-    width = {s: d.samples[0].features.shape[1] for s, d in datasets.items()}
-    if len(set(width.values())) > 1:  # the head is built for the train split's width
-        raise SignstreamError(f"feature widths differ between splits in {features} "
-                              f"({', '.join(f'{s}: {w}' for s, w in width.items())}); extract every split "
-                              "with the same backbone")
-    guards.require_finite_splits({s: d.samples for s, d in datasets.items()}, cfg.train_split, cfg.nonfinite,
-                                 str(features))
-    fingerprint = run_fingerprint(cfg, datasets, vocab_path)
-    verdict = outputs.claim(out, "train_head", fingerprint, overwrite=cfg.overwrite)
-    if verdict == "resume" and not cfg.resume:
-        verdict = "restart"  # resume=false: this configuration's earlier checkpoints go, none is picked up later
-    train = datasets[cfg.train_split]
-    model = build_model(cfg, train.samples[0].features.shape[1], len(vocab))
-    train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                              generator=torch.Generator().manual_seed(cfg.seed))
-    eval_loaders = {s: DataLoader(d, batch_size=cfg.batch_size, collate_fn=collate)
-                    for s, d in datasets.items() if s != cfg.train_split}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train_loader) / accelerator.num_processes)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, cfg.warmup_steps))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    eval_loaders = {s: accelerator.prepare(dl) for s, dl in eval_loaders.items()}
-    accelerator.wait_for_everyone()  # every rank has read out/ before the main process changes it
-    if accelerator.is_main_process:
-        outputs.prepare(out, "train_head", fingerprint, verdict, dataclasses.asdict(cfg), owned_files, temp_dirs)
-        save_config(cfg, out / "config.yaml")
-        vocab.save(out / "glosses.txt")
-    accelerator.wait_for_everyone()
-    start, history = checkpoints.resume(accelerator, out, cfg.resume)
-    dev = cfg.eval_splits[0] if cfg.eval_splits else None
-    t0, guard = time.perf_counter(), guards.StepGuard(cfg.nonfinite)
-    for epoch in range(start, cfg.epochs):
-        record = train_epoch(accelerator, model, optimizer, scheduler, train_loader, cfg, epoch, guard)
-        if dev:
-            record["dev_wer"] = wer_score(*evaluate(accelerator, model, eval_loaders[dev], vocab, cfg),
-                                          cfg.cleanup)["wer"]
-        history.append(record)
-        accelerator.print(json.dumps(record))
-        checkpoints.save_epoch(accelerator, out, epoch, history, model_files(accelerator, model, out, epoch))
-    metrics = final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, history)
-    metrics.update(train_seconds=round(time.perf_counter() - t0, 2), **peak_memory(),
-                   nonfinite_skipped_steps=sum(h.get("nonfinite_skipped", 0) for h in history))
-    if accelerator.is_main_process:
-        write_json(out / "metrics.json", metrics)
-        accelerator.print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
-    accelerator.end_training()
-    return 0
-
-
-def train_epoch(accelerator, model, optimizer, scheduler, loader, cfg, epoch, guard: guards.StepGuard) -> dict:
-    """One pass over the train split; returns the epoch's mean loss and its skipped steps.
-
-    ``guard`` stops the run at a NaN/inf loss, gradient or weight (or, with
-    ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
-    """
-    model.train()
-    loader.set_epoch(epoch)
-    total, count, skipped = 0.0, 0, guard.skipped
-    for step, (x, lengths, y, ylen, _) in enumerate(loader):
-        # dropout masks from (seed, epoch, step, rank) alone: a resumed run draws what an uninterrupted one does
-        torch.manual_seed(outputs.step_seed(cfg.seed, epoch, step, accelerator.process_index))
-        buffers = guard.keep_buffers(model)
-        log_probs, out_lengths = model(x, lengths)
-        loss = ctc_loss(log_probs, y, out_lengths, ylen)
-        if not guard.loss_ok(accelerator, loss, epoch, step, buffers):
-            continue
-        accelerator.backward(loss)
-        if cfg.clip_grad:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if not guard.grads_ok(accelerator, model, epoch, step):
-            optimizer.zero_grad()
-            continue
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        guard.check_weights(model, epoch, step)
-        total, count = total + loss.item(), count + 1
-    guard.end_epoch(epoch, count, guard.skipped - skipped)
-    return {"epoch": epoch, "train_loss": total / max(count, 1), "nonfinite_skipped": guard.skipped - skipped}
-
-
-def evaluate(accelerator, model, loader, vocab, cfg) -> tuple[dict[str, str], dict[str, str]]:
-    """Decode a split that every rank reads its own part of; returns (refs, hyps) by name."""
-    model.eval()
-    samples = loader.dataset.samples
-    pairs = []
-    with torch.no_grad():
-        for x, lengths, _y, _yl, idx in loader:
-            log_probs, out_lengths = model(x, lengths)
-            hyps = decode_batch(log_probs, out_lengths, vocab, cfg.decoder, cfg.beam_width)
-            pairs += [(samples[int(i)].name, h) for i, h in zip(idx, hyps)]
-    pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
-    return {s.name: s.gloss for s in samples}, dict(pairs)
-
-
-def model_files(accelerator, model, out: Path, epoch: int):
-    """What :func:`checkpoints.save_epoch` writes beside the state: the best head's weights."""
-    def save(best: bool) -> None:
-        if best:
-            state = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            save_file(state, str(out / "head_best.safetensors"), metadata={"epoch": str(epoch)})
-    return save
-
-
-def final_scores(accelerator, model, out, eval_loaders, datasets, vocab, cfg, history) -> dict:
-    """Reload the best head, score every eval split and write the files."""
-    best = out / "head_best.safetensors"
-    accelerator.wait_for_everyone()
-    if best.exists():
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(best)))
-    metrics = {"history": history, "vocab_size": len(vocab) - 2}
-    for split, loader in eval_loaders.items():
-        refs, hyps = evaluate(accelerator, model, loader, vocab, cfg)
-        if accelerator.is_main_process:
-            signers = {s.name: s.signer for s in datasets[split].samples}
-            score = score_split(out, split, refs, hyps, cfg.cleanup, signers)
-            metrics[f"{split}_wer"] = score["wer"]
-            metrics[f"{split}_score"] = score
-    return metrics
+    """Train a head as ``argv`` (``--config PRESET.yaml key=value ...``) says; returns the exit code."""
+    return runner.run(HeadRecipe(parse_config(TrainHeadConfig, argv)))
 
 
 if __name__ == "__main__":

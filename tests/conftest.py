@@ -57,8 +57,20 @@ def phoenix_size_packed(tmp_path_factory):
     from signstream.tools.synth import make_corpus
 
     base = tmp_path_factory.mktemp("phoenix_size")
-    root = make_corpus(base / "corpus", layout="phoenix2014", seed=0, train=4, dev=3, test=2, vocab=6,
-                       min_glosses=1, max_glosses=3, gloss_frames=6, transition_frames=2, workers=1,
-                       **PHOENIX_SIZE)
+    root = make_corpus(
+        base / "corpus",
+        layout="phoenix2014",
+        seed=0,
+        train=4,
+        dev=3,
+        test=2,
+        vocab=6,
+        min_glosses=1,
+        max_glosses=3,
+        gloss_frames=6,
+        transition_frames=2,
+        workers=1,
+        **PHOENIX_SIZE,
+    )
     pack_corpus("phoenix2014", base / "packed", root=root, workers=1, progress=False, max_samples=2)
     return base / "packed"

@@ -34,10 +34,12 @@ def imported_modules(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_no_layer_imports_a_layer_above_it(layer):
-    found = [f"{path.relative_to(ROOT)} imports {name}"
-             for path in sorted((ROOT / layer).rglob("*.py"))
-             for name in imported_modules(path)
-             if any(name == up or name.startswith(up + ".") for up in FORBIDDEN[layer])]
+    found = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        for name in imported_modules(path)
+        if any(name == up or name.startswith(up + ".") for up in FORBIDDEN[layer])
+    ]
     assert not found, "\n".join(found)
 
 

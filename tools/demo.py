@@ -1,21 +1,8 @@
 """``make demo``: the whole pipeline end to end on the built-in synthetic corpus.
 
-Every stage is the command a user runs on PHOENIX; the demo chains them at a
-small scale on CPU:
-
-1. ``signstream synth``   — a PHOENIX-2014 layout corpus (300 / 60 / 60 videos, 210×260);
-2. ``signstream pack``    — VP9 WebDataset shards + DALI indexes + manifests;
-3. ``signstream verify``  — checksums, indexes, and a full decode;
-4. ``finetune_ctc``       — S3D (cut after block 3) + linear classifier, CTC, 32 px;
-5. ``extract_features``   — features of every split with the fine-tuned checkpoint (npy + SignJoey),
-   and, as the baseline, with the same backbone at random init;
-6. ``train_head``         — a transformer CTC head on each feature set, dev/test WER.
-
-It prints a table (WER against the random-init baseline, seconds, frames/s and
-peak memory per stage, where every output is), writes ``<out>/summary.json``
-and draws ``<out>/report.png`` (dev WER per epoch, frames/s per stage).
-Recipes run as subprocesses, exactly as ``accelerate launch`` would run them
-on one process, so each stage's peak memory is its own.
+Chains the user's commands at a small scale on CPU (synth, pack, verify, finetune_ctc,
+extract_features, train_head), each recipe in its own subprocess; prints a table and writes
+``<out>/summary.json`` and ``<out>/report.png``. Stages and outputs: docs/design/demo.md
 """
 
 from __future__ import annotations
@@ -52,9 +39,15 @@ class Stages:
         seconds = time.perf_counter() - t0
         frames = frames_of(result) if frames_of else None
         memory = memory_of(result) if memory_of else max(peak_rss_mb(), peak_rss_mb(children=True))
-        self.rows.append({"stage": name, "seconds": round(seconds, 1), "frames": frames,
-                          "frames_per_s": round(frames / seconds, 1) if frames else None,
-                          "peak_rss_mb": round(memory, 1) if memory else None})
+        self.rows.append(
+            {
+                "stage": name,
+                "seconds": round(seconds, 1),
+                "frames": frames,
+                "frames_per_s": round(frames / seconds, 1) if frames else None,
+                "peak_rss_mb": round(memory, 1) if memory else None,
+            }
+        )
         return result
 
 
@@ -77,37 +70,79 @@ def run_pipeline(out: Path, args, stages: Stages) -> dict:
     from signstream.tools.synth import make_corpus
     from signstream.tools.verify import verify
 
-    p = {k: out / k for k in ("corpus", "shards", "finetune", "features", "features_random", "head",
-                              "head_random")}
-    root = stages.run("synth", lambda: make_corpus(p["corpus"], layout="phoenix2014", seed=args.seed,
-                                                   train=args.train, dev=args.dev, test=args.test,
-                                                   vocab=args.vocab, overwrite=True))
-    stages.run("pack", lambda: pack_corpus("phoenix2014", p["shards"], root=root, overwrite=True),
-               frames_of=lambda r: sum(m["totals"]["frames"] for m in r["splits"].values()))
-    report = stages.run("verify", lambda: verify(p["shards"], decode=True),
-                        frames_of=lambda r: sum(s["frames"] for s in r["splits"].values()))
+    p = {k: out / k for k in ("corpus", "shards", "finetune", "features", "features_random", "head", "head_random")}
+    root = stages.run(
+        "synth",
+        lambda: make_corpus(
+            p["corpus"],
+            layout="phoenix2014",
+            seed=args.seed,
+            train=args.train,
+            dev=args.dev,
+            test=args.test,
+            vocab=args.vocab,
+            overwrite=True,
+        ),
+    )
+    stages.run(
+        "pack",
+        lambda: pack_corpus("phoenix2014", p["shards"], root=root, overwrite=True),
+        frames_of=lambda r: sum(m["totals"]["frames"] for m in r["splits"].values()),
+    )
+    report = stages.run(
+        "verify",
+        lambda: verify(p["shards"], decode=True),
+        frames_of=lambda r: sum(s["frames"] for s in r["splits"].values()),
+    )
     if not report["ok"]:
         raise SignstreamError("verify found problems: " + "; ".join(report["problems"][:3]))
     common = [f"shards={p['shards']}", f"seed={args.seed}"]
-    stages.run("finetune", lambda: recipe("finetune_ctc", "finetune_ctc-synthetic-s3d.yaml", *common,
-                                          f"out={p['finetune']}", "resume=false", "overwrite=true",
-                                          *([f"epochs={args.epochs}"] if args.epochs else [])),
-               frames_of=lambda _: _train_frames(p["finetune"]),
-               memory_of=lambda _: _json(p["finetune"] / "metrics.json")["peak_rss_mb"])
-    for key, extra in (("features", f"checkpoint={p['finetune'] / 'best.safetensors'}"),
-                       ("features_random", "checkpoint=none")):
-        stages.run(f"extract{'' if key == 'features' else ' (random)'}",
-                   lambda key=key, extra=extra: recipe("extract_features", "extract-synthetic.yaml", *common,
-                                                       extra, f"out={p[key]}", "progress=false",
-                                                       "overwrite=true"),
-                   frames_of=lambda _, key=key: sum(s["frames"] for s in _json(p[key] / "summary.json")["splits"].values()),
-                   memory_of=lambda _, key=key: _json(p[key] / "summary.json")["peak_memory_per_rank"][0]["peak_rss_mb"])
+    stages.run(
+        "finetune",
+        lambda: recipe(
+            "finetune_ctc",
+            "finetune_ctc-synthetic-s3d.yaml",
+            *common,
+            f"out={p['finetune']}",
+            "resume=false",
+            "overwrite=true",
+            *([f"epochs={args.epochs}"] if args.epochs else []),
+        ),
+        frames_of=lambda _: _train_frames(p["finetune"]),
+        memory_of=lambda _: _json(p["finetune"] / "metrics.json")["peak_rss_mb"],
+    )
+    for key, extra in (
+        ("features", f"checkpoint={p['finetune'] / 'best.safetensors'}"),
+        ("features_random", "checkpoint=none"),
+    ):
+        stages.run(
+            f"extract{'' if key == 'features' else ' (random)'}",
+            lambda key=key, extra=extra: recipe(
+                "extract_features",
+                "extract-synthetic.yaml",
+                *common,
+                extra,
+                f"out={p[key]}",
+                "progress=false",
+                "overwrite=true",
+            ),
+            frames_of=lambda _, key=key: sum(s["frames"] for s in _json(p[key] / "summary.json")["splits"].values()),
+            memory_of=lambda _, key=key: _json(p[key] / "summary.json")["peak_memory_per_rank"][0]["peak_rss_mb"],
+        )
     for key, feats in (("head", "features"), ("head_random", "features_random")):
-        stages.run(f"head{'' if key == 'head' else ' (random)'}",
-                   lambda key=key, feats=feats: recipe("train_head", "train_head-synthetic.yaml",
-                                                       f"features={p[feats]}", f"out={p[key]}",
-                                                       f"seed={args.seed}", "resume=false", "overwrite=true"),
-                   memory_of=lambda _, key=key: _json(p[key] / "metrics.json")["peak_rss_mb"])
+        stages.run(
+            f"head{'' if key == 'head' else ' (random)'}",
+            lambda key=key, feats=feats: recipe(
+                "train_head",
+                "train_head-synthetic.yaml",
+                f"features={p[feats]}",
+                f"out={p[key]}",
+                f"seed={args.seed}",
+                "resume=false",
+                "overwrite=true",
+            ),
+            memory_of=lambda _, key=key: _json(p[key] / "metrics.json")["peak_rss_mb"],
+        )
     return {**{k: str(v) for k, v in p.items()}, "corpus": str(root)}
 
 
@@ -117,9 +152,11 @@ def _train_frames(run_dir: Path) -> int:
 
 def print_table(summary: dict) -> None:
     print("\n=== signstream demo: summary ===")
-    print(f"test WER {summary['test_wer']:.1f}%  (dev {summary['dev_wer']:.1f}%)   "
-          f"baseline, random-init features: test {summary['baseline_test_wer']:.1f}% "
-          f"(dev {summary['baseline_dev_wer']:.1f}%)   chance ~100%")
+    print(
+        f"test WER {summary['test_wer']:.1f}%  (dev {summary['dev_wer']:.1f}%)   "
+        f"baseline, random-init features: test {summary['baseline_test_wer']:.1f}% "
+        f"(dev {summary['baseline_dev_wer']:.1f}%)   chance ~100%"
+    )
     print(f"\n{'stage':<18} {'seconds':>8} {'frames/s':>10} {'peak RSS MB':>12}")
     for r in summary["stages"]:
         fps = f"{r['frames_per_s']:.0f}" if r["frames_per_s"] else "-"
@@ -139,8 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", type=int, default=60, help="dev videos (default: %(default)s)")
     parser.add_argument("--test", type=int, default=60, help="test videos (default: %(default)s)")
     parser.add_argument("--vocab", type=int, default=24, help="content glosses (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="fine-tuning epochs (default: the preset's)")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,16 +202,24 @@ def summarise(out: Path, outputs: dict, stages: Stages, seconds: float) -> dict:
     """The figures of a finished run: WERs, learning curves, stage rows, outputs."""
     head, base = _json(out / "head" / "metrics.json"), _json(out / "head_random" / "metrics.json")
     finetune = _json(out / "finetune" / "metrics.json")
-    return {"dev_wer": head["dev_wer"], "test_wer": head["test_wer"],
-            "baseline_dev_wer": base["dev_wer"], "baseline_test_wer": base["test_wer"],
-            "finetune_best_dev_wer": finetune["best_dev_wer"],
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            "curves": {"finetune": finetune["history"], "head": head["history"],
-                       "head_random": base["history"]},
-            "stages": stages.rows, "total_seconds": round(seconds, 1),
-            "outputs": {**outputs, "signjoey_files": str(Path(outputs["features"]) / "synth.s3d.{train,dev,test}"),
-                        "hypotheses": str(Path(outputs["head"]) / "test.hyp.txt"),
-                        "summary": str(out / "summary.json"), "report": str(out / "report.png")}}
+    return {
+        "dev_wer": head["dev_wer"],
+        "test_wer": head["test_wer"],
+        "baseline_dev_wer": base["dev_wer"],
+        "baseline_test_wer": base["test_wer"],
+        "finetune_best_dev_wer": finetune["best_dev_wer"],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "curves": {"finetune": finetune["history"], "head": head["history"], "head_random": base["history"]},
+        "stages": stages.rows,
+        "total_seconds": round(seconds, 1),
+        "outputs": {
+            **outputs,
+            "signjoey_files": str(Path(outputs["features"]) / "synth.s3d.{train,dev,test}"),
+            "hypotheses": str(Path(outputs["head"]) / "test.hyp.txt"),
+            "summary": str(out / "summary.json"),
+            "report": str(out / "report.png"),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

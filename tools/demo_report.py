@@ -1,12 +1,8 @@
 """The demo's picture: learning curves and stage throughputs from ``summary.json``.
 
-Three panels, drawn with matplotlib's Agg canvas (no display needed):
-
-1. fine-tuning — dev WER after each epoch of ``finetune_ctc`` (backbone +
-   linear classifier), with the random-init baseline's final dev WER as a line;
-2. recognition head — dev WER after each epoch of ``train_head`` on the
-   fine-tuned features and, for comparison, on the random-init features;
-3. throughput — frames/s of every stage that reports frames.
+Three panels on matplotlib's Agg canvas (no display needed): fine-tuning dev WER, recognition
+head dev WER (fine-tuned vs random-init features), frames/s per stage.
+Panels explained: docs/design/demo.md
 """
 
 from __future__ import annotations
@@ -53,8 +49,13 @@ def write_report(summary: dict, path: str | os.PathLike) -> list[str]:
     ax = axes[1]
     ax.plot(*_curve(curves["head"]), label="fine-tuned features")
     ax.plot(*_curve(curves["head_random"]), color="grey", label="random-init features (baseline)")
-    ax.axhline(summary["dev_wer"], color="C0", linestyle=":", linewidth=1,
-               label=f"best: dev {summary['dev_wer']:.1f}%, test {summary['test_wer']:.1f}%")
+    ax.axhline(
+        summary["dev_wer"],
+        color="C0",
+        linestyle=":",
+        linewidth=1,
+        label=f"best: dev {summary['dev_wer']:.1f}%, test {summary['test_wer']:.1f}%",
+    )
     ax.set(title=PANELS[1], xlabel="epoch", ylabel="dev WER (%)")
     for ax in axes[:2]:
         ax.set_ylim(0, max(100.0, ax.get_ylim()[1]))

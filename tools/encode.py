@@ -1,15 +1,9 @@
 """Video encoding for the packer: frames in, compressed bytes out, checked.
 
-One :class:`Codec` entry per output codec (container, encoder, options chosen
-so that the same input gives byte-identical output on every run: single
-threaded encoders, ``bitexact`` muxing). Every encoded video is decoded back
-once and compared against the source frame count and shape before the packer
-writes it.
-
-Source videos are read as real files come: any frame rate is kept exact
-(30000/1001, a variable rate's average), rotation metadata is applied so frames
-come out upright, and a source with a damaged or missing frame is refused with
-its reason, never packed short or sideways.
+One :class:`Codec` per output codec, configured for byte-identical output on every run;
+every encoded video is decoded back and checked before it is written. Source videos keep an
+exact frame rate and come out upright, or are refused with a reason.
+Why: docs/design/encoding.md
 """
 
 from __future__ import annotations
@@ -49,17 +43,45 @@ class Codec:
 
 CODECS: dict[str, Codec] = {
     # VP9 is the one codec every backend decodes (DALI CPU, NVDEC, PyAV).
-    "vp9": Codec("vp9", "libvpx-vp9", "webm", "webm", "yuv420p", "crf", 30,
-                 {"b": "0", "deadline": "realtime", "row-mt": "0", "threads": "1"}, (0, 63)),
+    "vp9": Codec(
+        "vp9",
+        "libvpx-vp9",
+        "webm",
+        "webm",
+        "yuv420p",
+        "crf",
+        30,
+        {"b": "0", "deadline": "realtime", "row-mt": "0", "threads": "1"},
+        (0, 63),
+    ),
     # H.264 decodes on NVDEC and PyAV only; x264 threads pinned for determinism.
-    "h264": Codec("h264", "libx264", "mp4", "mp4", "yuv420p", "crf", 18,
-                  {"x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}, (0, 51)),
+    "h264": Codec(
+        "h264",
+        "libx264",
+        "mp4",
+        "mp4",
+        "yuv420p",
+        "crf",
+        18,
+        {"x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"},
+        (0, 51),
+    ),
     # Fixed JPEG q-scale: qmin = qmax = quality (the rate controller otherwise starves later frames).
     "mjpeg": Codec("mjpeg", "mjpeg", "matroska", "mkv", "yuvj420p", "qscale", 3, {}, (1, 31)),
 }
 SPEED_OPTION = {"vp9": ("cpu-used", "8"), "h264": ("preset", "veryfast"), "mjpeg": None}
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow", "placebo")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
 
 
 def check_settings(codec: Codec, quality: int | None, speed: str | None, gop: int | None) -> None:
@@ -99,8 +121,10 @@ def read_frames(files: tuple[str, ...] | list[str], resize: tuple[int, int] | No
             raise EncodeError(f"unreadable frame {path}")
         frames.append(_to_rgb(img, path))
         if frames[-1].shape != frames[0].shape:
-            raise EncodeError(f"mixed frame sizes: {path} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
-                              f"first frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
+            raise EncodeError(
+                f"mixed frame sizes: {path} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
+                f"first frame is {frames[0].shape[1]}x{frames[0].shape[0]}"
+            )
     if not frames:
         raise EncodeError("no frames")
     video = np.stack(frames)
@@ -164,8 +188,10 @@ def frame_rate(stream: av.video.stream.VideoStream, path: str) -> Fraction:
         if 0 < rate <= MAX_FPS:
             return rate
     if stated:
-        raise EncodeError(f"video {path} states a frame rate of {float(stated[0]):g} fps; "
-                          f"more than {MAX_FPS:g} is not a video frame rate")
+        raise EncodeError(
+            f"video {path} states a frame rate of {float(stated[0]):g} fps; "
+            f"more than {MAX_FPS:g} is not a video frame rate"
+        )
     return Fraction(25)  # no rate at all (a still image as a video): the frame-folder default
 
 
@@ -181,9 +207,11 @@ def _decode_upright(container, stream, path: str) -> tuple[list[np.ndarray], flo
                 turns = _quarter_turns(frame, path)
             rgb = np.rot90(frame.to_ndarray(format="rgb24"), turns)
             if frames and rgb.shape != frames[0].shape:
-                raise EncodeError(f"frame size changes at frame {len(frames)} of {path} "
-                                  f"({rgb.shape[1]}x{rgb.shape[0]}, first frame {frames[0].shape[1]}x"
-                                  f"{frames[0].shape[0]})")
+                raise EncodeError(
+                    f"frame size changes at frame {len(frames)} of {path} "
+                    f"({rgb.shape[1]}x{rgb.shape[0]}, first frame {frames[0].shape[1]}x"
+                    f"{frames[0].shape[0]})"
+                )
             frames.append(rgb)
             if frame.time is not None:
                 first = frame.time if first is None else first
@@ -202,11 +230,14 @@ def _quarter_turns(frame: av.VideoFrame, path: str) -> int:
         return 0
     a, b, _, c, d, *_ = struct.unpack("<9i", bytes(matrix))
     if a * d - b * c < 0:  # a negative determinant mirrors the picture
-        raise EncodeError(f"video {path} is stored mirrored (display matrix with a flip); "
-                          "re-encode it upright, e.g. with ffmpeg's default autorotate")
+        raise EncodeError(
+            f"video {path} is stored mirrored (display matrix with a flip); "
+            "re-encode it upright, e.g. with ffmpeg's default autorotate"
+        )
     if frame.rotation % 90:
-        raise EncodeError(f"video {path} is rotated by {frame.rotation} degrees, not a quarter turn; "
-                          "re-encode it upright")
+        raise EncodeError(
+            f"video {path} is rotated by {frame.rotation} degrees, not a quarter turn; re-encode it upright"
+        )
     return (frame.rotation // 90) % 4
 
 
@@ -225,12 +256,20 @@ def _check_complete(count: int, span: float | None, stream, container, rate: Fra
     else:
         return
     if span < duration - max(2 / rate, 0.05 * duration):
-        raise EncodeError(f"{path} decodes to {count} frames spanning {span:.2f} s of its recorded "
-                          f"{duration:.2f} s (damaged or cut short)")
+        raise EncodeError(
+            f"{path} decodes to {count} frames spanning {span:.2f} s of its recorded "
+            f"{duration:.2f} s (damaged or cut short)"
+        )
 
 
-def encode_video(frames: np.ndarray, codec: Codec, fps: float | Fraction = 25, quality: int | None = None,
-                 speed: str | None = None, gop: int | None = None) -> bytes:
+def encode_video(
+    frames: np.ndarray,
+    codec: Codec,
+    fps: float | Fraction = 25,
+    quality: int | None = None,
+    speed: str | None = None,
+    gop: int | None = None,
+) -> bytes:
     """Encode ``uint8 [T, H, W, 3]`` RGB frames; the output is deterministic.
 
     Args:
@@ -276,7 +315,7 @@ def container_rate(fps: float | Fraction) -> Fraction:
 
 def _video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     # OpenCV's RGB -> I420 (BT.601, limited range, what decoders assume for untagged
-    # streams) is ~3x faster than libswscale's, the largest cost of packing after PNG reads.
+    # streams) rather than libswscale's: it is faster (figure: docs/design/encoding.md).
     if pix_fmt == "yuv420p":
         return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
     return av.VideoFrame.from_ndarray(rgb, format="rgb24")

@@ -1,30 +1,11 @@
 """``signstream pack``: a corpus into WebDataset shards of compressed video.
 
-Per split the packer writes ``<split>-NNNNNN.tar`` shards, a DALI index beside
-each, and ``manifest.json``; ``glosses.txt`` (the train vocabulary) goes to the
-output root. The run is
-
-* deterministic: the same rows and options give byte-identical shards, indexes
-  and manifests whatever ``--workers`` is (rows are encoded in parallel but
-  written in table order; encoders are single-threaded and bit-exact);
-* atomic and resumable: a shard is written under a temporary name and renamed
-  when complete; ``.pack-state.json`` records the finished shards (and, before
-  it is written, the shard in progress), so a rerun after a kill redoes only
-  the shard that was in progress;
-* the one writer of its output: ``.signstream.lock`` in ``--out`` names the
-  run that holds it, and a second run stops with one line naming the first;
-* careful with what it did not write: it deletes or replaces only files its
-  manifest or state records, and its own temporary files; a file with a shard
-  name that neither records stops the run before anything is written;
-* checked: each video is decoded back once before it is written, and a row
-  whose frames are missing, unreadable, empty or of mixed sizes, or whose
-  source video is damaged, cut short or stored mirrored, is skipped with a
-  warning and listed in ``manifest.json["skipped"]`` (source videos are read as
-  :func:`~signstream.tools.encode.read_video_file` says: exact frame rate,
-  rotation applied).
-
-Wall-clock figures (seconds, frames/s) go to ``pack-stats.json`` so that the
-manifest itself stays byte-identical between runs.
+Per split it writes ``<split>-NNNNNN.tar`` shards, a DALI index beside each and ``manifest.json``; ``glosses.txt``
+(the train vocabulary) goes to the output root. Key invariants: the same rows and options give byte-identical
+shards, indexes and manifests whatever ``--workers`` is; a shard appears only when complete and a rerun after a
+kill redoes only the shard in progress; ``.signstream.lock`` makes it the one writer of ``--out``, and it deletes
+only files it recorded; a bad row is skipped and listed in ``manifest.json["skipped"]``.
+Why: docs/design/packing.md
 """
 
 from __future__ import annotations
@@ -47,7 +28,7 @@ import av
 
 from signstream import SignstreamError, __version__, lookup
 from signstream.loaders import remote
-from signstream.loaders.corpora import ADAPTERS, Row
+from signstream.loaders.corpora import LAYOUTS, Row, get_layout
 from signstream.loaders.cpu import (
     WORKER_TIMEOUT_S,
     available_cores,
@@ -56,20 +37,24 @@ from signstream.loaders.cpu import (
 )
 from signstream.loaders.fileio import atomic_write, write_json
 from signstream.loaders.format import (
-    FORMAT,
+    GLOSSES,
     MANIFEST,
-    VOCAB_FILE,
+    Manifest,
+    ShardEntry,
     index_path_for,
     make_keys,
     read_json_members,
+    read_manifest,
     sample_members,
     sample_meta_problems,
     sha256_file,
     shard_name,
     tar_member_size,
     write_index,
+    write_manifest,
     write_tar,
 )
+from signstream.loaders.outputs import remove_stray_temps
 from signstream.loaders.ownership import OutputLock
 from signstream.tools import encode as enc
 from signstream.tools.packstate import (
@@ -78,7 +63,6 @@ from signstream.tools.packstate import (
     load_state,
     owned_in_split,
     read_record,
-    remove_stale_temps,
 )
 
 HELP = "pack a corpus (PNG frame folders or videos + a gloss table) into WebDataset video shards"
@@ -135,9 +119,19 @@ def encode_row(job: tuple[int, Row, str, PackOptions]) -> Encoded:
         return Encoded(index, None, reason=f"missing file {exc.filename}")
     except av.FFmpegError as exc:  # the options were checked up front; this is the source's fault
         return Encoded(index, None, reason=f"encoder failed: {exc}")
-    meta = {"name": row.name, "key": key, "split": row.split, "signer": row.signer,
-            "gloss": row.gloss, "text": row.text, "num_frames": t, "fps": float(fps),
-            "height": h, "width": w, "codec": codec.name}
+    meta = {
+        "name": row.name,
+        "key": key,
+        "split": row.split,
+        "signer": row.signer,
+        "gloss": row.gloss,
+        "text": row.text,
+        "num_frames": t,
+        "fps": float(fps),
+        "height": h,
+        "width": w,
+        "codec": codec.name,
+    }
     problems = sample_meta_problems(meta, len(data))  # never write what every reader would refuse
     if problems:
         return Encoded(index, None, reason="; ".join(problems))
@@ -191,11 +185,17 @@ class ShardWriter:
         write_json(self.dir / STATE_FILE, self.state)
         layout = write_tar(tar, ([m for m in item.members] for item in self.pending))
         write_index(index_path_for(tar), layout)
-        self.state["shards"].append({
-            "file": tar.name, "index": index_path_for(tar).name, "sha256": sha256_file(tar),
-            "samples": len(self.pending), "frames": sum(i.frames for i in self.pending),
-            "bytes": tar.stat().st_size, "keys": [m[0].key for m in layout],
-        })
+        self.state["shards"].append(
+            {
+                "file": tar.name,
+                "index": index_path_for(tar).name,
+                "sha256": sha256_file(tar),
+                "samples": len(self.pending),
+                "frames": sum(i.frames for i in self.pending),
+                "bytes": tar.stat().st_size,
+                "keys": [m[0].key for m in layout],
+            }
+        )
         self.state["png_bytes"] += sum(i.png_bytes for i in self.pending)
         self.state["next_row"] = next_row
         self.state["writing"] = []
@@ -215,8 +215,20 @@ def fingerprint(rows: list[Row], keys: list[str], opts: PackOptions) -> str:
     h = hashlib.sha256(json.dumps({"fingerprint": 2, **asdict(opts)}, sort_keys=True).encode())
     for row, key in zip(rows, keys):
         sources = [row.video] if row.video else list(row.frames)
-        h.update(json.dumps([row.name, key, row.signer, row.gloss, row.text, row.problem, sources,
-                             [_source_identity(p) for p in sources]]).encode())
+        h.update(
+            json.dumps(
+                [
+                    row.name,
+                    key,
+                    row.signer,
+                    row.gloss,
+                    row.text,
+                    row.problem,
+                    sources,
+                    [_source_identity(p) for p in sources],
+                ]
+            ).encode()
+        )
     return h.hexdigest()
 
 
@@ -229,18 +241,26 @@ def _source_identity(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, workers: int,
-               overwrite: bool = False, progress: bool = True, fp: str | None = None) -> dict:
+def pack_split(
+    split: str,
+    rows: list[Row],
+    out: Path,
+    opts: PackOptions,
+    workers: int,
+    overwrite: bool = False,
+    progress: bool = True,
+    fp: str | None = None,
+) -> dict:
     """Pack one split's rows into ``out/<split>``; returns its manifest (``fp``: their fingerprint, if known)."""
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
     keys = make_keys(row.name for row in rows)
     fp = fp or fingerprint(rows, keys, opts)
     state = load_state(split_dir, split, fp, overwrite)
-    remove_stale_temps(split_dir, owned_in_split(split))
+    remove_stray_temps(split_dir, owned_in_split(split))
     if state is None:
         print(f"{split}: already packed ({split_dir / MANIFEST})", file=sys.stderr)
-        return json.loads((split_dir / MANIFEST).read_text())
+        return read_manifest(split_dir / MANIFEST).to_dict()
     start = state["next_row"]
     jobs = [(i, rows[i], keys[i], opts) for i in range(start, len(rows))]
     writer = ShardWriter(split_dir, split, opts, state)
@@ -252,8 +272,14 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
         for item in results:
             if item.members is None:
                 _warn_skip(split, rows[item.index], item.reason)
-                state["skipped"].append({"name": rows[item.index].name, "row": rows[item.index].row,
-                                         "table": rows[item.index].table, "reason": item.reason})
+                state["skipped"].append(
+                    {
+                        "name": rows[item.index].name,
+                        "row": rows[item.index].row,
+                        "table": rows[item.index].table,
+                        "reason": item.reason,
+                    }
+                )
             else:
                 writer.add(item, next_row=item.index)
                 frames += item.frames
@@ -262,16 +288,16 @@ def pack_split(split: str, rows: list[Row], out: Path, opts: PackOptions, worker
     if bar is not None:
         bar.close()
     manifest = build_manifest(split, state, opts)
-    if not manifest["shards"]:
+    if not manifest.shards:
         # Nothing packed: no manifest, so a rerun after fixing the sources starts afresh
         # instead of reporting "already packed" (the warnings above name every row).
         (split_dir / STATE_FILE).unlink(missing_ok=True)
-        return manifest
+        return manifest.to_dict()
     # Manifest before removing the state: at no moment are written shards unrecorded.
-    write_json(split_dir / MANIFEST, manifest)
+    write_manifest(split_dir / MANIFEST, manifest)
     (split_dir / STATE_FILE).unlink(missing_ok=True)
     write_json(split_dir / STATS_FILE, _stats(frames, len(jobs), time.perf_counter() - t0, workers))
-    return manifest
+    return manifest.to_dict()
 
 
 def _warn_skip(split: str, row: Row, reason: str) -> None:
@@ -293,27 +319,31 @@ def _tick(bar, frames: int, t0: float) -> None:
 
 
 def _stats(frames: int, videos: int, seconds: float, workers: int) -> dict:
-    return {"videos_encoded": videos, "frames_encoded": frames, "seconds": round(seconds, 3),
-            "frames_per_s": round(frames / seconds, 1) if seconds > 0 else None, "workers": workers,
-            "finished_unix": round(time.time(), 3)}
+    return {
+        "videos_encoded": videos,
+        "frames_encoded": frames,
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(frames / seconds, 1) if seconds > 0 else None,
+        "workers": workers,
+        "finished_unix": round(time.time(), 3),
+    }
 
 
-def build_manifest(split: str, state: dict, opts: PackOptions) -> dict:
+def build_manifest(split: str, state: dict, opts: PackOptions) -> Manifest:
     """The split's manifest: shards, totals, skipped rows, options and versions."""
     codec = enc.CODECS[opts.codec]
-    shards = state["shards"]
-    return {
-        "format": FORMAT, "split": split, "codec": codec.name, "video_ext": codec.ext,
-        "fingerprint": state["fingerprint"],
-        "options": {**asdict(opts), "quality": opts.quality if opts.quality is not None
-                    else codec.default_quality},
-        "shards": shards,
-        "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
-                   "frames": sum(s["frames"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
-                   "png_bytes": state["png_bytes"]},
-        "skipped": state["skipped"],
-        "versions": _versions(),
-    }
+    options = {**asdict(opts), "quality": opts.quality if opts.quality is not None else codec.default_quality}
+    return Manifest.build(
+        split,
+        codec.name,
+        codec.ext,
+        state["fingerprint"],
+        options,
+        (ShardEntry.from_dict(s) for s in state["shards"]),
+        png_bytes=state["png_bytes"],
+        skipped=tuple(state["skipped"]),
+        versions=_versions(),
+    )
 
 
 def _versions() -> dict:
@@ -321,8 +351,13 @@ def _versions() -> dict:
     import cv2
     import numpy
 
-    return {"signstream": __version__, "av": av.__version__, "ffmpeg": _ffmpeg_version(),
-            "numpy": numpy.__version__, "opencv": cv2.__version__}
+    return {
+        "signstream": __version__,
+        "av": av.__version__,
+        "ffmpeg": _ffmpeg_version(),
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+    }
 
 
 def _ffmpeg_version() -> str:
@@ -333,16 +368,27 @@ def _ffmpeg_version() -> str:
 
 
 # ---------------------------------------------------------------------- whole corpus
-def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, splits=None,
-                workers: int | None = None, overwrite: bool = False, progress: bool = True,
-                before_write: Callable[[dict[str, str]], None] | None = None, **options) -> dict:
+def pack_corpus(
+    adapter: str,
+    out: str | os.PathLike,
+    *,
+    root=None,
+    table=None,
+    splits=None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    before_write: Callable[[dict[str, str]], None] | None = None,
+    **options,
+) -> dict:
     """Pack a whole corpus; returns ``{"splits": {split: manifest}, "vocab": [...]}``.
 
     Args:
-        adapter: ``phoenix2014``, ``phoenix2014t`` or ``csv``.
+        adapter: a registered corpus layout (:data:`~signstream.loaders.corpora.LAYOUTS`):
+            ``phoenix2014``, ``phoenix2014t``, ``csv`` or one a user added.
         out: output directory.
-        root: corpus root (PHOENIX adapters).
-        table: table file (``csv`` adapter).
+        root: corpus root (layouts that take a root folder).
+        table: table file (layouts that take a table file).
         splits: restrict to these splits (default: all in the table).
         workers: encoding processes (default: all cores); output does not depend on it.
         overwrite: replace shards packed with other options.
@@ -381,13 +427,15 @@ def pack_corpus(adapter: str, out: str | os.PathLike, *, root=None, table=None, 
             before_write(fps)
         _make_dirs(out, list(by_split))
         workers = workers or available_cores()
-        remove_stale_temps(out, lambda name: name == VOCAB_FILE)
-        manifests = {s: pack_split(s, r, out, opts, workers, overwrite, progress, fp=fps[s])
-                     for s, r in by_split.items()}
+        remove_stray_temps(out, lambda name: name == GLOSSES)
+        manifests = {
+            s: pack_split(s, r, out, opts, workers, overwrite, progress, fp=fps[s]) for s, r in by_split.items()
+        }
         if not any(m["totals"]["samples"] for m in manifests.values()):
             raise SignstreamError(f"nothing packed: all {len(rows)} rows were skipped (see warnings above)")
-        vocab = write_vocab(out, manifests, by_split,
-                            source_splits={"train"} if "train" in table_splits else table_splits)
+        vocab = write_vocab(
+            out, manifests, by_split, source_splits={"train"} if "train" in table_splits else table_splits
+        )
     return {"splits": manifests, "vocab": vocab}
 
 
@@ -411,17 +459,20 @@ def _make_dirs(out: Path, splits: list[str]) -> None:
         raise SignstreamError(f"--out: cannot create {exc.filename or out}: {exc.strerror}") from None
 
 
+_SOURCE_METAVAR = {"root": "DIR", "table": "FILE"}
+
+
 def _list_rows(adapter: str, root, table, splits) -> tuple[list[Row], set[str]]:
     """The rows to pack and the set of splits the whole table has."""
-    fn = lookup(ADAPTERS, adapter, "corpus adapter")
-    if adapter == "csv":
-        if table is None:
-            raise SignstreamError("the csv adapter needs --table FILE")
-        rows = fn(table)
-    else:
-        if root is None:
-            raise SignstreamError(f"the {adapter} adapter needs --root DIR")
-        rows = fn(root)
+    layout = get_layout(adapter)
+    given = {"root": root, "table": table}
+    source = given.pop(layout.takes)
+    if source is None:
+        raise SignstreamError(f"the {adapter} layout needs --{layout.takes} {_SOURCE_METAVAR[layout.takes]}")
+    ((other, value),) = given.items()
+    if value is not None:  # a source the layout would ignore is a mistake, not a default
+        raise SignstreamError(f"the {adapter} layout reads --{layout.takes}, not --{other}")
+    rows = layout.read(source)
     table_splits = {r.split for r in rows}
     if splits:
         rows = [r for r in rows if r.split in set(splits)]
@@ -439,12 +490,14 @@ def _check_options(opts: PackOptions) -> None:
     if opts.max_samples < 1 or opts.max_bytes < 4096:
         raise SignstreamError("--max-samples must be >= 1 and --max-bytes >= 4096")
     if opts.resize and not 2 <= min(opts.resize) <= max(opts.resize) <= MAX_RESIZE:
-        raise SignstreamError(f"--resize {opts.resize[0]}x{opts.resize[1]}: each side must be between 2 "
-                              f"and {MAX_RESIZE}")
+        raise SignstreamError(
+            f"--resize {opts.resize[0]}x{opts.resize[1]}: each side must be between 2 and {MAX_RESIZE}"
+        )
 
 
-def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]],
-                source_splits: set[str] | None = None) -> list[str] | None:
+def write_vocab(
+    out: Path, manifests: dict, by_split: dict[str, list[Row]], source_splits: set[str] | None = None
+) -> list[str] | None:
     """Write ``glosses.txt``, the sorted glosses of the packed train videos.
 
     Args:
@@ -470,10 +523,10 @@ def write_vocab(out: Path, manifests: dict, by_split: dict[str, list[Row]],
             continue
         earlier = _packed_glosses(out / split)
         if earlier is None:
-            return _existing_vocab(out / VOCAB_FILE)
+            return _existing_vocab(out / GLOSSES)
         glosses |= earlier
     vocab = sorted(glosses)
-    with atomic_write(out / VOCAB_FILE, "w") as f:
+    with atomic_write(out / GLOSSES, "w") as f:
         f.write("".join(f"{g}\n" for g in vocab))
     return vocab
 
@@ -530,15 +583,28 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(p) -> None:
     """Register ``signstream pack`` options."""
-    p.add_argument("adapter", choices=["phoenix2014", "phoenix2014t", "csv"], help="corpus layout")
-    p.add_argument("--root", help="corpus root directory (phoenix2014, phoenix2014t)")
-    p.add_argument("--table", help="CSV/TSV with name, path, gloss[, signer, text, split] (csv)")
+    p.add_argument(
+        "adapter",
+        metavar="LAYOUT",
+        choices=sorted(LAYOUTS),
+        help="corpus layout: " + "; ".join(f"{n} ({LAYOUTS[n].description})" for n in sorted(LAYOUTS)),
+    )
+    for takes, what in (("root", "corpus root directory"), ("table", "corpus table file")):
+        names = ", ".join(n for n in sorted(LAYOUTS) if LAYOUTS[n].takes == takes)
+        p.add_argument(f"--{takes}", metavar=_SOURCE_METAVAR[takes], help=f"{what} ({names})")
     p.add_argument("--out", required=True, help="output directory, or s3://bucket/prefix (uploaded shard by shard)")
-    p.add_argument("--staging", help="with --out s3://...: local directory to pack in before upload "
-                                     "(default: under the system temporary directory)")
+    p.add_argument(
+        "--staging",
+        help="with --out s3://...: local directory to pack in before upload "
+        "(default: under the system temporary directory)",
+    )
     p.add_argument("--splits", help="comma-separated splits to pack (default: all)")
-    p.add_argument("--codec", default="vp9", choices=sorted(enc.CODECS),
-                   help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg")
+    p.add_argument(
+        "--codec",
+        default="vp9",
+        choices=sorted(enc.CODECS),
+        help="vp9 (all backends, default), h264 (NVDEC/PyAV only), mjpeg",
+    )
     p.add_argument("--quality", type=int, help="CRF for vp9 (default 30) / h264 (18); q-scale for mjpeg (3)")
     p.add_argument("--speed", help="encoder speed: vp9 cpu-used (default 8), h264 preset (veryfast)")
     p.add_argument("--gop", type=_positive_int, help="keyframe interval in frames (default: encoder's)")
@@ -561,23 +627,37 @@ def run(args) -> int:
 
         packer = partial(pack_to_bucket, staging=args.staging)
     result = packer(
-        args.adapter, args.out, root=args.root, table=args.table,
-        splits=args.splits.split(",") if args.splits else None, workers=args.workers,
-        overwrite=args.overwrite, progress=not args.quiet, codec=args.codec, quality=args.quality,
-        speed=args.speed, gop=args.gop, resize=args.resize, max_samples=args.max_samples,
-        max_bytes=args.max_bytes)
+        args.adapter,
+        args.out,
+        root=args.root,
+        table=args.table,
+        splits=args.splits.split(",") if args.splits else None,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        codec=args.codec,
+        quality=args.quality,
+        speed=args.speed,
+        gop=args.gop,
+        resize=args.resize,
+        max_samples=args.max_samples,
+        max_bytes=args.max_bytes,
+    )
     seconds = time.perf_counter() - t0
     for split, m in result["splits"].items():
         t = m["totals"]
         ratio = t["png_bytes"] / t["bytes"] if t["bytes"] else float("nan")
-        print(f"{split}: {t['samples']} videos, {t['frames']} frames, {t['shards']} shard(s), "
-              f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
-              f"{len(m['skipped'])} skipped")
+        print(
+            f"{split}: {t['samples']} videos, {t['frames']} frames, {t['shards']} shard(s), "
+            f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
+            f"{len(m['skipped'])} skipped"
+        )
     if result["vocab"] is None:
-        print(f"vocabulary: not written ({VOCAB_FILE} comes from the train split; pack it too) "
-              f"({seconds:.1f} s)")
+        print(f"vocabulary: not written ({GLOSSES} comes from the train split; pack it too) ({seconds:.1f} s)")
     else:
         # a string join, not Path: --out may be an s3:// URL
-        print(f"vocabulary: {len(result['vocab'])} glosses -> {remote.redact(str(args.out)).rstrip('/')}/{VOCAB_FILE} "
-              f"({seconds:.1f} s)")
+        print(
+            f"vocabulary: {len(result['vocab'])} glosses -> {remote.redact(str(args.out)).rstrip('/')}/{GLOSSES} "
+            f"({seconds:.1f} s)"
+        )
     return 0

@@ -5,20 +5,22 @@ names recorded in a split's ``manifest.json`` or ``.pack-state.json`` (and only
 names of its own ``<split>-NNNNNN.tar|idx`` form), those two files and
 ``pack-stats.json``, and its own leftover temporary files. Anything else in the
 output directory is left alone, and a stranger with a shard name stops the run
-before anything is touched.
+before anything is touched. Records, verdicts, removal and the temporary-file
+rule are :mod:`signstream.loaders.outputs`'s, shared with the recipes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from signstream import SignstreamError
-from signstream.loaders.format import FORMAT, MANIFEST, sha256_file
+from signstream.loaders import outputs
+from signstream.loaders.format import MANIFEST, read_manifest
 
 STATE_FILE = ".pack-state.json"
 STATS_FILE = "pack-stats.json"
+_HINT = "move it away or choose another --out (pack removes only files it can prove it wrote)"
 
 
 def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: bool = True) -> dict | None:
@@ -37,34 +39,39 @@ def load_state(split_dir: Path, split: str, fp: str, overwrite: bool, apply: boo
         split_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_record(split_dir / MANIFEST, "manifest")
     state = read_record(split_dir / STATE_FILE, "state")
-    fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0,
-             "writing": []}
-    if manifest is not None and not overwrite:
-        if manifest.get("fingerprint") == fp:
-            if apply:  # a kill between writing the manifest and removing the state leaves it behind
-                (split_dir / STATE_FILE).unlink(missing_ok=True)
-            return None
-        raise SignstreamError(f"{split_dir} holds shards packed from other rows or options; "
-                              "pass --overwrite to replace them")
-    if state is not None and not overwrite and state.get("fingerprint") != fp:
-        raise SignstreamError(f"{split_dir} holds an unfinished pack of other rows or options; rerun "
-                              "with the same options to resume it, or pass --overwrite to start over")
+    fresh = {"fingerprint": fp, "next_row": 0, "shards": [], "skipped": [], "png_bytes": 0, "writing": []}
+    # --overwrite repacks even an identical split: the verdict is asked only without it
+    done = outputs.RESTART if overwrite else outputs.judge(manifest, fp, overwrite=False).action
+    if done == outputs.RESUME:
+        if apply:  # a kill between writing the manifest and removing the state leaves it behind
+            (split_dir / STATE_FILE).unlink(missing_ok=True)
+        return None
+    if done == outputs.REFUSE:
+        raise SignstreamError(
+            f"{split_dir} holds shards packed from other rows or options; pass --overwrite to replace them"
+        )
+    unfinished = outputs.judge(state, fp, overwrite=overwrite).action
+    if unfinished == outputs.REFUSE:
+        raise SignstreamError(
+            f"{split_dir} holds an unfinished pack of other rows or options; rerun "
+            "with the same options to resume it, or pass --overwrite to start over"
+        )
     tracked = _recorded_names(split, manifest) | _recorded_names(split, state)
-    strangers = sorted(p.name for p in split_dir.iterdir() if _is_shard_name(split, p.name)
-                       and p.name not in tracked)
+    strangers = outputs.strangers(split_dir, lambda name: _is_shard_name(split, name), tracked)
     if strangers:
         more = f" (and {len(strangers) - 1} more)" if len(strangers) > 1 else ""
-        raise SignstreamError(f"{split_dir / strangers[0]}{more} was not written by pack (not in its "
-                              "manifest or state); move it away or choose another --out")
+        raise SignstreamError(
+            f"{split_dir / strangers[0]}{more} was not written by pack (not in its "
+            "manifest or state); move it away or choose another --out"
+        )
     if not apply:
         return None
-    if manifest is None and state is not None and not overwrite and _shards_intact(split_dir, state):
-        for name in _recorded_names(split, {"writing": state.get("writing", [])}):
-            (split_dir / name).unlink(missing_ok=True)
+    if manifest is None and unfinished == outputs.RESUME and _shards_intact(split_dir, state):
+        writing = _recorded_names(split, {"writing": state.get("writing", [])})
+        outputs.remove_owned(split_dir, [split_dir / name for name in sorted(writing)])
         state["writing"] = []
         return state
-    for name in sorted(tracked) + [MANIFEST, STATS_FILE, STATE_FILE]:
-        (split_dir / name).unlink(missing_ok=True)
+    outputs.remove_owned(split_dir, [split_dir / n for n in [*sorted(tracked), MANIFEST, STATS_FILE, STATE_FILE]])
     return fresh
 
 
@@ -72,17 +79,16 @@ def read_record(path: Path, what: str) -> dict | None:
     """Read the packer's manifest or state; ``None`` when absent, an error when not the packer's."""
     if not path.exists():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
-        raise SignstreamError(f"{path}: unreadable pack {what} ({exc}); move it away or choose another "
-                              "--out (pack removes only files it can prove it wrote)") from None
-    ours = isinstance(record, dict) and isinstance(record.get("shards"), list) and (
-        what == "state" or record.get("format") == FORMAT)
-    if not ours:
-        raise SignstreamError(f"{path} is not a signstream pack {what}; move it away or choose another "
-                              "--out")
-    return record
+    if what == "manifest":  # the format's strict reader: any field wrong, or a newer version, is not ours
+        try:
+            return read_manifest(path).to_dict()
+        except SignstreamError as exc:
+            raise SignstreamError(
+                f"{exc} (not a signstream pack manifest this version can replace); move it away or choose another --out"
+            ) from None
+    return outputs.read_record(
+        path, f"signstream pack {what}", _HINT, lambda record: isinstance(record.get("shards"), list)
+    )
 
 
 def _is_shard_name(split: str, name: str) -> bool:
@@ -100,32 +106,12 @@ def _recorded_names(split: str, record: dict | None) -> set[str]:
 
 def _shards_intact(split_dir: Path, state: dict) -> bool:
     try:
-        return all((split_dir / s["file"]).exists() and sha256_file(split_dir / s["file"]) == s["sha256"]
-                   and (split_dir / s["index"]).exists() for s in state["shards"])
+        return all(
+            outputs.file_digest(split_dir / s["file"]) == s["sha256"] and (split_dir / s["index"]).exists()
+            for s in state["shards"]
+        )
     except (KeyError, TypeError):
         return False
-
-
-def remove_stale_temps(directory: Path, owned) -> list[str]:
-    """Remove the packer's own leftover temporary files in ``directory``.
-
-    A temporary file is ``.<name>.tmp`` or ``.<name>.<random>.tmp`` (see
-    :func:`signstream.loaders.fileio.atomic_write`) where ``owned(name)`` is
-    true; any other file, whatever it is called, is left alone.
-    """
-    removed = []
-    if not directory.is_dir():
-        return removed
-    for p in directory.iterdir():
-        name = p.name
-        if not (name.startswith(".") and name.endswith(".tmp") and p.is_file()):
-            continue
-        inner = name[1:-4]
-        stem, _, suffix = inner.rpartition(".")
-        if owned(inner) or (stem and re.fullmatch(r"[A-Za-z0-9_]+", suffix) and owned(stem)):
-            p.unlink(missing_ok=True)
-            removed.append(name)
-    return removed
 
 
 def owned_in_split(split: str):

@@ -1,29 +1,9 @@
 """``signstream pack --out s3://bucket/prefix``: pack into a bucket, one finished shard at a time.
 
-The local packer does all the work in a staging directory (so its guarantees
-hold unchanged: deterministic bytes, resumable after a kill, every video
-checked); a background thread watches the packer's record of finished shards
-and uploads each shard as soon as it is complete — its index first, then the
-tar — so a bucket listing never shows a tar without its index. An S3 object
-appears only once its upload has completed, so no reader ever sees a partial
-shard. When a split is done, ``glosses.txt`` and ``pack-stats.json`` follow,
-and each split's ``manifest.json`` goes last: a split is visible to the
-loaders only when every shard it lists is in place.
-
-Staging defaults to a directory under the system temporary directory named
-after the bucket and prefix (kept until the upload succeeds, so a rerun of the
-same command resumes); ``--staging DIR`` chooses it, and is then kept.
-
-The bucket is checked like a local ``--out``: a split whose manifest there
-records other rows or options is refused unless ``--overwrite`` is given, and
-then its old manifest is removed before the first new shard goes up (the
-split is invisible until the new manifest lands) and, at the end, the old
-shards the new manifest does not list. Every object carries the SHA-256 of
-its bytes (object metadata); an object is skipped only when that digest
-equals the staged file's, never on size alone. One run writes a prefix at a
-time: ``.signstream.lock`` there names it (see
-:mod:`signstream.loaders.ownership`; a lock from another host is never taken
-over, the refusal names the object to delete once that run is gone).
+The local packer works in a staging directory; a background thread uploads each finished
+shard (index, then tar), and each split's ``manifest.json`` goes last, so a split is
+visible only when every shard it lists is in place. One run per prefix (``.signstream.lock``).
+Why, and the overwrite and skip rules: docs/design/remote.md
 """
 
 from __future__ import annotations
@@ -55,8 +35,9 @@ def default_staging(url: str) -> Path:
 def check_destination(url: str) -> None:
     """Only ``s3://`` can be written to, and its bucket must exist (checked before any work)."""
     if not url.startswith("s3://"):
-        raise SignstreamError(f"--out {url}: packing writes to a local directory or s3://bucket/prefix "
-                              "(http(s):// is read-only)")
+        raise SignstreamError(
+            f"--out {url}: packing writes to a local directory or s3://bucket/prefix (http(s):// is read-only)"
+        )
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     fs = remote.filesystem(url)
     try:
@@ -88,8 +69,7 @@ class Uploader:
         except FileNotFoundError:
             existing = None
         if existing != digest:  # absent, from another run, or uploaded without a digest
-            remote.with_retries(target, lambda: self.fs.put_file(str(local), target,
-                                                                 Metadata={"sha256": digest}))
+            remote.with_retries(target, lambda: self.fs.put_file(str(local), target, Metadata={"sha256": digest}))
         self.uploaded.append(relative)
 
     def remove(self, relative: str) -> None:
@@ -175,8 +155,9 @@ def bucket_manifests(url: str, fps: dict[str, str], overwrite: bool) -> dict[str
         if isinstance(manifest, dict) and manifest.get("fingerprint") == fp:
             continue
         if not overwrite:
-            raise SignstreamError(f"{url}/{split} holds shards packed from other rows or options; "
-                                  "pass --overwrite to replace them")
+            raise SignstreamError(
+                f"{url}/{split} holds shards packed from other rows or options; pass --overwrite to replace them"
+            )
         replaced[split] = manifest if isinstance(manifest, dict) else {}
     return replaced
 
@@ -184,14 +165,16 @@ def bucket_manifests(url: str, fps: dict[str, str], overwrite: bool) -> dict[str
 def _shard_names(split: str, manifest: dict | None) -> set[str]:
     """Shard and index names a manifest lists (only names of pack's own form)."""
     shards = (manifest or {}).get("shards")
-    names = [s.get(k) for s in shards if isinstance(s, dict) for k in ("file", "index")] if isinstance(
-        shards, list) else []
+    names = (
+        [s.get(k) for s in shards if isinstance(s, dict) for k in ("file", "index")] if isinstance(shards, list) else []
+    )
     return {n for n in names if isinstance(n, str) and re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(?:tar|idx)", n)}
 
 
-def pack_to_bucket(adapter: str, url: str, *, staging: str | Path | None = None, overwrite: bool = False,
-                   **kwargs: Any) -> dict:
-    """Pack a corpus into ``s3://bucket/prefix`` (see the module doc); returns what ``pack_corpus`` returns.
+def pack_to_bucket(
+    adapter: str, url: str, *, staging: str | Path | None = None, overwrite: bool = False, **kwargs: Any
+) -> dict:
+    """Pack a corpus into ``s3://bucket/prefix`` (docs/design/remote.md); returns what ``pack_corpus`` returns.
 
     Raises:
         SignstreamError: not an ``s3://`` URL, missing bucket, another run

@@ -1,28 +1,10 @@
 """``signstream synth``: a synthetic corpus in the exact PHOENIX release layout.
 
-The real corpora cannot ship, so the demo, the tests and the benchmarks run on
-this one. It writes what the PHOENIX adapters read, byte for byte in layout:
-
-* ``phoenix2014``: ``OUT/phoenix2014-release/phoenix-2014-multisigner/`` with
-  ``annotations/manual/{split}.corpus.csv`` (``id|folder|signer|annotation``)
-  and frames ``features/fullFrame-210x260px/<split>/<id>/1/<id>.avi_pid0_fn000000-0.png``.
-* ``phoenix2014t``: ``OUT/PHOENIX-2014-T-release-v3/PHOENIX-2014-T/`` with
-  ``annotations/manual/PHOENIX-2014-T.<split>.corpus.csv``
-  (``name|video|start|end|speaker|orth|translation``, start/end ``-1``) and
-  frames ``features/fullFrame-210x260px/<split>/<name>/images0001.png``.
-
-The frame folder keeps its release name ``fullFrame-210x260px`` whatever
-``height``/``width`` are: adapters look for that name, and tiny test corpora
-(e.g. 48 x 64) must be read by the same code as full-size ones.
-
-Content is learnable on purpose: every gloss is a fixed motion of one or two
-hands over a signer's body (see ``signstream.tools.synth_render``), some gloss
-pairs are exact time reverses of each other, sentences hold 2-7 glosses
-(``__ON__``/``__OFF__`` markers come on top and are not counted), signers differ
-in look and place, speed varies +-30 %, and backgrounds carry mild noise.
-
-Output is deterministic: the same options give byte-identical files, whatever
-the number of workers. ``OUT/synth.json`` records options and totals.
+The real corpora cannot ship, so the demo, the tests and the benchmarks run on this one. It writes what the
+``phoenix2014`` and ``phoenix2014t`` corpus layouts read, byte for byte (frame folder ``fullFrame-210x260px``
+whatever the frame size), with learnable content: every gloss a fixed motion (``signstream.tools.synth_render``).
+Key invariant: the same options give byte-identical files, whatever the number of workers; ``OUT/synth.json``
+records options and totals. Why: docs/design/synthetic.md
 """
 
 from __future__ import annotations
@@ -95,8 +77,8 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How one release lays out annotations and frames.
+class ReleaseLayout:
+    """How one release lays out annotations and frames (what synth writes for a corpus layout).
 
     Attributes:
         root: path parts from OUT to the corpus root (holds annotations/, features/).
@@ -119,8 +101,10 @@ class Layout:
     max_frames: int
 
 
+# Keyed by the registered corpus layout (signstream.loaders.corpora.LAYOUTS) that reads
+# the corpus back: synth keeps only the rendering facts, the readers own the layouts.
 LAYOUTS = {
-    "phoenix2014": Layout(
+    "phoenix2014": ReleaseLayout(
         root=("phoenix2014-release", "phoenix-2014-multisigner"),
         header=("id", "folder", "signer", "annotation"),
         csv_name=lambda split: f"{split}.corpus.csv",
@@ -130,12 +114,19 @@ LAYOUTS = {
         frame_file=lambda name, i: f"{name}.avi_pid0_fn{i:06d}-0.png",
         max_frames=1_000_000,
     ),
-    "phoenix2014t": Layout(
+    "phoenix2014t": ReleaseLayout(
         root=("PHOENIX-2014-T-release-v3", "PHOENIX-2014-T"),
         header=("name", "video", "start", "end", "speaker", "orth", "translation"),
         csv_name=lambda split: f"PHOENIX-2014-T.{split}.corpus.csv",
-        row=lambda p: [p.name, f"{p.name}/1/*.png", "-1", "-1", p.signer, " ".join(p.glosses),
-                       p.translation],  # fmt: skip
+        row=lambda p: [
+            p.name,
+            f"{p.name}/1/*.png",
+            "-1",
+            "-1",
+            p.signer,
+            " ".join(p.glosses),
+            p.translation,
+        ],  # fmt: skip
         video_name=lambda stem, n: f"{stem}-{n}",
         frame_subdir="",
         frame_file=lambda name, i: f"images{i + 1:04d}.png",
@@ -182,8 +173,7 @@ def _translation(glosses: list[str], rng: np.random.Generator) -> str:
     return " ".join(words) + " ."
 
 
-def _sentences(rng: np.random.Generator, vocab: list[str], lengths: list[int],
-               cover: bool) -> list[list[str]]:
+def _sentences(rng: np.random.Generator, vocab: list[str], lengths: list[int], cover: bool) -> list[list[str]]:
     """Draw sentences of the given lengths with no gloss repeated back to back.
 
     With ``cover`` the glosses come from back-to-back shuffles of the
@@ -197,7 +187,7 @@ def _sentences(rng: np.random.Generator, vocab: list[str], lengths: list[int],
     out, pos = [], 0
     for n in lengths:
         if cover:
-            sent, pos = stream[pos:pos + n], pos + n
+            sent, pos = stream[pos : pos + n], pos + n
         else:
             sent = [vocab[i] for i in rng.integers(len(vocab), size=n)]
         for i in range(1, n):
@@ -207,9 +197,18 @@ def _sentences(rng: np.random.Generator, vocab: list[str], lengths: list[int],
     return out
 
 
-def plan_corpus(layout: str = "phoenix2014", seed: int = 0, train: int = 300, dev: int = 60,
-                test: int = 60, vocab: int = 40, min_glosses: int = 2, max_glosses: int = 7,
-                signers: int = 7, on_off_rate: float = 0.3) -> dict[str, list[Plan]]:
+def plan_corpus(
+    layout: str = "phoenix2014",
+    seed: int = 0,
+    train: int = 300,
+    dev: int = 60,
+    test: int = 60,
+    vocab: int = 40,
+    min_glosses: int = 2,
+    max_glosses: int = 7,
+    signers: int = 7,
+    on_off_rate: float = 0.3,
+) -> dict[str, list[Plan]]:
     """Decide names, signers, sentences and translations (no rendering).
 
     Args: as :func:`make_corpus`.
@@ -239,12 +238,26 @@ def plan_corpus(layout: str = "phoenix2014", seed: int = 0, train: int = 300, de
 # --------------------------------------------------------------------------- checks
 def _check_options(o: dict) -> None:
     """Reject bad options with one-line messages naming the option."""
+
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             raise SignstreamError(f"{key}={o[key]!r}: {rule}")
 
-    ints = ("seed", "train", "dev", "test", "vocab", "height", "width", "min_glosses",
-            "max_glosses", "gloss_frames", "transition_frames", "signers", "noise")
+    ints = (
+        "seed",
+        "train",
+        "dev",
+        "test",
+        "vocab",
+        "height",
+        "width",
+        "min_glosses",
+        "max_glosses",
+        "gloss_frames",
+        "transition_frames",
+        "signers",
+        "noise",
+    )
     for key in ints:
         need(isinstance(o[key], int) and not isinstance(o[key], bool), key, "must be an integer")
     for key in ("seed", "dev", "test"):
@@ -252,11 +265,17 @@ def _check_options(o: dict) -> None:
     need(o["train"] >= 1, "train", "must be >= 1 (the vocabulary comes from the train split)")
     need(2 <= o["vocab"] <= len(WORDS), "vocab", f"must be between 2 and {len(WORDS)}")
     for key in ("height", "width"):
-        need(32 <= o[key] <= 2160 and o[key] % 2 == 0, key,
-             "must be even and between 32 and 2160 (yuv420p video needs even sizes)")
+        need(
+            32 <= o[key] <= 2160 and o[key] % 2 == 0,
+            key,
+            "must be even and between 32 and 2160 (yuv420p video needs even sizes)",
+        )
     need(1 <= o["min_glosses"] <= 30, "min_glosses", "must be between 1 and 30")
-    need(o["min_glosses"] <= o["max_glosses"] <= 30, "max_glosses",
-         f"must be between min_glosses={o['min_glosses']} and 30")
+    need(
+        o["min_glosses"] <= o["max_glosses"] <= 30,
+        "max_glosses",
+        f"must be between min_glosses={o['min_glosses']} and 30",
+    )
     need(3 <= o["gloss_frames"] <= 200, "gloss_frames", "must be between 3 and 200")
     need(1 <= o["transition_frames"] <= 100, "transition_frames", "must be between 1 and 100")
     need(1 <= o["signers"] <= 99, "signers", "must be between 1 and 99")
@@ -265,8 +284,11 @@ def _check_options(o: dict) -> None:
     # Worst case of synth_render.timeline: 2 markers, slowest pace, rest frames.
     signs = o["max_glosses"] + 2
     worst = signs * (math.ceil(o["gloss_frames"] * 1.43) + math.ceil(o["transition_frames"] * 1.56))
-    need(worst + o["transition_frames"] * 2 + 8 <= lookup(LAYOUTS, o["layout"], "layout").max_frames,
-         "gloss_frames", "videos would exceed the layout's frame-name limit")
+    need(
+        worst + o["transition_frames"] * 2 + 8 <= lookup(LAYOUTS, o["layout"], "layout").max_frames,
+        "gloss_frames",
+        "videos would exceed the layout's frame-name limit",
+    )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -338,17 +360,32 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> in
 
 
 # --------------------------------------------------------------------------- corpus
-def make_corpus(out: str | os.PathLike, layout: str = "phoenix2014", seed: int = 0,
-                train: int = 300, dev: int = 60, test: int = 60, vocab: int = 40,
-                height: int = 210, width: int = 260, min_glosses: int = 2,
-                max_glosses: int = 7, *, gloss_frames: int = 8, transition_frames: int = 3,
-                signers: int = 7, on_off_rate: float = 0.3, noise: int = 2,
-                workers: int | None = None, overwrite: bool = False) -> Path:
+def make_corpus(
+    out: str | os.PathLike,
+    layout: str = "phoenix2014",
+    seed: int = 0,
+    train: int = 300,
+    dev: int = 60,
+    test: int = 60,
+    vocab: int = 40,
+    height: int = 210,
+    width: int = 260,
+    min_glosses: int = 2,
+    max_glosses: int = 7,
+    *,
+    gloss_frames: int = 8,
+    transition_frames: int = 3,
+    signers: int = 7,
+    on_off_rate: float = 0.3,
+    noise: int = 2,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a synthetic corpus in the real PHOENIX release layout.
 
     Args:
         out: output folder (created; must be empty unless ``overwrite``).
-        layout: ``"phoenix2014"`` or ``"phoenix2014t"``.
+        layout: ``"phoenix2014"`` or ``"phoenix2014t"``, the corpus layout that reads it back.
         seed: corpus seed (>= 0); same seed and options -> identical bytes.
         train, dev, test: videos per split.
         vocab: content glosses (first ``vocab`` of ``vocabulary()``).
@@ -401,7 +438,7 @@ def make_corpus(out: str | os.PathLike, layout: str = "phoenix2014", seed: int =
     return root
 
 
-def _write_marker(out: Path, lay: Layout, opts: dict, splits: dict) -> None:
+def _write_marker(out: Path, lay: ReleaseLayout, opts: dict, splits: dict) -> None:
     """Record options and totals in OUT/synth.json (no times: output stays deterministic)."""
     words = vocabulary(opts["vocab"])
     totals = {k: sum(s[k] for s in splits.values()) for k in next(iter(splits.values()))}
@@ -434,30 +471,38 @@ def corpus_summary(out: str | os.PathLike) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``signstream synth``."""
     p.add_argument("--out", required=True, help="output folder (empty or absent)")
-    p.add_argument("--layout", default="phoenix2014", choices=sorted(LAYOUTS),
-                   help="release layout to write (default: %(default)s)")
+    p.add_argument(
+        "--layout",
+        default="phoenix2014",
+        choices=sorted(LAYOUTS),
+        help="corpus layout to write, as `signstream pack` names it (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
     for split, n in (("train", 300), ("dev", 60), ("test", 60)):
         p.add_argument(f"--{split}", type=int, default=n, help=f"{split} videos (default: {n})")
-    p.add_argument("--vocab", type=int, default=40,
-                   help=f"content glosses, 2..{len(WORDS)} (default: %(default)s)")
+    p.add_argument("--vocab", type=int, default=40, help=f"content glosses, 2..{len(WORDS)} (default: %(default)s)")
     p.add_argument("--height", type=int, default=210, help="frame height (default: %(default)s)")
     p.add_argument("--width", type=int, default=260, help="frame width (default: %(default)s)")
     p.add_argument("--min-glosses", type=int, default=2, help="glosses per sentence, at least")
     p.add_argument("--max-glosses", type=int, default=7, help="glosses per sentence, at most")
-    p.add_argument("--gloss-frames", type=int, default=8,
-                   help="nominal frames per sign; speed varies +-30%% (default: %(default)s)")
-    p.add_argument("--transition-frames", type=int, default=3,
-                   help="nominal frames between signs (default: %(default)s)")
+    p.add_argument(
+        "--gloss-frames",
+        type=int,
+        default=8,
+        help="nominal frames per sign; speed varies +-30%% (default: %(default)s)",
+    )
+    p.add_argument(
+        "--transition-frames", type=int, default=3, help="nominal frames between signs (default: %(default)s)"
+    )
     p.add_argument("--signers", type=int, default=7, help="number of signers (default: 7)")
-    p.add_argument("--on-off-rate", type=float, default=0.3,
-                   help="chance of __ON__ / __OFF__ markers per sentence (default: 0.3)")
-    p.add_argument("--noise", type=int, default=2,
-                   help="per-frame noise amplitude in grey levels (default: 2)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes (default: all cores; output does not depend on it)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a synthetic corpus already in --out")
+    p.add_argument(
+        "--on-off-rate", type=float, default=0.3, help="chance of __ON__ / __OFF__ markers per sentence (default: 0.3)"
+    )
+    p.add_argument("--noise", type=int, default=2, help="per-frame noise amplitude in grey levels (default: 2)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes (default: all cores; output does not depend on it)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a synthetic corpus already in --out")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,20 +1,8 @@
 """Drawing side of the synthetic corpus: glosses as motions, signers, frames.
 
-``signstream.tools.synth`` decides *what* a corpus holds (names, sentences,
-layout); this module decides how a sentence *looks*. Each gloss is a fixed
-motion (:class:`Motion`): a path (a plain function of the sign's phase
-``t`` in [0, 1]), a location on the body, a hand shape and a two-hand mode.
-Reversing a motion evaluates the same path at the same phases backwards, so a reversed pair
-draws exactly the same frames in the opposite order and only temporal order
-tells the two glosses apart.
-
-The gloss -> motion table is built once from a fixed seed, independent of the
-corpus seed: a gloss looks the same in every synthetic corpus, so a model
-trained on one seed can be scored on another.
-
-Geometry is in *body units* (about half a body height, scaled per signer) and
-mapped to pixels at draw time, so the same corpus can be rendered at the
-release size (210 x 260) or at tiny test sizes.
+``signstream.tools.synth`` decides what a corpus holds; this module decides how a sentence
+looks. Invariants: a gloss draws the same in every corpus (fixed seed), and a reversed pair
+of glosses differs only in temporal order. Why: docs/design/synthetic.md
 """
 
 from __future__ import annotations
@@ -265,8 +253,7 @@ def _blend(a: Poses, b: Poses, k: int) -> list[Poses]:
     return out
 
 
-def timeline(glosses: list[str], rng: np.random.Generator, gloss_frames: int,
-             transition_frames: int) -> list[Poses]:
+def timeline(glosses: list[str], rng: np.random.Generator, gloss_frames: int, transition_frames: int) -> list[Poses]:
     """Poses of a whole video: rest, signs with transitions, rest.
 
     Signing speed varies per video by +-30 % and per sign by +-10 %.
@@ -344,9 +331,7 @@ SHAPES = {
 
 
 GLOSS_MOTIONS: dict[str, Motion] = _build_motions()
-REVERSED_PAIRS: list[tuple[str, str]] = [
-    (m.reverse_of, g) for g, m in GLOSS_MOTIONS.items() if m.reverse_of
-]
+REVERSED_PAIRS: list[tuple[str, str]] = [(m.reverse_of, g) for g, m in GLOSS_MOTIONS.items() if m.reverse_of]
 
 
 # --------------------------------------------------------------------------- signers
@@ -417,8 +402,9 @@ class Painter:
             small so lossy codecs can still reach ~40 dB PSNR.
     """
 
-    def __init__(self, signer: Signer, height: int, width: int,
-                 rng: np.random.Generator | None = None, noise: int = 0) -> None:
+    def __init__(
+        self, signer: Signer, height: int, width: int, rng: np.random.Generator | None = None, noise: int = 0
+    ) -> None:
         self.signer, self.h, self.w = signer, height, width
         self.scale = 0.45 * height * signer.size  # pixels per body unit
         self.cx = width * (0.5 + signer.dx)
@@ -477,13 +463,14 @@ class Painter:
                                   self.signer.skin)  # fmt: skip
         if self.up is not None and rng is not None:
             oy, ox = rng.integers(0, 17, 2)
-            window = np.s_[oy:oy + self.h, ox:ox + self.w]
+            window = np.s_[oy : oy + self.h, ox : ox + self.w]
             img = cv2.subtract(cv2.add(img, self.up[window]), self.down[window])
         return img
 
 
-def render_sign(gloss: str, num_frames: int, *, height: int = 64, width: int = 80,
-                signer: Signer | None = None) -> np.ndarray:
+def render_sign(
+    gloss: str, num_frames: int, *, height: int = 64, width: int = 80, signer: Signer | None = None
+) -> np.ndarray:
     """Render one sign alone, noise-free: handy for tests and figures.
 
     Args:
@@ -501,9 +488,17 @@ def render_sign(gloss: str, num_frames: int, *, height: int = 64, width: int = 8
     return np.stack([painter.frame(p) for p in sign_track(gloss, num_frames)])
 
 
-def render_video(glosses: list[str], signer: Signer, rng: np.random.Generator, *,
-                 height: int, width: int, gloss_frames: int = 8, transition_frames: int = 3,
-                 noise: int = 2):
+def render_video(
+    glosses: list[str],
+    signer: Signer,
+    rng: np.random.Generator,
+    *,
+    height: int,
+    width: int,
+    gloss_frames: int = 8,
+    transition_frames: int = 3,
+    noise: int = 2,
+):
     """Yield the RGB frames of one signed sentence, in temporal order.
 
     The generator ``rng`` drives everything random about the video (speed,

@@ -1,18 +1,10 @@
 """``signstream verify``: check packed shards against their manifests.
 
-For every split directory under OUT (or OUT itself when it is one): each shard
-listed in ``manifest.json`` exists, has the recorded SHA-256, reads as a tar
-with the recorded sample count and keys, and its DALI index describes it
-exactly (the index a fresh scan would give, in DALI's ``wds2idx`` v1.2 format).
-With ``--decode`` every sample's JSON is parsed and checked, and every video is
-decoded and compared with it (frame count, frame size, codec).
-
-Damage is a finding, not a crash: a broken manifest, shard entry, JSON or video
-is reported on one line naming where it is (shard, sample key) and why, every
-other sample is still checked, and the exit code is 1 at the end.
-
-OUT may be an ``http(s)://`` or ``s3://`` URL: each tar is then streamed once for
-its checksum and layout (and once more with ``--decode``), never stored locally.
+For every split under OUT (a folder or an ``http(s)://`` / ``s3://`` URL, streamed, never stored): each listed
+shard exists, has the recorded SHA-256 and sample keys, and its DALI index is the one a fresh scan would give;
+``--decode`` also checks every sample's JSON and decodes every video against it. Key invariant: damage is a
+finding, not a crash: one line naming where (shard, sample key) and why, every other sample still checked, and
+exit code 1 at the end. Why: docs/design/packing.md
 """
 
 from __future__ import annotations
@@ -29,15 +21,18 @@ from signstream.loaders.format import (
     INT_RANGES,
     MANIFEST,
     MAX_JSON_BYTES,
-    SHARD_FIELDS,
     Member,
     MetaError,
     group_members,
     index_text,
+    is_plain_name,
+    manifest_problems,
+    parse_manifest_json,
     parse_sample_json,
     read_layout,
     sample_meta_problems,
     sha256_file,
+    version_problem,
 )
 
 HELP = "check packed shards against their manifests (checksums, tar, DALI index, optionally decode)"
@@ -51,42 +46,32 @@ def find_split_dirs(out: Path) -> list[Path]:
         return [out]
     dirs = sorted(p.parent for p in out.glob(f"*/{MANIFEST}"))
     if not dirs:
-        raise SignstreamError(f"no manifest.json in {out} or its subdirectories (is it a pack output?)")
+        raise SignstreamError(f"no {MANIFEST} in {out} or its subdirectories (is it a pack output?)")
     return dirs
 
 
-def read_manifest(path: Path) -> tuple[dict, list[str]]:
-    """Parse a manifest; returns ``(manifest, problems)`` with whatever could be read."""
+def manifest_findings(path: Path) -> tuple[dict, list[str]]:
+    """A manifest through the format's reader rules, every broken field a finding.
+
+    Returns ``(manifest, problems)``: the parsed object (empty when it could not be read,
+    is not an object or is of a version this signstream does not read, so none of its
+    shards is opened) and one line per problem, each naming the file.
+    """
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ConnectionError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {}, [f"{path}: not a readable JSON manifest ({exc})"]
-    if not isinstance(manifest, dict):
-        return {}, [f"{path}: not a manifest (a JSON {type(manifest).__name__}, not an object)"]
-    problems = [f"{path}: missing key {key!r}" for key in ("shards", "totals") if key not in manifest]
+        manifest = parse_manifest_json(path, str(path))
+    except SignstreamError as exc:
+        return {}, [str(exc)]
+    problems = [f"{path}: {p}" for p in manifest_problems(manifest)]
+    if version_problem(manifest):
+        return {}, problems
     if not isinstance(manifest.get("shards", []), list):
-        problems.append(f"{path}: 'shards' is not a list")
         manifest["shards"] = []
     return manifest, problems
 
 
-def _shard_entry_problems(path: Path, i: int, shard) -> list[str]:
-    if not isinstance(shard, dict):
-        return [f"{path}: shard entry {i} is not an object"]
-    missing = [k for k in SHARD_FIELDS if k not in shard]
-    bad = [k for k in ("file", "index") if k in shard and not _plain_name(shard[k])]
-    problems = [f"{path}: shard entry {i} lacks {', '.join(missing)}"] if missing else []
-    return problems + [f"{path}: shard entry {i} has an unusable {k!r}: {shard[k]!r}" for k in bad]
-
-
-def _plain_name(value) -> bool:
-    # A shard lives in its split directory: no paths, no parent references.
-    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
-
-
 def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
     """Check one shard entry of a manifest; returns a list of problems (empty = fine)."""
-    if not _plain_name(shard.get("file")):
+    if not is_plain_name(shard.get("file")):
         return []  # already reported as a bad entry; nothing to open
     tar = split_dir / shard["file"]
     if not _is_file(tar):
@@ -102,7 +87,7 @@ def verify_shard(split_dir: Path, shard: dict, decode: bool) -> list[str]:
         problems.append(f"{tar}: {len(layout)} samples, manifest says {shard['samples']}")
     if error is None and keys != shard.get("keys", keys):
         problems.append(f"{tar}: sample keys differ from the manifest")
-    if _plain_name(shard.get("index")):
+    if is_plain_name(shard.get("index")):
         idx = split_dir / shard["index"]
         if not _is_file(idx):
             problems.append(f"{idx}: missing")
@@ -151,8 +136,9 @@ def _samples(tar, layout):
             data, problems = {}, []
             for m in members:
                 if m.ext == "json" and m.size > MAX_JSON_BYTES:  # refused before it is read
-                    problems.append(f"JSON member is {m.size} bytes, over the {MAX_JSON_BYTES} "
-                                    "a sample's metadata may hold")
+                    problems.append(
+                        f"JSON member is {m.size} bytes, over the {MAX_JSON_BYTES} a sample's metadata may hold"
+                    )
                     data[m.ext] = None
                     continue
                 f.seek(m.offset)
@@ -178,8 +164,10 @@ def _decode_check(tar, layout) -> list[str]:
         if not remote.is_url(tar):
             raise
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
-        problems.append(f"{tar}: streaming for --decode broke after {checked} of {len(layout)} sample(s) "
-                        f"({reason}); every sample after that is unchecked")
+        problems.append(
+            f"{tar}: streaming for --decode broke after {checked} of {len(layout)} sample(s) "
+            f"({reason}); every sample after that is unchecked"
+        )
     return problems
 
 
@@ -250,18 +238,23 @@ def _decode(video: bytes) -> tuple[int, tuple[int, int] | None, str]:
 def verify_split(split_dir: Path, decode: bool) -> tuple[dict, list[str]]:
     """Verify one split directory; returns its summary and its problems."""
     path = split_dir / MANIFEST
-    manifest, problems = read_manifest(path)
+    manifest, problems = manifest_findings(path)
     shards = manifest.get("shards", [])
-    for i, shard in enumerate(shards):
-        problems += _shard_entry_problems(path, i, shard)
+    for shard in shards:
         if isinstance(shard, dict):
             problems += verify_shard(split_dir, shard, decode)
     listed = {s.get("file") for s in shards if isinstance(s, dict)}
-    extra = sorted({p.name for p in split_dir.glob("*.tar")} - listed)
+    # an unreadable manifest lists nothing: one finding, not one more per tar
+    extra = sorted({p.name for p in split_dir.glob("*.tar")} - listed) if manifest else []
     problems += [f"{split_dir / name}: not listed in the manifest" for name in extra]
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
-    summary = {"shards": len(shards), "samples": totals.get("samples"), "frames": totals.get("frames"),
-               "skipped": len(manifest.get("skipped", []) or []), "problems": len(problems)}
+    summary = {
+        "shards": len(shards),
+        "samples": totals.get("samples"),
+        "frames": totals.get("frames"),
+        "skipped": len(skipped) if isinstance(skipped := manifest.get("skipped"), list) else 0,
+        "problems": len(problems),
+    }
     return summary, problems
 
 
@@ -279,8 +272,11 @@ def verify(out: str | Path, decode: bool = False) -> dict:
 def add_arguments(p) -> None:
     """Register ``signstream verify`` options."""
     p.add_argument("out", help="a pack output directory (or one split directory)")
-    p.add_argument("--decode", action="store_true",
-                   help="also check every sample's JSON and decode every video (frames, size, codec)")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also check every sample's JSON and decode every video (frames, size, codec)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -292,8 +288,10 @@ def run(args) -> int:
         return 0 if report["ok"] else 1
     for name, s in report["splits"].items():
         status = "ok" if not s["problems"] else f"{s['problems']} problem(s)"
-        print(f"{name}: {s['shards']} shard(s), {_n(s['samples'])} videos, {_n(s['frames'])} frames, "
-              f"{s['skipped']} skipped at pack time: {status}")
+        print(
+            f"{name}: {s['shards']} shard(s), {_n(s['samples'])} videos, {_n(s['frames'])} frames, "
+            f"{s['skipped']} skipped at pack time: {status}"
+        )
     for problem in report["problems"]:
         print(f"  {problem}")
     print("verify: OK" + (" (decoded)" if args.decode else "") if report["ok"] else "verify: FAILED")

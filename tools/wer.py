@@ -31,10 +31,7 @@ HELP = "score gloss hypotheses against references (corpus WER, PHOENIX cleanup)"
 
 def format_summary(score: Mapping) -> str:
     """One human line: ``WER 23.45% (S=.. D=.. I=.. N=..)``."""
-    return (
-        f"WER {score['wer']:.2f}% (S={score['sub']} D={score['del']} "
-        f"I={score['ins']} N={score['n']})"
-    )
+    return f"WER {score['wer']:.2f}% (S={score['sub']} D={score['del']} I={score['ins']} N={score['n']})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,16 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref", required=True, help="references: name<TAB>glosses per line")
     parser.add_argument("--hyp", required=True, help="hypotheses: name<TAB>glosses per line")
     parser.add_argument(
-        "--cleanup", default="phoenix2014", choices=sorted(CLEANUPS),
+        "--cleanup",
+        default="phoenix2014",
+        choices=sorted(CLEANUPS),
         help="gloss cleanup applied to both sides before scoring (default phoenix2014)",
     )
     parser.add_argument("--json", action="store_true", help="print the score as a JSON object")
     parser.add_argument("--ctm", help="also write the cleaned hypotheses as an sclite CTM file")
     parser.add_argument("--stm", help="also write the cleaned references as an sclite STM file")
     parser.add_argument(
-        "--allow-missing", action="store_true",
+        "--allow-missing",
+        action="store_true",
         help="score reference sentences that have no hypothesis as empty (all deletions) "
-             "instead of refusing; a warning says how many",
+        "instead of refusing; a warning says how many",
     )
 
 
@@ -84,13 +84,16 @@ def _read_inputs(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, st
     if not refs:
         raise SignstreamError(f"{args.ref}: no reference sentences (the file has no lines)")
     if not hyps:
-        raise SignstreamError(f"{args.hyp}: no hypotheses (the file has no lines); every sentence "
-                              "would score as deleted")
+        raise SignstreamError(
+            f"{args.hyp}: no hypotheses (the file has no lines); every sentence would score as deleted"
+        )
     check_no_extra(refs, hyps)  # a hypothesis with no reference is the worse mistake: first
     missing = [name for name in refs if name not in hyps]
     if missing:
-        what = (f"{len(missing)} of {len(refs)} reference sentences have no hypothesis in {args.hyp} "
-                f"(first: {missing[0]!r})")
+        what = (
+            f"{len(missing)} of {len(refs)} reference sentences have no hypothesis in {args.hyp} "
+            f"(first: {missing[0]!r})"
+        )
         if not args.allow_missing:
             raise SignstreamError(f"{what}; pass --allow-missing to score them as all deletions")
         print(f"signstream wer: warning: {what}; scored as all deletions", file=sys.stderr)
@@ -107,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     refs, hyps = _read_inputs(args)
     score = wer_score(refs, hyps, cleanup=args.cleanup)
     clean = lookup(CLEANUPS, args.cleanup, "cleanup")
-    outputs = [("--ctm", args.ctm, write_ctm, {name: clean(hyps.get(name, "")) for name in refs}),
-               ("--stm", args.stm, write_stm, {name: clean(ref) for name, ref in refs.items()})]
+    outputs = [
+        ("--ctm", args.ctm, write_ctm, {name: clean(hyps.get(name, "")) for name in refs}),
+        ("--stm", args.stm, write_stm, {name: clean(ref) for name, ref in refs.items()}),
+    ]
     for flag, path, write, sentences in outputs:
         if path:
             try:

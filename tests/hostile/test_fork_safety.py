@@ -24,8 +24,13 @@ DEADLINE_S = 120
 def run_script(code: str) -> str:
     """Run ``code`` in a fresh interpreter; its stdout, or a failure naming a hang."""
     # its own session, so a hang is ended with every worker it forked, not just the parent
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=DEADLINE_S)
     except subprocess.TimeoutExpired:
@@ -96,12 +101,13 @@ def test_a_stuck_worker_is_one_line_after_the_deadline(packed, monkeypatch):
     import time
 
     from signstream import SignstreamError
-    from signstream.loaders import pyav_backend
+    from signstream.loaders import pyav_backend, stages
     from signstream.loaders.api import make_loader
 
-    monkeypatch.setattr(pyav_backend, "WORKER_TIMEOUT_S", 2.0)
-    monkeypatch.setattr(pyav_backend.PyAVStream, "pipeline",
-                        lambda self, reader, worker, workers: iter([time.sleep(60)]))
+    monkeypatch.setattr(stages, "WORKER_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(
+        pyav_backend.PyAVStream, "pipeline", lambda self, reader, worker, workers: iter([time.sleep(60)])
+    )
     loader = make_loader(packed / "train", backend="pyav", batch_size=2, num_workers=1)
     t0 = time.monotonic()
     with pytest.raises(SignstreamError, match="no result from 1 worker process"):

@@ -32,8 +32,18 @@ from tests.loaders.shardkit import write_tar as write_test_tar
 
 pytestmark = pytest.mark.hostile
 
-HONEST = {"name": "x", "split": "dev", "signer": "S1", "gloss": "A B", "text": "", "num_frames": 9,
-          "fps": 25.0, "height": 48, "width": 64, "codec": "vp9"}
+HONEST = {
+    "name": "x",
+    "split": "dev",
+    "signer": "S1",
+    "gloss": "A B",
+    "text": "",
+    "num_frames": 9,
+    "fps": 25.0,
+    "height": 48,
+    "width": 64,
+    "codec": "vp9",
+}
 
 
 def _nested(depth: int) -> bytes:
@@ -63,8 +73,9 @@ def video() -> bytes:
 
 def _shard(tmp_path: Path, video: bytes, crafted: dict[str, bytes]) -> Path:
     """Honest samples h0..h2 around the crafted ones, with a DALI index."""
-    samples = [[(f"h{i}.webm", video), (f"h{i}.json", json.dumps({**HONEST, "key": f"h{i}"}).encode())]
-               for i in range(3)]
+    samples = [
+        [(f"h{i}.webm", video), (f"h{i}.json", json.dumps({**HONEST, "key": f"h{i}"}).encode())] for i in range(3)
+    ]
     samples[1:1] = [[(f"{k}.webm", video), (f"{k}.json", raw)] for k, raw in crafted.items()]
     tar = tmp_path / "dev-000000.tar"
     tar.with_suffix(".idx").write_text(write_test_tar(tar, samples))
@@ -72,8 +83,16 @@ def _shard(tmp_path: Path, video: bytes, crafted: dict[str, bytes]) -> Path:
 
 
 def _load(tar: Path, backend: str, options: dict):
-    ld = make_loader([tar], backend=backend, batch_size=2, transform=Transform(size=32, output="uint8"),
-                     handler="skip", rank=0, world_size=1, **options)
+    ld = make_loader(
+        [tar],
+        backend=backend,
+        batch_size=2,
+        transform=Transform(size=32, output="uint8"),
+        handler="skip",
+        rank=0,
+        world_size=1,
+        **options,
+    )
     keys = [k for batch in ld for k in batch.keys]
     return keys, {s.key: s for s in ld.stats.skipped}
 
@@ -140,9 +159,22 @@ def test_extract_features_skips_a_crafted_sample_and_extracts_the_others(packed,
     shards = tmp_path / "shards"
     (key,) = _craft_split(packed, shards, "dev", [CRAFTED["deep"][0]])
     out = tmp_path / "out"
-    argv = ["extract_features", f"shards={shards}", f"out={out}", "backbone=s3d", "stop_after=4",
-            "image_size=32", "backend=pyav", "num_workers=0", "progress=false", "dtype=float32",
-            "calibrate_bn=2", "splits=dev", "writers=npy", "max_skipped_fraction=0.5"]  # 1 of 3 skipped
+    argv = [
+        "extract_features",
+        f"shards={shards}",
+        f"out={out}",
+        "backbone=s3d",
+        "stop_after=4",
+        "image_size=32",
+        "backend=pyav",
+        "num_workers=0",
+        "progress=false",
+        "dtype=float32",
+        "calibrate_bn=2",
+        "splits=dev",
+        "writers=npy",
+        "max_skipped_fraction=0.5",
+    ]  # 1 of 3 skipped
     assert cli(argv) == 0
     dev = json.loads((out / "summary.json").read_text())["splits"]["dev"]
     (skipped,) = dev["skipped"]

@@ -20,8 +20,12 @@ from tests.loaders.shardkit import encode, moving_frames, write_tar
 
 pytestmark = pytest.mark.hostile
 
-BACKENDS = [("pyav", {"num_workers": 0}), ("pyav", {"num_workers": 2}),
-            ("dali", {"postprocess": "opencv"}), ("dali", {"postprocess": "dali"})]
+BACKENDS = [
+    ("pyav", {"num_workers": 0}),
+    ("pyav", {"num_workers": 2}),
+    ("dali", {"postprocess": "opencv"}),
+    ("dali", {"postprocess": "dali"}),
+]
 IDS = ["pyav", "pyav-2-workers", "dali-opencv", "dali-ops"]
 
 
@@ -31,8 +35,14 @@ def clips() -> dict[str, tuple[bytes, dict]]:
     out = {}
     for i, n in enumerate([9, 14, 11, 12]):
         frames = moving_frames(n, seed=i)
-        meta = {"key": f"v{i}", "name": f"v{i}", "num_frames": n, "height": frames.shape[1],
-                "width": frames.shape[2], "codec": "vp9"}
+        meta = {
+            "key": f"v{i}",
+            "name": f"v{i}",
+            "num_frames": n,
+            "height": frames.shape[1],
+            "width": frames.shape[2],
+            "codec": "vp9",
+        }
         out[f"v{i}"] = (encode(frames), meta)
     return out
 
@@ -51,8 +61,16 @@ def members(clips, key: str, prefix: str = "", meta: dict | None = None, raw_met
 
 
 def load(tar: Path, backend: str, options: dict):
-    ld = make_loader([tar], backend=backend, batch_size=2, transform=Transform(size=32, output="uint8"),
-                     handler="skip", rank=0, world_size=1, **options)
+    ld = make_loader(
+        [tar],
+        backend=backend,
+        batch_size=2,
+        transform=Transform(size=32, output="uint8"),
+        handler="skip",
+        rank=0,
+        world_size=1,
+        **options,
+    )
     batches = list(ld)
     return [k for b in batches for k in b.keys], {s.key: s for s in ld.stats.skipped}
 

@@ -27,8 +27,15 @@ from tests.remote_fixtures import FAST_FAILURE
 
 pytestmark = pytest.mark.hostile
 
-EXTRACT = ["backbone=resnet18_2d", "image_size=32", "num_workers=0", "calibrate_bn=0", "progress=false",
-           "device=cpu", "splits=train"]
+EXTRACT = [
+    "backbone=resnet18_2d",
+    "image_size=32",
+    "num_workers=0",
+    "calibrate_bn=0",
+    "progress=false",
+    "device=cpu",
+    "splits=train",
+]
 
 
 def _full_disk(path: Path) -> None:
@@ -40,12 +47,24 @@ def _full_disk(path: Path) -> None:
 
 # ------------------------------------------------------------------- a full disk
 def test_a_full_disk_while_packing_is_one_line_naming_the_shard_and_a_rerun_completes(
-        synth_root, tmp_path, run_cli, one_line, monkeypatch):
+    synth_root, tmp_path, run_cli, one_line, monkeypatch
+):
     import signstream.tools.pack as pack
 
     out = tmp_path / "out"
-    argv = ["pack", "phoenix2014", "--root", str(synth_root), "--out", str(out), "--workers", "1", "--quiet",
-            "--splits", "train"]
+    argv = [
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(synth_root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--quiet",
+        "--splits",
+        "train",
+    ]
     monkeypatch.setattr(pack, "write_tar", lambda path, samples: _full_disk(path))
     assert run_cli(argv) == 1
     line = one_line()
@@ -55,20 +74,19 @@ def test_a_full_disk_while_packing_is_one_line_naming_the_shard_and_a_rerun_comp
     assert run_cli(argv) == 0
 
 
-def test_a_full_disk_while_extracting_is_one_line_naming_the_file(packed, tmp_path, run_cli, one_line,
-                                                                  monkeypatch):
+def test_a_full_disk_while_extracting_is_one_line_naming_the_file(packed, tmp_path, run_cli, one_line, monkeypatch):
     import signstream.recipes.extract_features as extract
 
-    monkeypatch.setattr(extract, "write_video", lambda store, split, key, *a, **k: _full_disk(
-        store / split / f"{key}.npy"))
+    monkeypatch.setattr(
+        extract, "write_video", lambda store, split, key, *a, **k: _full_disk(store / split / f"{key}.npy")
+    )
     assert run_cli(["extract_features", f"shards={packed}", f"out={tmp_path / 'out'}", *EXTRACT]) == 1
     line = one_line()
     assert "No space left on device" in line and ".npy" in line and "rerun" in line
 
 
 # ------------------------------------------------------------- Ctrl-C and SIGTERM
-def test_ctrl_c_in_a_recipe_is_one_line_exit_130_and_a_rerun_resumes(packed, tmp_path, run_cli, one_line,
-                                                                     monkeypatch):
+def test_ctrl_c_in_a_recipe_is_one_line_exit_130_and_a_rerun_resumes(packed, tmp_path, run_cli, one_line, monkeypatch):
     import signstream.recipes.extract_features as extract
 
     real, calls = extract.write_video, []
@@ -96,11 +114,26 @@ def test_ctrl_c_in_a_recipe_is_one_line_exit_130_and_a_rerun_resumes(packed, tmp
 def test_sigterm_to_pack_ends_in_one_line_and_a_rerun_completes_the_pack(tmp_path):
     from signstream.tools.synth import make_corpus
 
-    root = make_corpus(tmp_path / "synth", layout="phoenix2014", seed=1, train=60, dev=0, test=0, vocab=8,
-                       height=48, width=64)
+    root = make_corpus(
+        tmp_path / "synth", layout="phoenix2014", seed=1, train=60, dev=0, test=0, vocab=8, height=48, width=64
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "signstream.tools.cli", "pack", "phoenix2014", "--root", str(root),
-           "--out", str(out), "--workers", "2", "--quiet", "--max-samples", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "signstream.tools.cli",
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+        "--max-samples",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state, deadline = out / "train" / ".pack-state.json", time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # mid-run: a shard written, more to come
@@ -124,8 +157,9 @@ def test_sigterm_to_pack_ends_in_one_line_and_a_rerun_completes_the_pack(tmp_pat
     assert rerun.returncode == 0, rerun.stderr
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 60
-    check = subprocess.run([sys.executable, "-m", "signstream.tools.cli", "verify", str(out)],
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [sys.executable, "-m", "signstream.tools.cli", "verify", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert check.returncode == 0, check.stdout
 
 
@@ -155,8 +189,9 @@ def _serve(directory: Path, handler: type):
 
 
 @pytest.mark.parametrize("failure", ["dropped", "500"])
-def test_remote_verify_decode_reports_a_failing_server_as_a_problem_not_a_traceback(packed, failure, run_cli,
-                                                                                    capsys, monkeypatch):
+def test_remote_verify_decode_reports_a_failing_server_as_a_problem_not_a_traceback(
+    packed, failure, run_cli, capsys, monkeypatch
+):
     for name, value in FAST_FAILURE.items():
         monkeypatch.setenv(name, value)
     if failure == "dropped":
@@ -175,12 +210,13 @@ def test_remote_verify_decode_reports_a_failing_server_as_a_problem_not_a_traceb
 
 
 # --------------------------------------------------- options refused up front
-def test_train_head_with_the_train_split_in_eval_splits_is_refused_before_out_is_written(tmp_path, run_cli,
-                                                                                          one_line):
+def test_train_head_with_the_train_split_in_eval_splits_is_refused_before_out_is_written(tmp_path, run_cli, one_line):
     features = _signjoey(tmp_path / "features", {"train": [(5, 8), (4, 8)], "dev": [(3, 8)]})
     out = tmp_path / "out"
-    assert run_cli(["train_head", f"features={features}", "eval_splits=train", "epochs=1", "device=cpu",
-                    f"out={out}"]) == 2
+    assert (
+        run_cli(["train_head", f"features={features}", "eval_splits=train", "epochs=1", "device=cpu", f"out={out}"])
+        == 2
+    )
     line = one_line()
     assert "eval_splits" in line and "'train'" in line
     assert not out.exists()
@@ -188,8 +224,12 @@ def test_train_head_with_the_train_split_in_eval_splits_is_refused_before_out_is
 
 def test_pack_resize_beyond_the_bound_is_refused_at_parse_time(tmp_path, run_cli, one_line):
     out = tmp_path / "out"
-    assert run_cli(["pack", "phoenix2014", "--root", str(tmp_path / "none"), "--out", str(out),
-                    "--resize", "100000x100000"]) == 2
+    assert (
+        run_cli(
+            ["pack", "phoenix2014", "--root", str(tmp_path / "none"), "--out", str(out), "--resize", "100000x100000"]
+        )
+        == 2
+    )
     line = one_line()
     assert "--resize" in line and "2048" in line
     assert not out.exists()
@@ -211,23 +251,36 @@ def _signjoey(folder: Path, splits: dict[str, list[tuple[int, int]]]) -> Path:
     (folder / "glosses.txt").write_text("AA\nBB\n")
     rng = np.random.default_rng(0)
     for split, shapes in splits.items():
-        entries = [{"name": f"v{i}", "gloss": "AA BB", "signer": "s", "text": "",
-                    "sign": rng.standard_normal(shape).astype(np.float32)} for i, shape in enumerate(shapes)]
+        entries = [
+            {
+                "name": f"v{i}",
+                "gloss": "AA BB",
+                "signer": "s",
+                "text": "",
+                "sign": rng.standard_normal(shape).astype(np.float32),
+            }
+            for i, shape in enumerate(shapes)
+        ]
         with gzip.open(folder / f"feats.{split}", "wb") as f:
             pickle.dump(entries, f)
     return folder
 
 
-@pytest.mark.parametrize(("train", "words"), [
-    ([(5, 8), (0, 8)], ["'v1'", "feats.train", "no frames"]),
-    ([(5, 8), (4, 16)], ["'v1'", "feats.train", "16-wide", "'v0'"]),
-])
-def test_a_signjoey_entry_with_no_frames_or_another_width_is_one_line_naming_it(tmp_path, run_cli, one_line,
-                                                                               train, words):
+@pytest.mark.parametrize(
+    ("train", "words"),
+    [
+        ([(5, 8), (0, 8)], ["'v1'", "feats.train", "no frames"]),
+        ([(5, 8), (4, 16)], ["'v1'", "feats.train", "16-wide", "'v0'"]),
+    ],
+)
+def test_a_signjoey_entry_with_no_frames_or_another_width_is_one_line_naming_it(
+    tmp_path, run_cli, one_line, train, words
+):
     features = _signjoey(tmp_path / "features", {"train": train, "dev": [(3, 8)]})
     out = tmp_path / "out"
-    assert run_cli(["train_head", f"features={features}", "eval_splits=dev", "epochs=1", "device=cpu",
-                    f"out={out}"]) == 2
+    assert (
+        run_cli(["train_head", f"features={features}", "eval_splits=dev", "epochs=1", "device=cpu", f"out={out}"]) == 2
+    )
     line = one_line()
     assert all(w in line for w in words), line
 

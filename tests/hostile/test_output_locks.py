@@ -19,13 +19,34 @@ from signstream.tools import pack as pack_mod
 
 pytestmark = pytest.mark.hostile
 
-EXTRACT = ["backbone=s3d", "stop_after=2", "image_size=32", "backend=pyav", "num_workers=0", "progress=false",
-           "dtype=float32", "calibrate_bn=0", "splits=dev"]
+EXTRACT = [
+    "backbone=s3d",
+    "stop_after=2",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "progress=false",
+    "dtype=float32",
+    "calibrate_bn=0",
+    "splits=dev",
+]
 
 
 def _pack(root: Path, out, *extra: str) -> list[str]:
-    return ["pack", "phoenix2014", "--root", str(root), "--out", str(out), "--splits", "dev", "--workers", "1",
-            "--quiet", *extra]
+    return [
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--splits",
+        "dev",
+        "--workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _dead_pid() -> int:
@@ -35,12 +56,14 @@ def _dead_pid() -> int:
 
 
 def _lock_record(pid: int, host: str) -> str:
-    return json.dumps({"pid": pid, "host": host, "command": "signstream pack ...", "started": "yesterday",
-                       "token": "0" * 32})
+    return json.dumps(
+        {"pid": pid, "host": host, "command": "signstream pack ...", "started": "yesterday", "token": "0" * 32}
+    )
 
 
 def test_pack_into_a_folder_another_run_holds_is_one_line_naming_the_holder_and_writes_nothing(
-        synth_root, tmp_path, run_cli, one_line):
+    synth_root, tmp_path, run_cli, one_line
+):
     out = tmp_path / "out"
     with OutputLock(out, key="--out"):
         assert run_cli(_pack(synth_root, out)) == 2
@@ -66,8 +89,7 @@ def test_pack_holds_the_lock_before_its_ownership_check_reads_the_folder(synth_r
     assert not (out / LOCK_NAME).exists()
 
 
-def test_lock_left_by_a_dead_process_on_this_host_is_taken_over_with_a_warning(synth_root, tmp_path, capsys,
-                                                                              run_cli):
+def test_lock_left_by_a_dead_process_on_this_host_is_taken_over_with_a_warning(synth_root, tmp_path, capsys, run_cli):
     out = tmp_path / "out"
     out.mkdir()
     pid = _dead_pid()
@@ -79,7 +101,8 @@ def test_lock_left_by_a_dead_process_on_this_host_is_taken_over_with_a_warning(s
 
 
 def test_lock_of_another_host_is_never_taken_over_and_the_line_names_the_file_to_delete(
-        synth_root, tmp_path, run_cli, one_line):
+    synth_root, tmp_path, run_cli, one_line
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).write_text(_lock_record(_dead_pid(), "some-other-machine"))
@@ -90,7 +113,8 @@ def test_lock_of_another_host_is_never_taken_over_and_the_line_names_the_file_to
 
 
 def test_unreadable_lock_is_a_run_claiming_the_folder_when_fresh_and_taken_over_when_old(
-        synth_root, tmp_path, run_cli, one_line, capsys):
+    synth_root, tmp_path, run_cli, one_line, capsys
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).write_bytes(b"")  # a holder between creating the lock and writing it
@@ -105,16 +129,20 @@ def test_unreadable_lock_is_a_run_claiming_the_folder_when_fresh_and_taken_over_
 
 def test_second_pack_started_while_the_first_runs_is_refused_and_the_first_finishes(synth_root, tmp_path):
     out = tmp_path / "out"
-    code = ("import sys, time; from signstream.loaders.ownership import OutputLock\n"
-            f"with OutputLock({str(out)!r}):\n"
-            "    print('held', flush=True); sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    code = (
+        "import sys, time; from signstream.loaders.ownership import OutputLock\n"
+        f"with OutputLock({str(out)!r}):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        second = subprocess.run([sys.executable, "-m", "signstream.tools.cli", *_pack(synth_root, out, "--codec",
-                                                                                       "mjpeg")],
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "signstream.tools.cli", *_pack(synth_root, out, "--codec", "mjpeg")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"pid {holder.pid}" in lines[0], lines
@@ -159,9 +187,20 @@ def test_training_recipes_refuse_a_held_out_in_one_line(recipe, packed, tmp_path
     from signstream.tools.cli import main as cli
 
     out = tmp_path / "run"
-    args = ([f"shards={packed}", "backbone=s3d", "image_size=32", "max_frames=8", "batch_size=1",
-             "num_workers=0", "max_steps_per_epoch=1", "dev_split=test"] if recipe == "finetune_ctc"
-            else [f"features={packed}"])  # the lock is checked before the inputs are read
+    args = (
+        [
+            f"shards={packed}",
+            "backbone=s3d",
+            "image_size=32",
+            "max_frames=8",
+            "batch_size=1",
+            "num_workers=0",
+            "max_steps_per_epoch=1",
+            "dev_split=test",
+        ]
+        if recipe == "finetune_ctc"
+        else [f"features={packed}"]
+    )  # the lock is checked before the inputs are read
     with OutputLock(out, key="out"):
         started = time.monotonic()
         assert cli([recipe, *args, f"out={out}", "epochs=1"]) == 2

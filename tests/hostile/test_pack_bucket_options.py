@@ -20,17 +20,29 @@ def _fs():
 
 
 def _pack(root, url: str, *extra: str) -> list[str]:
-    return ["pack", "phoenix2014", "--root", str(root), "--out", url, "--splits", "dev", "--workers", "1",
-            "--quiet", *extra]
+    return [
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(root),
+        "--out",
+        url,
+        "--splits",
+        "dev",
+        "--workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _objects(fs, prefix: str) -> dict[str, bytes]:
-    return {p.split(prefix + "/", 1)[1]: fs.cat_file(p) for p in fs.find(prefix)
-            if not p.endswith("pack-stats.json")}
+    return {p.split(prefix + "/", 1)[1]: fs.cat_file(p) for p in fs.find(prefix) if not p.endswith("pack-stats.json")}
 
 
 def test_other_options_into_a_packed_bucket_are_refused_and_overwrite_replaces_every_object(
-        synth_root, s3_env, tmp_path, run_cli, one_line, capsys):
+    synth_root, s3_env, tmp_path, run_cli, one_line, capsys
+):
     fs = _fs()
     fs.mkdir("options-change")
     url = "s3://options-change/corpus"
@@ -45,8 +57,11 @@ def test_other_options_into_a_packed_bucket_are_refused_and_overwrite_replaces_e
     assert run_cli(_pack(synth_root, url, "--quality", "31", "--overwrite")) == 0
     local = tmp_path / "local"
     pack_corpus("phoenix2014", local, root=synth_root, splits=["dev"], workers=1, progress=False, quality=31)
-    expected = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*")
-                if p.is_file() and p.name != "pack-stats.json"}
+    expected = {
+        p.relative_to(local).as_posix(): p.read_bytes()
+        for p in local.rglob("*")
+        if p.is_file() and p.name != "pack-stats.json"
+    }
     fs.invalidate_cache()
     assert _objects(fs, "options-change/corpus") == expected  # old one-video shards beyond the new ones gone
 

@@ -13,27 +13,43 @@ pytestmark = pytest.mark.hostile
 
 
 def _pack(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["pack", "phoenix2014", "--root", str(root), "--out", str(out), "--splits", "dev",
-            "--workers", "1", "--quiet", *extra]
+    return [
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--splits",
+        "dev",
+        "--workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra, says", [
-    (["--quality", "999"], "--quality 999 is out of range for vp9 (0-63)"),
-    (["--codec", "h264", "--quality", "52"], "out of range for h264 (0-51)"),
-    (["--codec", "mjpeg", "--quality", "0"], "out of range for mjpeg (1-31)"),
-    (["--speed", "fast"], "is not a vp9 speed"),
-    (["--codec", "h264", "--speed", "quick"], "is not an h264 preset"),
-    (["--codec", "mjpeg", "--speed", "4"], "mjpeg has no speed setting"),
-    (["--workers", "-3"], "--workers: must be at least 1, got -3"),
-    (["--workers", "0"], "--workers: must be at least 1, got 0"),
-    (["--gop", "-1"], "--gop: must be at least 1, got -1"),
-    (["--gop", "two"], "--gop: expected a whole number"),
-    (["--max-samples", "0"], "--max-samples: must be at least 1"),
-    (["--resize", "big"], "--resize: expected HEIGHTxWIDTH"),
-    (["--max-bytes", "lots"], "--max-bytes: expected a size"),
-])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--quality", "999"], "--quality 999 is out of range for vp9 (0-63)"),
+        (["--codec", "h264", "--quality", "52"], "out of range for h264 (0-51)"),
+        (["--codec", "mjpeg", "--quality", "0"], "out of range for mjpeg (1-31)"),
+        (["--speed", "fast"], "is not a vp9 speed"),
+        (["--codec", "h264", "--speed", "quick"], "is not an h264 preset"),
+        (["--codec", "mjpeg", "--speed", "4"], "mjpeg has no speed setting"),
+        (["--workers", "-3"], "--workers: must be at least 1, got -3"),
+        (["--workers", "0"], "--workers: must be at least 1, got 0"),
+        (["--gop", "-1"], "--gop: must be at least 1, got -1"),
+        (["--gop", "two"], "--gop: expected a whole number"),
+        (["--max-samples", "0"], "--max-samples: must be at least 1"),
+        (["--resize", "big"], "--resize: expected HEIGHTxWIDTH"),
+        (["--max-bytes", "lots"], "--max-bytes: expected a size"),
+    ],
+)
 def test_bad_encoder_and_worker_options_are_one_line_before_anything_is_written(
-        synth_root, tmp_path, extra, says, run_cli, one_line):
+    synth_root, tmp_path, extra, says, run_cli, one_line
+):
     out = tmp_path / "out"
     assert run_cli(_pack(synth_root, out, *extra)) == 2
     assert says in one_line()
@@ -83,8 +99,7 @@ def test_table_with_a_utf8_byte_order_mark_packs(synth_root, tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("split", ["../escape", "a/b", "."])
-def test_table_split_that_is_not_a_plain_name_cannot_leave_out(
-        synth_root, tmp_path, split, run_cli, one_line):
+def test_table_split_that_is_not_a_plain_name_cannot_leave_out(synth_root, tmp_path, split, run_cli, one_line):
     row = next(r for r in phoenix2014(synth_root) if r.split == "dev")
     table = tmp_path / "t" / "table.csv"
     table.parent.mkdir()

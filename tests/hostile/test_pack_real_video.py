@@ -33,8 +33,16 @@ def _frame(t: int) -> np.ndarray:
     return img
 
 
-def _write(path: Path, *, codec: str = "libx264", rate=25, pts_ms: list[int] | None = None,
-           rotation: int | None = None, hflip: bool = False, damage_packet: int | None = None) -> Path:
+def _write(
+    path: Path,
+    *,
+    codec: str = "libx264",
+    rate=25,
+    pts_ms: list[int] | None = None,
+    rotation: int | None = None,
+    hflip: bool = False,
+    damage_packet: int | None = None,
+) -> Path:
     """Write N frames; ``pts_ms`` times them irregularly, ``damage_packet`` replaces one packet by noise."""
     with av.open(str(path), "w", options={"movflags": "faststart"} if path.suffix == ".mp4" else {}) as out:
         stream = out.add_stream(codec, rate=rate)
@@ -86,9 +94,11 @@ def _packed(out: Path) -> dict[str, tuple[dict, list[np.ndarray], Fraction]]:
 
 
 def test_ntsc_and_variable_rate_mp4_pack_every_frame_in_order_with_their_true_rate(tmp_path, run_cli):
-    sources = {"ntsc": _write(tmp_path / "ntsc.mp4", rate=Fraction(30000, 1001)),
-               "vfr": _write(tmp_path / "vfr.mp4", pts_ms=[0, 40, 80, 200, 210, 400, 440, 540, 700, 900]),
-               "pal": _write(tmp_path / "pal.mp4")}
+    sources = {
+        "ntsc": _write(tmp_path / "ntsc.mp4", rate=Fraction(30000, 1001)),
+        "vfr": _write(tmp_path / "vfr.mp4", pts_ms=[0, 40, 80, 200, 210, 400, 440, 540, 700, 900]),
+        "pal": _write(tmp_path / "pal.mp4"),
+    }
     with av.open(str(sources["vfr"])) as c:
         vfr_rate = c.streams.video[0].average_rate
     code, out = _pack(tmp_path, sources, run_cli)
@@ -99,7 +109,7 @@ def test_ntsc_and_variable_rate_mp4_pack_every_frame_in_order_with_their_true_ra
     for key, (meta, frames, rate) in packed.items():
         assert meta["num_frames"] == len(frames) == N
         assert meta["fps"] == float(expected[key]) and rate == expected[key], key
-        greys = [f[H // 2:, W // 2:].mean() for f in frames]  # the quadrant that carries the time
+        greys = [f[H // 2 :, W // 2 :].mean() for f in frames]  # the quadrant that carries the time
         assert all(b > a + 10 for a, b in zip(greys, greys[1:])), (key, greys)
 
 
@@ -115,9 +125,11 @@ def test_rotation_metadata_is_applied_so_frames_are_packed_upright(tmp_path, run
 
 
 def test_mirrored_or_odd_angle_video_is_skipped_and_named_not_packed_wrong(tmp_path, run_cli, capsys):
-    sources = {"mirror": _write(tmp_path / "mirror.mp4", rotation=0, hflip=True),
-               "tilted": _write(tmp_path / "tilted.mp4", rotation=45),
-               "good": _write(tmp_path / "good.mp4")}
+    sources = {
+        "mirror": _write(tmp_path / "mirror.mp4", rotation=0, hflip=True),
+        "tilted": _write(tmp_path / "tilted.mp4", rotation=45),
+        "good": _write(tmp_path / "good.mp4"),
+    }
     code, out = _pack(tmp_path, sources, run_cli)
     assert code == 0 and sorted(_packed(out)) == ["good"]
     skipped = {s["name"]: s for s in json.loads((out / "dev" / "manifest.json").read_text())["skipped"]}

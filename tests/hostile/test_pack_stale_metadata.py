@@ -46,7 +46,8 @@ def _meta(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("column, value", [("signer", "S2"), ("text", "goodbye")])
 def test_edited_table_column_is_refused_not_answered_already_packed_and_overwrite_writes_it(
-        synth_root, tmp_path, run_cli, one_line, capsys, column, value):
+    synth_root, tmp_path, run_cli, one_line, capsys, column, value
+):
     folders, out = _corpus(synth_root, tmp_path), tmp_path / "out"
     assert run_cli(_pack(_table(tmp_path, folders), out)) == 0
     capsys.readouterr()

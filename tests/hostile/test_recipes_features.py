@@ -24,8 +24,16 @@ from signstream.tools.cli import main as cli
 
 pytestmark = pytest.mark.hostile
 
-EXTRACT = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0", "progress=false",
-           "dtype=float32", "calibrate_bn=2"]
+EXTRACT = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "progress=false",
+    "dtype=float32",
+    "calibrate_bn=2",
+]
 
 
 class _RunsCommand:
@@ -69,8 +77,20 @@ def test_plain_signjoey_pickles_written_by_other_tools_still_load(tmp_path):
     assert sample.name == "v1" and np.array_equal(sample.features, sign.numpy())
 
 
-NAMES = ["dup", "dup", "a/b", "a_b", "features", "summary", "index", "config", "glosses", "fingerprint",
-         "features.index", *[f"v{i:02d}" for i in range(8)]]
+NAMES = [
+    "dup",
+    "dup",
+    "a/b",
+    "a_b",
+    "features",
+    "summary",
+    "index",
+    "config",
+    "glosses",
+    "fingerprint",
+    "features.index",
+    *[f"v{i:02d}" for i in range(8)],
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +104,19 @@ def colliding(synth_root, tmp_path_factory):
 
     pack_corpus("csv", root / "shards", table=root / "table.tsv", workers=1, progress=False, max_samples=8)
     out = root / "features"
-    assert cli(["extract_features", f"shards={root / 'shards'}", f"out={out}", *EXTRACT, "splits=train",
-                "writers=npy,signjoey,shards"]) == 0
+    assert (
+        cli(
+            [
+                "extract_features",
+                f"shards={root / 'shards'}",
+                f"out={out}",
+                *EXTRACT,
+                "splits=train",
+                "writers=npy,signjoey,shards",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -130,8 +161,20 @@ def test_a_sample_without_json_is_skipped_and_named_and_the_run_continues(packed
     shutil.copyfile(packed / "glosses.txt", shards / "glosses.txt")
     key = _truncate_json(shards / "dev")
     out = tmp_path / "out"
-    assert cli(["extract_features", f"shards={shards}", f"out={out}", *EXTRACT, "splits=dev", "writers=npy",
-                "max_skipped_fraction=0.5"]) == 0  # 1 of 3 skipped: above the default share
+    assert (
+        cli(
+            [
+                "extract_features",
+                f"shards={shards}",
+                f"out={out}",
+                *EXTRACT,
+                "splits=dev",
+                "writers=npy",
+                "max_skipped_fraction=0.5",
+            ]
+        )
+        == 0
+    )  # 1 of 3 skipped: above the default share
     dev = json.loads((out / "summary.json").read_text())["splits"]["dev"]
     (skipped,) = dev["skipped"]
     assert skipped["key"] == key and skipped["shard"].endswith(".tar") and skipped["reason"]
@@ -170,12 +213,22 @@ def test_signjoey_files_are_byte_identical_across_two_runs(tmp_path):
     store = tmp_path / "store"
     rng = np.random.default_rng(0)
     for i in range(4):
-        write_video(store, "dev", f"v{i}", {"name": f"v.{i}", "gloss": "AA", "signer": "S", "num_frames": 9},
-                    rng.normal(size=(3, 5)).astype(np.float32), "float32")
+        write_video(
+            store,
+            "dev",
+            f"v{i}",
+            {"name": f"v.{i}", "gloss": "AA", "signer": "S", "num_frames": 9},
+            rng.normal(size=(3, 5)).astype(np.float32),
+            "float32",
+        )
     outs = []
     for n, size in (("a", 10), ("b", 12345)):
-        subprocess.run([sys.executable, "-c", _WRITE, str(store), str(tmp_path / n), str(size)], check=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", _WRITE, str(store), str(tmp_path / n), str(size)],
+            check=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            capture_output=True,
+        )
         outs.append((tmp_path / n / "demo.dev").read_bytes())
     assert outs[0] == outs[1]
     with gzip.open(tmp_path / "a" / "demo.dev", "rb") as f:

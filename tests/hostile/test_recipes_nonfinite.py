@@ -27,16 +27,33 @@ pytestmark = pytest.mark.hostile
 
 HEAD = ["hidden=16", "batch_size=4", "cleanup=none", "epochs=2"]
 DIVERGE = ["lr=1e9", "warmup_steps=0", "clip_grad=0"]
-FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=16", "batch_size=2", "num_workers=0",
-            "head=linear", "epochs=1"]
-EXTRACT = ["backbone=s3d", "image_size=32", "backend=pyav", "num_workers=0", "progress=false", "dtype=float32",
-           "splits=dev"]
+FINETUNE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "max_frames=16",
+    "batch_size=2",
+    "num_workers=0",
+    "head=linear",
+    "epochs=1",
+]
+EXTRACT = [
+    "backbone=s3d",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "progress=false",
+    "dtype=float32",
+    "splits=dev",
+]
 
 
 def strict_load(path):
     """Parse JSON as any strict reader does: a bare NaN/Infinity is an error."""
+
     def refuse(name):
         raise ValueError(f"{path} holds a bare {name}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -131,8 +148,9 @@ def _checkpoint(path, fill):
     with torch.no_grad():
         for p in model.parameters():
             fill(p)
-    save_checkpoint(model, path, checkpoint_metadata("s3d", {"stop_after": 4}, "linear",
-                                                     {"hidden": 256, "dropout": 0.1}, 10))
+    save_checkpoint(
+        model, path, checkpoint_metadata("s3d", {"stop_after": 4}, "linear", {"hidden": 256, "dropout": 0.1}, 10)
+    )
     return path
 
 

@@ -18,10 +18,31 @@ from signstream.tools.cli import main as cli
 
 pytestmark = pytest.mark.hostile
 
-EXTRACT = ["backbone=s3d", "image_size=32", "backend=pyav", "num_workers=0", "progress=false", "splits=dev",
-           "writers=npy,signjoey", "dtype=float32", "calibrate_bn=2"]
-FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=16", "batch_size=2", "head=linear",
-            "lr=3e-3", "backbone_lr=3e-3", "warmup_steps=1", "freeze=2", "seed=1", "max_steps_per_epoch=2"]
+EXTRACT = [
+    "backbone=s3d",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "progress=false",
+    "splits=dev",
+    "writers=npy,signjoey",
+    "dtype=float32",
+    "calibrate_bn=2",
+]
+FINETUNE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "max_frames=16",
+    "batch_size=2",
+    "head=linear",
+    "lr=3e-3",
+    "backbone_lr=3e-3",
+    "warmup_steps=1",
+    "freeze=2",
+    "seed=1",
+    "max_steps_per_epoch=2",
+]
 
 
 def _extract(packed, out, *extra):
@@ -40,8 +61,9 @@ def extracted(packed, tmp_path_factory):
     return out
 
 
-def test_extraction_killed_then_rerun_with_another_model_is_refused_and_changes_nothing(packed, extracted,
-                                                                                       tmp_path, one_line):
+def test_extraction_killed_then_rerun_with_another_model_is_refused_and_changes_nothing(
+    packed, extracted, tmp_path, one_line
+):
     out = tmp_path / "out"
     shutil.copytree(extracted, out)
     for p in sorted(out.glob("dev/*.npy"))[1:]:  # the run was killed after its first video
@@ -58,8 +80,12 @@ def test_extraction_killed_then_rerun_with_another_model_is_refused_and_changes_
 def test_overwrite_restarts_deleting_only_files_the_project_wrote(packed, extracted, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(extracted, out)
-    mine = {"notes.txt": b"my notes", "dev/mine.npy": b"not features", "dev/mine.json": b"{}",
-            "dev/.draft.tmp": b"user temp"}
+    mine = {
+        "notes.txt": b"my notes",
+        "dev/mine.npy": b"not features",
+        "dev/mine.json": b"{}",
+        "dev/.draft.tmp": b"user temp",
+    }
     for name, data in mine.items():
         (out / name).write_bytes(data)
     assert _extract(packed, out, "stop_after=2", "overwrite=true") == 0
@@ -88,8 +114,15 @@ def test_rerun_of_the_same_configuration_resumes_and_removes_only_our_stray_temp
 def test_extraction_into_another_runs_out_with_changed_weights_file_is_refused(packed, tmp_path, one_line):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "fingerprint.json").write_text(json.dumps({"recipe": "extract_features", "fingerprint": {
-        "model": {"backbone": "s3d", "weights": "0" * 64}, "options": {}, "shards": {}}, "config": {}}))
+    (out / "fingerprint.json").write_text(
+        json.dumps(
+            {
+                "recipe": "extract_features",
+                "fingerprint": {"model": {"backbone": "s3d", "weights": "0" * 64}, "options": {}, "shards": {}},
+                "config": {},
+            }
+        )
+    )
     before = _snapshot(out)
     assert _extract(packed, out, "stop_after=4") == 2
     assert "another configuration" in one_line()

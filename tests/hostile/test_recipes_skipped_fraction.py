@@ -64,8 +64,20 @@ def test_extraction_above_the_skipped_fraction_fails_naming_the_share_and_the_sa
 def test_extraction_within_a_raised_fraction_skips_the_damaged_video_and_names_it(one_bad_dev, tmp_path):
     shards, key = one_bad_dev
     out = tmp_path / "feats"
-    assert cli(["extract_features", f"shards={shards}", f"out={out}", "splits=dev", "calibrate_bn=0",
-                "max_skipped_fraction=0.5", *EXTRACT]) == 0
+    assert (
+        cli(
+            [
+                "extract_features",
+                f"shards={shards}",
+                f"out={out}",
+                "splits=dev",
+                "calibrate_bn=0",
+                "max_skipped_fraction=0.5",
+                *EXTRACT,
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     dev = summary["splits"]["dev"] if "splits" in summary else summary["dev"]
     assert dev["videos"] == 2 and [s["key"] for s in dev["skipped"]] == [key]
@@ -76,13 +88,26 @@ def test_finetune_scores_dev_past_one_damaged_video_only_when_allowed(one_bad_de
     shards, _ = one_bad_dev
     assert cli(["finetune_ctc", f"shards={shards}", f"out={tmp_path / 'strict'}", "num_workers=0", *FINETUNE]) == 2
     assert "more than max_skipped_fraction=0.2" in error_line(capsys)
-    assert cli(["finetune_ctc", f"shards={shards}", f"out={tmp_path / 'lenient'}", "num_workers=0",
-                "max_skipped_fraction=0.5", *FINETUNE]) == 0
+    assert (
+        cli(
+            [
+                "finetune_ctc",
+                f"shards={shards}",
+                f"out={tmp_path / 'lenient'}",
+                "num_workers=0",
+                "max_skipped_fraction=0.5",
+                *FINETUNE,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "lenient" / "metrics.json").exists()
 
 
 def test_a_fraction_outside_zero_to_one_is_refused_before_any_work(packed, tmp_path, capsys):
-    assert cli(["extract_features", f"shards={packed}", f"out={tmp_path / 'f'}", "max_skipped_fraction=1.5",
-                *EXTRACT]) == 2
+    assert (
+        cli(["extract_features", f"shards={packed}", f"out={tmp_path / 'f'}", "max_skipped_fraction=1.5", *EXTRACT])
+        == 2
+    )
     assert "max_skipped_fraction" in error_line(capsys)
     assert not (tmp_path / "f").exists()

@@ -24,10 +24,16 @@ from tests.remote_fixtures import FAST_FAILURE
 
 pytestmark = pytest.mark.hostile
 
-EXTRACT = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0", "progress=false",
-           "dtype=float32"]
-FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=16", "batch_size=2", "head=linear",
-            "epochs=1"]
+EXTRACT = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "progress=false",
+    "dtype=float32",
+]
+FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=16", "batch_size=2", "head=linear", "epochs=1"]
 
 
 def error_line(capsys) -> str:
@@ -92,11 +98,11 @@ def assert_names_the_split(line: str, split: str, skipped: int) -> None:
     assert line.count("(") >= 3  # the first reasons, each "key (shard: reason)"
 
 
-def test_extraction_of_undecodable_shards_fails_naming_the_split_and_writes_no_merged_files(broken, tmp_path,
-                                                                                          capsys):
+def test_extraction_of_undecodable_shards_fails_naming_the_split_and_writes_no_merged_files(broken, tmp_path, capsys):
     out = tmp_path / "feats"
-    assert cli(["extract_features", f"shards={broken}", f"out={out}", "splits=dev,test", "calibrate_bn=0",
-                *EXTRACT]) == 2
+    assert (
+        cli(["extract_features", f"shards={broken}", f"out={out}", "splits=dev,test", "calibrate_bn=0", *EXTRACT]) == 2
+    )
     line = error_line(capsys)
     assert_names_the_split(line, "dev", 3)
     assert "decode failed" in line
@@ -109,8 +115,7 @@ def test_extraction_with_every_remote_fetch_failing_fails_naming_the_split(packe
         monkeypatch.setenv(name, value)
     out = tmp_path / "feats"
     with failing_server(packed) as base:
-        assert cli(["extract_features", f"shards={base}", f"out={out}", "splits=test", "calibrate_bn=0",
-                    *EXTRACT]) == 2
+        assert cli(["extract_features", f"shards={base}", f"out={out}", "splits=test", "calibrate_bn=0", *EXTRACT]) == 2
     line = error_line(capsys)
     assert_names_the_split(line, "test", 3)
     assert "500" in line
@@ -119,8 +124,7 @@ def test_extraction_with_every_remote_fetch_failing_fails_naming_the_split(packe
 
 def test_bn_calibration_on_a_split_with_no_readable_video_fails_before_writing(broken, tmp_path, capsys):
     out = tmp_path / "feats"
-    assert cli(["extract_features", f"shards={broken}", f"out={out}", "splits=dev", "calibrate_bn=2",
-                *EXTRACT]) == 2
+    assert cli(["extract_features", f"shards={broken}", f"out={out}", "splits=dev", "calibrate_bn=2", *EXTRACT]) == 2
     line = error_line(capsys)
     assert "split 'dev' yielded no video to calibrate BatchNorm on" in line and "3 skipped" in line
     assert not (out / "features.dev").exists()

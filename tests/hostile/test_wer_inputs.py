@@ -60,8 +60,7 @@ def test_ctm_where_even_root_cannot_create_files_is_a_one_line_error(files, caps
 
 
 @pytest.mark.parametrize("where", ["file_as_parent", "directory", "input"])
-def test_ctm_or_stm_that_cannot_be_written_is_refused_before_anything_is_written(files, tmp_path, capsys,
-                                                                                  where):
+def test_ctm_or_stm_that_cannot_be_written_is_refused_before_anything_is_written(files, tmp_path, capsys, where):
     ref, hyp = files
     stm = tmp_path / "out.stm"
     ctm = {"file_as_parent": ref / "h.ctm", "directory": tmp_path, "input": hyp}[where]

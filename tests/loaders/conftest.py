@@ -45,15 +45,27 @@ def corpus(tmp_path_factory, tiny_videos) -> dict[str, Path]:
     real = _real_pipeline()
     if real is not None:
         make_corpus, pack_corpus = real
-        root = Path(make_corpus(base / "corpus", layout="phoenix2014", seed=0, train=2, dev=7, test=1,
-                                height=H, width=W))
+        root = Path(
+            make_corpus(base / "corpus", layout="phoenix2014", seed=0, train=2, dev=7, test=1, height=H, width=W)
+        )
         for codec in ("vp9", "h264"):
-            pack_corpus("phoenix2014", base / codec, root=root, splits=["dev"], workers=1,
-                        progress=False, codec=codec, max_samples=3)
+            pack_corpus(
+                "phoenix2014",
+                base / codec,
+                root=root,
+                splits=["dev"],
+                workers=1,
+                progress=False,
+                codec=codec,
+                max_samples=3,
+            )
         return {"root": root, "vp9": base / "vp9" / "dev", "h264": base / "h264" / "dev"}
     root = write_phoenix_pngs(base / "corpus", "dev", tiny_videos)
-    return {"root": root, "vp9": write_split(base / "vp9", "dev", tiny_videos),
-            "h264": write_split(base / "h264", "dev", tiny_videos, codec="h264")}
+    return {
+        "root": root,
+        "vp9": write_split(base / "vp9", "dev", tiny_videos),
+        "h264": write_split(base / "h264", "dev", tiny_videos, codec="h264"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -75,5 +87,9 @@ def damaged_split(tmp_path_factory, tiny_videos) -> Path:
     good = bytearray(encode(tiny_videos["v04"]))
     for j in range(200, len(good) - 50):
         good[j] ^= 0x5A
-    return write_split(tmp_path_factory.mktemp("damaged"), "dev", tiny_videos,
-                       damage={"v02": trunc[: len(trunc) // 3], "v04": bytes(good)})
+    return write_split(
+        tmp_path_factory.mktemp("damaged"),
+        "dev",
+        tiny_videos,
+        damage={"v02": trunc[: len(trunc) // 3], "v04": bytes(good)},
+    )

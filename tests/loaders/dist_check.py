@@ -24,8 +24,16 @@ def main() -> None:
     result, rank, world = {}, None, None
     for backend, (source, extra) in sources.items():
         for mode in ("eval", "train"):
-            loader = make_loader(source, backend=backend, batch_size=2, transform=Transform(size=32),
-                                 mode=mode, num_workers=1, seed=5, **extra)
+            loader = make_loader(
+                source,
+                backend=backend,
+                batch_size=2,
+                transform=Transform(size=32),
+                mode=mode,
+                num_workers=1,
+                seed=5,
+                **extra,
+            )
             rank, world = loader.rank, loader.world
             # two epochs; each a list of batches, each a list of keys
             result[f"{backend}-{mode}"] = [[batch.keys for batch in loader] for _ in range(2)]

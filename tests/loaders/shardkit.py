@@ -16,6 +16,16 @@ import av
 import cv2
 import numpy as np
 
+from signstream.loaders.format import (
+    Manifest,
+    PackLayout,
+    ShardEntry,
+    index_path_for,
+    sha256_file,
+    shard_name,
+    write_manifest,
+)
+
 H, W = 48, 64
 
 
@@ -29,14 +39,16 @@ def moving_frames(num: int, seed: int, h: int = H, w: int = W) -> np.ndarray:
     for t in range(num):
         f = base.copy()
         y0, x0 = (5 + 2 * t + seed) % (h - 12), (3 + 3 * t + 2 * seed) % (w - 12)
-        f[y0:y0 + 12, x0:x0 + 12] = colour
+        f[y0 : y0 + 12, x0 : x0 + 12] = colour
         f += rng.normal(0, 3, f.shape)
         out.append(np.clip(f, 0, 255).astype(np.uint8))
     return np.stack(out)
 
 
-ENCODERS = {"vp9": ("libvpx-vp9", "webm", "webm", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
-            "h264": ("libx264", "mp4", "mp4", {"crf": "18", "preset": "veryfast"})}
+ENCODERS = {
+    "vp9": ("libvpx-vp9", "webm", "webm", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+    "h264": ("libx264", "mp4", "mp4", {"crf": "18", "preset": "veryfast"}),
+}
 
 
 def encode(frames: np.ndarray, codec: str = "vp9") -> bytes:
@@ -69,8 +81,16 @@ def write_tar(path: Path, samples: list[list[tuple[str, bytes]]]) -> str:
     return f"v1.2 {len(samples)}\n" + "\n".join(lines) + "\n"
 
 
-def write_split(out: Path, split: str, videos: dict[str, np.ndarray], *, codec: str = "vp9",
-                per_shard: int = 3, damage: dict[str, bytes] | None = None, bare_meta: bool = False) -> Path:
+def write_split(
+    out: Path,
+    split: str,
+    videos: dict[str, np.ndarray],
+    *,
+    codec: str = "vp9",
+    per_shard: int = 3,
+    damage: dict[str, bytes] | None = None,
+    bare_meta: bool = False,
+) -> Path:
     """Write ``videos`` (key -> frames) as shards + indexes + manifest; return the split dir.
 
     ``damage`` replaces a key's encoded bytes (the JSON still describes the
@@ -81,28 +101,43 @@ def write_split(out: Path, split: str, videos: dict[str, np.ndarray], *, codec: 
     split_dir.mkdir(parents=True, exist_ok=True)
     ext = ENCODERS[codec][2]
     keys = list(videos)
-    shards, total_frames = [], 0
+    shards = []
     for number, start in enumerate(range(0, len(keys), per_shard)):
-        samples = []
-        for key in keys[start:start + per_shard]:
+        samples, frames_in_shard = [], 0
+        for key in keys[start : start + per_shard]:
             frames = videos[key]
             data = (damage or {}).get(key) or encode(frames, codec)
-            meta = {"name": key, "key": key, "split": split, "signer": "S1", "gloss": "A B",
-                    "text": "", "num_frames": len(frames), "fps": 25.0,
-                    "height": frames.shape[1], "width": frames.shape[2], "codec": codec}
+            meta = {
+                "name": key,
+                "key": key,
+                "split": split,
+                "signer": "S1",
+                "gloss": "A B",
+                "text": "",
+                "num_frames": len(frames),
+                "fps": 25.0,
+                "height": frames.shape[1],
+                "width": frames.shape[2],
+                "codec": codec,
+            }
             if bare_meta:
                 meta = {"key": key, "name": key}
             samples.append([(f"{key}.{ext}", data), (f"{key}.json", json.dumps(meta).encode())])
-            total_frames += len(frames)
-        tar = split_dir / f"{split}-{number:06d}.tar"
-        (split_dir / f"{split}-{number:06d}.idx").write_text(write_tar(tar, samples))
-        shards.append({"file": tar.name, "index": tar.with_suffix(".idx").name, "samples": len(samples),
-                       "keys": keys[start:start + per_shard], "bytes": tar.stat().st_size})
-    manifest = {"format": "signstream-shards/1", "split": split, "codec": codec, "video_ext": ext,
-                "options": {}, "shards": shards, "skipped": [], "versions": {},
-                "totals": {"samples": len(keys), "frames": total_frames,
-                           "bytes": sum(s["bytes"] for s in shards), "png_bytes": 0}}
-    (split_dir / "manifest.json").write_text(json.dumps(manifest))
+            frames_in_shard += len(frames)
+        tar = split_dir / shard_name(split, number)
+        index_path_for(tar).write_text(write_tar(tar, samples))
+        shards.append(
+            ShardEntry(
+                tar.name,
+                index_path_for(tar).name,
+                sha256_file(tar),
+                len(samples),
+                frames_in_shard,
+                tar.stat().st_size,
+                tuple(keys[start : start + per_shard]),
+            )
+        )
+    write_manifest(PackLayout(out).manifest_path(split), Manifest.build(split, codec, ext, "", {}, shards))
     return split_dir
 
 

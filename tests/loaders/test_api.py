@@ -11,7 +11,9 @@ from signstream.loaders import BACKENDS, Transform, make_loader
 
 def test_backends_are_registered_by_name():
     assert set(BACKENDS) == {"pyav", "dali", "pngdir"}
-    with pytest.raises(SignstreamError, match=r"unknown loader backend \(or auto\) 'ffcv'; choose from dali, pngdir, pyav"):
+    with pytest.raises(
+        SignstreamError, match=r"unknown loader backend \(or auto\) 'ffcv'; choose from dali, pngdir, pyav"
+    ):
         make_loader("x", backend="ffcv")
 
 

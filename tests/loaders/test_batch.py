@@ -62,8 +62,7 @@ def test_normalisation_matches_the_formula():
 
 def test_clips_of_different_sizes_cannot_share_a_batch():
     with pytest.raises(SignstreamError, match="different frame sizes"):
-        collate([Decoded("a", clip(2), {}, "s"), Decoded("b", np.zeros((3, 2, 6, 5), np.uint8), {}, "s")],
-                Transform())
+        collate([Decoded("a", clip(2), {}, "s"), Decoded("b", np.zeros((3, 2, 6, 5), np.uint8), {}, "s")], Transform())
 
 
 def test_finish_batch_trims_t_to_the_clips_that_remain():

@@ -1,14 +1,10 @@
 """DALI backend (CPU pipelines here; the NVDEC twin runs where CUDA exists).
 
-Stated tolerance between DALI-CPU and PyAV on the same VP9 shard (uint8 RGB,
-0-255): both convert YUV 4:2:0 to RGB the same way (BT.601, bilinear chroma)
-and resize with the same bilinear filters (antialiased when shrinking), so the
-mean absolute difference is under 0.6 grey levels and 99 % of values differ by
-at most 2 (measured on 48x64 clips: mean 0.29-0.50, 99th percentile 1-2); a few
-pixels at sharp edges differ by up to 24 when resampling by a fractional
-factor (PyAV resizes before converting to RGB, DALI after, and the two
-resamplers round differently). Normalised float output carries the same
-difference divided by 255 * std.
+Stated tolerance between DALI-CPU and PyAV on the same VP9 shard (uint8 RGB, 0-255): mean
+absolute difference under 0.6 grey levels, 99 % of values within 2, no value off by more
+than 24 (a few sharp-edge pixels when resampling by a fractional factor). Normalised float
+output carries the same difference divided by 255 * std. Why these bounds, and what was
+measured: docs/design/dali.md.
 """
 
 from __future__ import annotations
@@ -18,8 +14,7 @@ import torch
 
 from signstream import SignstreamError
 from signstream.loaders import Batch, Transform, make_loader
-from signstream.loaders.dali_backend import check_nvdec_sizes, nvdec_size_error
-from signstream.loaders.nvdec import NVDEC_LIMITS
+from signstream.loaders.nvdec import NVDEC_LIMITS, check_nvdec_sizes, nvdec_size_error
 from signstream.loaders.shards import resolve_shards
 
 pytest.importorskip("nvidia.dali")
@@ -36,12 +31,15 @@ def keys_of(batches):
     return [k for b in batches for k in b.keys]
 
 
-@pytest.mark.parametrize("transform", [
-    Transform(size=(48, 64), resize=(48, 64), output="uint8"),  # no resampling: decode + colour only
-    Transform(size=48, output="uint8"),                         # centre crop
-    Transform(size=56, output="uint8"),                         # upsampling
-    Transform(size=(24, 32), output="uint8"),                   # downsampling (antialiased)
-])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        Transform(size=(48, 64), resize=(48, 64), output="uint8"),  # no resampling: decode + colour only
+        Transform(size=48, output="uint8"),  # centre crop
+        Transform(size=56, output="uint8"),  # upsampling
+        Transform(size=(24, 32), output="uint8"),  # downsampling (antialiased)
+    ],
+)
 @pytest.mark.parametrize("postprocess", ["opencv", "dali"])
 def test_dali_cpu_and_pyav_give_the_same_tensors(vp9_split, transform, postprocess):
     _, pyav = run(vp9_split, "pyav", batch_size=3, transform=transform, num_workers=0)
@@ -112,8 +110,15 @@ def test_dali_skips_and_names_corrupt_samples_and_finishes_the_rest(damaged_spli
 
 @pytest.mark.parametrize("postprocess", ["opencv", "dali"])
 def test_dali_train_mode_keeps_equal_batches_despite_corrupt_samples(damaged_split, postprocess):
-    ld, batches = run(damaged_split, "dali", batch_size=2, mode="train", handler="skip", postprocess=postprocess,
-                      transform=Transform(size=32, max_frames=4))
+    ld, batches = run(
+        damaged_split,
+        "dali",
+        batch_size=2,
+        mode="train",
+        handler="skip",
+        postprocess=postprocess,
+        transform=Transform(size=32, max_frames=4),
+    )
     assert len(batches) == len(ld) == 3 and not {"v02", "v04"} & set(keys_of(batches))
     assert {s.key for s in ld.stats.skipped} == {"v02", "v04"}
 
@@ -126,8 +131,9 @@ def test_dali_raise_handler_stops_on_the_first_bad_sample(damaged_split):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_dali_eval_ranks_see_every_sample_exactly_once(vp9_split, shuffle):
     world = 3
-    seen = [keys_of(run(vp9_split, "dali", batch_size=2, rank=r, world=world, shuffle=shuffle)[1])
-            for r in range(world)]
+    seen = [
+        keys_of(run(vp9_split, "dali", batch_size=2, rank=r, world=world, shuffle=shuffle)[1]) for r in range(world)
+    ]
     flat = [k for s in seen for k in s]
     assert sorted(flat) == sorted(r.key for r in resolve_shards(vp9_split).refs)
     assert len(flat) == len(set(flat))
@@ -136,15 +142,17 @@ def test_dali_eval_ranks_see_every_sample_exactly_once(vp9_split, shuffle):
 def test_dali_train_ranks_get_equal_batch_counts_every_epoch(vp9_split):
     t = Transform(size=32, max_frames=4)
     for r in range(2):
-        ld = make_loader(vp9_split, backend="dali", mode="train", batch_size=2, transform=t, rank=r,
-                         world_size=2, num_workers=1)
+        ld = make_loader(
+            vp9_split, backend="dali", mode="train", batch_size=2, transform=t, rank=r, world_size=2, num_workers=1
+        )
         assert [len(list(ld)) for _ in range(2)] == [len(ld)] * 2 == [1, 1]
 
 
 def test_dali_shuffle_is_deterministic_for_a_seed(vp9_split):
     def order(seed):
-        return keys_of(run(vp9_split, "dali", batch_size=2, mode="train", seed=seed,
-                           transform=Transform(size=32, max_frames=4))[1])
+        return keys_of(
+            run(vp9_split, "dali", batch_size=2, mode="train", seed=seed, transform=Transform(size=32, max_frames=4))[1]
+        )
 
     assert order(3) == order(3)
     assert len({tuple(order(s)) for s in range(4)}) > 1
@@ -160,8 +168,16 @@ def test_one_dali_iteration_decoding_several_batches_gives_the_same_batches(vp9_
 
 
 def test_dali_loader_serves_a_full_epoch_after_the_caller_stopped_early(vp9_split):
-    ld = make_loader(vp9_split, backend="dali", batch_size=2, transform=Transform(size=32), rank=0,
-                     world_size=1, num_workers=1, batches_per_run=1)
+    ld = make_loader(
+        vp9_split,
+        backend="dali",
+        batch_size=2,
+        transform=Transform(size=32),
+        rank=0,
+        world_size=1,
+        num_workers=1,
+        batches_per_run=1,
+    )
     next(iter(ld))  # leaves iterations queued in the pipeline
     assert sorted(keys_of(list(ld))) == sorted(r.key for r in resolve_shards(vp9_split).refs)
 
@@ -242,8 +258,7 @@ def test_nvdec_float16_output_on_a_side_stream(phoenix_size_split):
 @cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_nvdec_decodes_on_the_gpu_the_device_string_names(phoenix_size_split):
-    ld, batches = run(phoenix_size_split["vp9"], "dali", batch_size=2, device="cuda:1",
-                      transform=Transform(size=64))
+    ld, batches = run(phoenix_size_split["vp9"], "dali", batch_size=2, device="cuda:1", transform=Transform(size=64))
     assert ld.device_id == 1 and all(b.video.device == torch.device("cuda", 1) for b in batches)
 
 
@@ -259,7 +274,7 @@ def test_nvdec_skips_and_names_corrupt_samples(tmp_path, phoenix_size_split):
 
 
 def test_default_batches_per_run_aims_at_eight_clips_per_cpu_iteration(vp9_split):
-    from signstream.loaders.dali_backend import default_batches_per_run
+    from signstream.loaders.dali_startup import default_batches_per_run
 
     assert [default_batches_per_run(b, cuda=False) for b in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     assert default_batches_per_run(2, cuda=True, threads=8) == 8  # CUDA: tests/loaders/test_dali_startup.py

@@ -37,8 +37,11 @@ from signstream.loaders.shards import resolve_shards
 
 pytest.importorskip("nvidia.dali")
 
-RUNS = [pytest.param("cpu", "dali", id="cpu-dali-ops"), pytest.param("cpu", "opencv", id="cpu-opencv"),
-        pytest.param("cuda", "dali", marks=pytest.mark.cuda, id="cuda")]
+RUNS = [
+    pytest.param("cpu", "dali", id="cpu-dali-ops"),
+    pytest.param("cpu", "opencv", id="cpu-opencv"),
+    pytest.param("cuda", "dali", marks=pytest.mark.cuda, id="cuda"),
+]
 TRAIN = dict(hflip=True, colour_jitter=0.3, train_scale=(0.6, 1.0))  # temporal_rescale: its default (0.5, 1.5)
 
 
@@ -95,11 +98,17 @@ def test_dali_train_mode_matches_pyav_for_three_epochs_in_a_row(phoenix_size_pac
 
 @pytest.mark.parametrize(("mode", "output"), [("eval", "float"), ("eval", "float16"), ("train", "float")])
 @pytest.mark.parametrize(("device", "postprocess"), RUNS)
-def test_dali_normalised_output_with_zero_padding_matches_pyav(phoenix_size_packed, device, postprocess,
-                                                               mode, output):
+def test_dali_normalised_output_with_zero_padding_matches_pyav(phoenix_size_packed, device, postprocess, mode, output):
     split = phoenix_size_packed / "train"  # 4 videos: 2 full batches in both modes
-    t = Transform(size=112, normalize="kinetics", output=output, pad="zeros", min_frames=48, pad_multiple=8,
-                  **(TRAIN if mode == "train" else {}))
+    t = Transform(
+        size=112,
+        normalize="kinetics",
+        output=output,
+        pad="zeros",
+        min_frames=48,
+        pad_multiple=8,
+        **(TRAIN if mode == "train" else {}),
+    )
     kw = dict(mode=mode, batch_size=2, transform=t, shuffle=False, seed=1)
     ref = list(loader(split, "pyav", **kw))
     got = list(loader(split, "dali", device, postprocess=postprocess, **kw))
@@ -139,7 +148,7 @@ def corrupt_copy(split: Path, out: Path, where: str) -> tuple[Path, str, str]:
     tar = shards.shards[ref.shard].path
     offset, size = ref.video
     raw = bytearray(tar.read_bytes())
-    pos, frame = middle_frame(bytes(raw[offset:offset + size]))
+    pos, frame = middle_frame(bytes(raw[offset : offset + size]))
     for rel in DAMAGE[where][0](frame):
         raw[offset + pos + rel] ^= 0xFF
     tar.write_bytes(bytes(raw))  # tar headers, index and JSON untouched: it still parses
@@ -158,12 +167,18 @@ def clips(ld) -> dict[str, torch.Tensor]:
 
 @pytest.mark.timeout(120)  # a decoder that hangs on the damage fails here, not at the suite's limit
 @pytest.mark.parametrize("where", DAMAGE)
-@pytest.mark.parametrize(("backend", "device", "postprocess"), [
-    pytest.param("pyav", "cpu", None, id="pyav"), pytest.param("dali", "cpu", "dali", id="cpu-dali-ops"),
-    pytest.param("dali", "cpu", "opencv", id="cpu-opencv"),
-    pytest.param("dali", "cuda", "dali", marks=pytest.mark.cuda, id="cuda")])
-def test_a_video_with_flipped_bytes_is_skipped_and_named_or_delivered_whole(phoenix_size_packed, tmp_path, backend,
-                                                                            device, postprocess, where):
+@pytest.mark.parametrize(
+    ("backend", "device", "postprocess"),
+    [
+        pytest.param("pyav", "cpu", None, id="pyav"),
+        pytest.param("dali", "cpu", "dali", id="cpu-dali-ops"),
+        pytest.param("dali", "cpu", "opencv", id="cpu-opencv"),
+        pytest.param("dali", "cuda", "dali", marks=pytest.mark.cuda, id="cuda"),
+    ],
+)
+def test_a_video_with_flipped_bytes_is_skipped_and_named_or_delivered_whole(
+    phoenix_size_packed, tmp_path, backend, device, postprocess, where
+):
     clean_split = phoenix_size_packed / "dev"
     split, bad, shard = corrupt_copy(clean_split, tmp_path, where)
     kw = dict(batch_size=2, transform=Transform(size=64, output="uint8"), handler="skip")

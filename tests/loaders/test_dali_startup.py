@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from signstream import SignstreamError
-from signstream.loaders import Transform, dali_startup, make_loader
+from signstream.loaders import Transform, dali_pipeline, dali_startup, dali_stream, make_loader
 from signstream.loaders import dali_backend as db
 from signstream.loaders.dali_startup import (
     CAUSES,
@@ -33,11 +33,14 @@ def dali_error(reason: str) -> RuntimeError:
         "which was used in the pipeline definition with the following traceback:\n\n"
         '  File "loaders/dali_backend.py", line 192, in decode\n\nencountered:\n\n'
         f"{reason}\nC++ context: [/opt/dali/dali/operators/video/frames_decoder_gpu.cc:40]\n"
-        "Current pipeline object is no longer valid.")
+        "Current pipeline object is no longer valid."
+    )
 
 
-NO_NVCUVID = ("Failed to load libnvcuvid.so, needed by the VideoReader operator. If you are running in a "
-              "Docker container, please refer to https://github.com/NVIDIA/nvidia-docker/wiki/Usage")
+NO_NVCUVID = (
+    "Failed to load libnvcuvid.so, needed by the VideoReader operator. If you are running in a "
+    "Docker container, please refer to https://github.com/NVIDIA/nvidia-docker/wiki/Usage"
+)
 
 
 class Dying:
@@ -60,7 +63,7 @@ class Dying:
 @pytest.fixture
 def builds(monkeypatch):
     """Count pipeline builds; ``builds["wrap"]`` (if set) wraps each built pipeline."""
-    real = db.build_pipeline
+    real = dali_stream.build_pipeline
     counter = {"builds": 0, "runs": 0, "wrap": None, "threads": []}
 
     def build(*args, **kw):
@@ -69,7 +72,7 @@ def builds(monkeypatch):
         pipe = real(*args, **kw)
         return counter["wrap"](pipe) if counter["wrap"] else pipe
 
-    monkeypatch.setattr(db, "build_pipeline", build)
+    monkeypatch.setattr(dali_stream, "build_pipeline", build)
     return counter
 
 
@@ -101,13 +104,13 @@ def test_a_decoder_that_dies_mid_run_is_one_line_after_a_bounded_number_of_probe
             delivered.extend(batch.keys)
     assert len(delivered) == 1  # the one iteration that worked
     # the pipeline, one probe per sample that failed alone, and the reference check; not one per sample
-    assert builds["builds"] == 1 + db.PROBES_BEFORE_CHECK + 1
+    assert builds["builds"] == 1 + dali_stream.PROBES_BEFORE_CHECK + 1
 
 
 def test_a_corrupt_sample_among_good_ones_is_still_skipped_and_named(damaged_split, monkeypatch):
     checks = []
-    real = db.reference_inputs
-    monkeypatch.setattr(db, "reference_inputs", lambda *a: checks.append(a) or real(*a))
+    real = dali_stream.reference_inputs
+    monkeypatch.setattr(dali_stream, "reference_inputs", lambda *a: checks.append(a) or real(*a))
     ld = loader(damaged_split, batch_size=3, handler="skip")
     keys = [k for b in ld for k in b.keys]
     assert sorted(keys) == ["v00", "v01", "v03", "v05", "v06"]
@@ -119,21 +122,24 @@ def test_a_pipeline_that_cannot_be_built_is_one_line_naming_the_cause(vp9_split,
     def fail(*args, **kw):
         raise dali_error("CUDA driver version is insufficient for CUDA runtime version")
 
-    monkeypatch.setattr(db, "build_pipeline", fail)
+    monkeypatch.setattr(dali_stream, "build_pipeline", fail)
     with pytest.raises(SignstreamError) as info:
         list(loader(vp9_split, batch_size=2))
     message = str(info.value)
     assert "\n" not in message and "building DALI's pipeline" in message and "update the driver" in message
 
 
-@pytest.mark.parametrize(("reason", "hint"), [
-    (NO_NVCUVID, "libnvcuvid.so.1 is missing"),
-    ("dlopen libnvcuvid.so failed!. Please install NVIDIA GPU driver", "libnvcuvid.so.1 is missing"),
-    ('Failed to create video decoder for "sample #0" (CUDA_ERROR_NOT_SUPPORTED)', "MIG slice"),
-    ("Decoder hardware does not support this video codec and/or chroma format", "no usable NVDEC engine"),
-    ("CUDA error: out of memory", "out of memory"),
-    ("CUDA driver version is insufficient for CUDA runtime version", "update the driver"),
-])
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        (NO_NVCUVID, "libnvcuvid.so.1 is missing"),
+        ("dlopen libnvcuvid.so failed!. Please install NVIDIA GPU driver", "libnvcuvid.so.1 is missing"),
+        ('Failed to create video decoder for "sample #0" (CUDA_ERROR_NOT_SUPPORTED)', "MIG slice"),
+        ("Decoder hardware does not support this video codec and/or chroma format", "no usable NVDEC engine"),
+        ("CUDA error: out of memory", "out of memory"),
+        ("CUDA driver version is insufficient for CUDA runtime version", "update the driver"),
+    ],
+)
 def test_known_causes_of_a_dead_decoder_name_the_way_out_in_one_line(reason, hint):
     message = dead_decoder_error([dali_error(reason)], 0, stage=", even for a reference clip")
     assert message.startswith("NVDEC decoding fails on GPU 0, even for a reference clip: DALI: ")
@@ -146,7 +152,9 @@ def test_an_unknown_cause_still_names_dalis_reason_and_a_way_out():
     message = dead_decoder_error([dali_error("Something nobody has seen")], 0, stage="")
     assert "DALI: Something nobody has seen" in message and "signstream.loaders.nvdec" in message
     assert len(CAUSES) == len({hint for _, hint in CAUSES})
-    assert dali_reason(dali_error("x" * 1000)).startswith("DALI: xxx") and len(dali_reason(dali_error("x" * 1000))) == 300
+    assert (
+        dali_reason(dali_error("x" * 1000)).startswith("DALI: xxx") and len(dali_reason(dali_error("x" * 1000))) == 300
+    )
 
 
 @pytest.mark.parametrize("codec", ["vp9", "h264"])
@@ -170,7 +178,11 @@ def test_cuda_decoder_threads_are_the_hosts_share_whatever_num_workers_says(core
 
 def test_cpu_decoder_threads_follow_num_workers_and_an_override_wins_everywhere():
     assert [dali_startup.resolve_decoder_threads(False, w, cores=16) for w in (0, 1, 6)] == [1, 1, 6]
-    assert dali_startup.resolve_decoder_threads(True, 1, 3, cores=16) == dali_startup.resolve_decoder_threads(False, 1, 3) == 3
+    assert (
+        dali_startup.resolve_decoder_threads(True, 1, 3, cores=16)
+        == dali_startup.resolve_decoder_threads(False, 1, 3)
+        == 3
+    )
     with pytest.raises(SignstreamError, match="decoder_threads must be >= 1, got 0"):
         dali_startup.resolve_decoder_threads(True, 1, 0)
 
@@ -224,9 +236,15 @@ cuda = pytest.mark.cuda
 def test_nvdec_decodes_the_reference_clip(codec):
     from signstream.loaders.dali_startup import REFERENCE_FRAMES, reference_inputs
 
-    names = db.input_names("dali", Transform(size=64))
-    pipe = db.build_pipeline(names, postprocess="dali", transform=Transform(size=64, output="uint8"),
-                             batch_size=1, num_threads=1, device_id=0)
+    names = dali_pipeline.input_names("dali", Transform(size=64))
+    pipe = dali_pipeline.build_pipeline(
+        names,
+        postprocess="dali",
+        transform=Transform(size=64, output="uint8"),
+        batch_size=1,
+        num_threads=1,
+        device_id=0,
+    )
     inputs = reference_inputs(codec)
     (out,) = pipe.run(**{n: [inputs[n]] for n in names})
     assert tuple(out.as_cpu().as_array().shape) == (1, 3, REFERENCE_FRAMES, 128, 128)

@@ -14,8 +14,11 @@ from signstream import SignstreamError
 from signstream.loaders import Transform, make_loader
 
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="cuda:1 needs at least 2 CUDA devices")
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda),
-           pytest.param("cuda:1", marks=[pytest.mark.cuda, TWO_GPUS])]
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param("cuda", marks=pytest.mark.cuda),
+    pytest.param("cuda:1", marks=[pytest.mark.cuda, TWO_GPUS]),
+]
 
 
 def _resolved(device: str) -> torch.device:
@@ -25,8 +28,16 @@ def _resolved(device: str) -> torch.device:
 
 
 def _batches(split, device, output="float"):
-    loader = make_loader(split, backend="pyav", device=device, batch_size=2, num_workers=0, rank=0,
-                         world_size=1, transform=Transform(size=32, output=output))
+    loader = make_loader(
+        split,
+        backend="pyav",
+        device=device,
+        batch_size=2,
+        num_workers=0,
+        rank=0,
+        world_size=1,
+        transform=Transform(size=32, output=output),
+    )
     return list(loader)
 
 

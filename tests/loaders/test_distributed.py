@@ -23,9 +23,23 @@ def test_two_processes_split_eval_exactly_once_and_train_equally(corpus, tmp_pat
     out = tmp_path / "ranks"
     # --multi_gpu starts 2 torchrun workers; on a CUDA-less box the loaders'
     # PartialState(cpu=True) turns them into a MULTI_CPU (gloo) group.
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(Path(__file__).with_name("dist_check.py")), str(corpus["vp9"]), str(corpus["root"]), str(out)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(Path(__file__).with_name("dist_check.py")),
+        str(corpus["vp9"]),
+        str(corpus["root"]),
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,8 +19,14 @@ def _store(tmp_path, n=5, dim=6):
     rng = np.random.default_rng(0)
     store = tmp_path / "feats"
     for i in range(n):
-        meta = {"name": f"vid.{i}", "key": f"vid_{i}", "signer": f"S{i % 2}", "gloss": "A B",
-                "text": "a b", "num_frames": 10 + i}
+        meta = {
+            "name": f"vid.{i}",
+            "key": f"vid_{i}",
+            "signer": f"S{i % 2}",
+            "gloss": "A B",
+            "text": "a b",
+            "num_frames": 10 + i,
+        }
         write_video(store, "dev", meta["key"], meta, rng.normal(size=(3 + i, dim)).astype(np.float32), dtype="float32")
     return store
 

@@ -27,8 +27,9 @@ META = torch.device("meta")
 
 def _uint8_batch(lengths: list[int], t: int = 6) -> Batch:
     video = torch.randint(0, 256, (len(lengths), 3, t, 4, 5), dtype=torch.uint8)
-    return Batch(video, torch.tensor(lengths, dtype=torch.int64), [f"k{i}" for i in range(len(lengths))],
-                 [{} for _ in lengths])
+    return Batch(
+        video, torch.tensor(lengths, dtype=torch.int64), [f"k{i}" for i in range(len(lengths))], [{} for _ in lengths]
+    )
 
 
 # --------------------------------------------------------------- CPU twins
@@ -59,10 +60,14 @@ def test_a_loader_delivering_to_a_device_never_reads_a_device_tensor_on_the_host
     # meta tensors cannot be read: a .tolist()/.item()/.cpu() of one in the loader path would raise
     device_constants.cache_clear()
     t = Transform(size=32, output=output, pad="zeros")
-    loader = make_loader(vp9_split, backend="pyav", device="meta", batch_size=2, num_workers=0, rank=0,
-                         world_size=1, transform=t)
-    cpu = list(make_loader(vp9_split, backend="pyav", device="cpu", batch_size=2, num_workers=0, rank=0,
-                           world_size=1, transform=t))
+    loader = make_loader(
+        vp9_split, backend="pyav", device="meta", batch_size=2, num_workers=0, rank=0, world_size=1, transform=t
+    )
+    cpu = list(
+        make_loader(
+            vp9_split, backend="pyav", device="cpu", batch_size=2, num_workers=0, rank=0, world_size=1, transform=t
+        )
+    )
     got = list(loader)
     assert len(got) == len(cpu) > 2
     for a, b in zip(cpu, got, strict=True):
@@ -73,8 +78,16 @@ def test_a_loader_delivering_to_a_device_never_reads_a_device_tensor_on_the_host
 
 def test_dali_batches_keep_their_lengths_on_the_cpu(vp9_split):
     pytest.importorskip("nvidia.dali")
-    loader = make_loader(vp9_split, backend="dali", batch_size=2, num_workers=1, rank=0, world_size=1,
-                         transform=Transform(size=32, pad="zeros"), postprocess="dali")
+    loader = make_loader(
+        vp9_split,
+        backend="dali",
+        batch_size=2,
+        num_workers=1,
+        rank=0,
+        world_size=1,
+        transform=Transform(size=32, pad="zeros"),
+        postprocess="dali",
+    )
     first = next(iter(loader))
     assert first.lengths.device.type == "cpu"
     # what the DALI loader does to a batch already on the device: zero the padding, nothing else
@@ -162,8 +175,9 @@ def _check(batches: list[Batch], transform: Transform) -> None:
 @pytest.mark.parametrize("output", ["float", "float16"])
 def test_pyav_to_cuda_batches_make_no_host_sync(vp9_split, workers, output):
     t = Transform(size=32, output=output, pad="zeros")
-    loader = make_loader(vp9_split, backend="pyav", device="cuda", batch_size=2, num_workers=workers,
-                         rank=0, world_size=1, transform=t)
+    loader = make_loader(
+        vp9_split, backend="pyav", device="cuda", batch_size=2, num_workers=workers, rank=0, world_size=1, transform=t
+    )
     _check(_steady_state(loader), t)
 
 
@@ -184,8 +198,17 @@ def test_dali_nvdec_batches_make_no_host_sync(phoenix_vp9, output):
     pytest.importorskip("nvidia.dali")
     t = Transform(size=112, output=output, pad="zeros")
     # one batch per DALI iteration: the steady state spans several iterations, not one
-    loader = make_loader(phoenix_vp9, backend="dali", device="cuda", batch_size=2, num_workers=2,
-                         rank=0, world_size=1, transform=t, batches_per_run=1)
+    loader = make_loader(
+        phoenix_vp9,
+        backend="dali",
+        device="cuda",
+        batch_size=2,
+        num_workers=2,
+        rank=0,
+        world_size=1,
+        transform=t,
+        batches_per_run=1,
+    )
     batches = _steady_state(loader)
     _check(batches, t)
     assert [k for b in batches for k in b.keys] == [f"s{i}" for i in range(6)]

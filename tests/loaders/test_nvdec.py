@@ -21,6 +21,7 @@ class FakeCuda:
         def call(*args):
             self.calls.append(name)
             return 100 if name == self.fail else 0  # 100: CUDA_ERROR_NO_DEVICE
+
         return call
 
 
@@ -73,23 +74,21 @@ def test_limits_come_from_the_driver_when_it_answers_and_from_the_table_otherwis
     blackwell = dict(answer, h264=nvdec.Caps("h264", True, (16, 48), (8192, 8192), 262144))
     monkeypatch.setattr(nvdec, "decoder_caps", lambda device=0: blackwell if device == 0 else None)
     assert nvdec.nvdec_limits("h264", 0) == ((16, 48), (8192, 8192))  # this GPU's own limit
-    assert nvdec.nvdec_limits("h264", 1) == NVDEC_LIMITS["h264"]      # driver cannot be asked
-    assert nvdec.nvdec_limits("h264") == NVDEC_LIMITS["h264"]         # no device given
-    assert nvdec.nvdec_limits("av1", 0) == NVDEC_LIMITS["av1"]        # unsupported: the table's size,
+    assert nvdec.nvdec_limits("h264", 1) == NVDEC_LIMITS["h264"]  # driver cannot be asked
+    assert nvdec.nvdec_limits("h264") == NVDEC_LIMITS["h264"]  # no device given
+    assert nvdec.nvdec_limits("av1", 0) == NVDEC_LIMITS["av1"]  # unsupported: the table's size,
     message = nvdec.unsupported_codec_error("av1", 0, "shards/dev")  # and the codec is refused
     assert "GPU 0 cannot decode av1" in message and "--codec vp9" in message and "\n" not in message
     assert nvdec.unsupported_codec_error("vp9", 0, "x") is None
-    assert nvdec.unsupported_codec_error("av1", 1, "x") is None       # no answer: DALI will say
+    assert nvdec.unsupported_codec_error("av1", 1, "x") is None  # no answer: DALI will say
 
 
 def test_nvdec_sizes_follow_the_gpus_own_limits(monkeypatch):
-    from signstream.loaders.dali_backend import nvdec_size_error
-
     caps = query_caps(0, libraries=(FakeCuda(), FakeCuvid()))
     caps = dict(caps, vp9=nvdec.Caps("vp9", True, (64, 64), (8192, 8192), 262144))
     monkeypatch.setattr(nvdec, "decoder_caps", lambda device=0: caps)
-    assert nvdec_size_error("vp9", 96, 96, "x", device=0) is None       # this GPU decodes 96x96 VP9
-    assert "128x128" in nvdec_size_error("vp9", 96, 96, "x")            # the table would refuse it
+    assert nvdec.nvdec_size_error("vp9", 96, 96, "x", device=0) is None  # this GPU decodes 96x96 VP9
+    assert "128x128" in nvdec.nvdec_size_error("vp9", 96, 96, "x")  # the table would refuse it
 
 
 def test_without_a_driver_the_report_says_so_in_one_line(monkeypatch):

@@ -26,11 +26,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_pngdir_gives_the_shards_frames_within_codec_psnr(corpus):
     t = Transform(size=48, output="uint8")
-    png = {k: (v, n) for b in pngdir(corpus["root"], split="dev", batch_size=3, num_workers=2)
-           for k, v, n in zip(b.keys, b.video, b.lengths.tolist())}
-    shards = {k: (v, n) for b in make_loader(corpus["vp9"], backend="pyav", batch_size=3, transform=t,
-                                             num_workers=0, rank=0, world_size=1)
-              for k, v, n in zip(b.keys, b.video, b.lengths.tolist())}
+    png = {
+        k: (v, n)
+        for b in pngdir(corpus["root"], split="dev", batch_size=3, num_workers=2)
+        for k, v, n in zip(b.keys, b.video, b.lengths.tolist())
+    }
+    shards = {
+        k: (v, n)
+        for b in make_loader(
+            corpus["vp9"], backend="pyav", batch_size=3, transform=t, num_workers=0, rank=0, world_size=1
+        )
+        for k, v, n in zip(b.keys, b.video, b.lengths.tolist())
+    }
     assert png.keys() == shards.keys() and len(png) == 7
     for key, (video, n) in png.items():
         assert shards[key][1] == n
@@ -41,8 +48,9 @@ def test_pngdir_gives_the_shards_frames_within_codec_psnr(corpus):
 def test_pngdir_batches_match_the_shard_batch_format(corpus):
     t = Transform(size=32, max_frames=6)
     a = next(iter(pngdir(corpus["root"], split="dev", batch_size=2, transform=t)))
-    b = next(iter(make_loader(corpus["vp9"], backend="pyav", batch_size=2, transform=t, num_workers=0,
-                              rank=0, world_size=1)))
+    b = next(
+        iter(make_loader(corpus["vp9"], backend="pyav", batch_size=2, transform=t, num_workers=0, rank=0, world_size=1))
+    )
     assert a.video.shape == b.video.shape and a.video.dtype == b.video.dtype == torch.float32
     assert a.keys == b.keys and a.lengths.tolist() == b.lengths.tolist() == [6, 6]
     assert {"name", "gloss", "signer", "num_frames"} <= set(a.meta[0])
@@ -60,7 +68,8 @@ def test_phoenix2014t_layout_and_its_missing_level_are_handled(tmp_path):
     ann = base / "annotations" / "manual"
     ann.mkdir(parents=True)
     (ann / "PHOENIX-2014-T.dev.corpus.csv").write_text(
-        "name|video|start|end|speaker|orth|translation\nclip_a|clip_a/1/*.png|-1|-1|Signer04|A B|ein satz\n")
+        "name|video|start|end|speaker|orth|translation\nclip_a|clip_a/1/*.png|-1|-1|Signer04|A B|ein satz\n"
+    )
     (batch,) = list(pngdir(tmp_path, split="dev", batch_size=2))
     assert batch.keys == ["clip_a"] and batch.lengths.tolist() == [5]
     assert batch.meta[0]["text"] == "ein satz" and batch.meta[0]["signer"] == "Signer04"

@@ -77,8 +77,9 @@ def test_eval_ranks_see_every_sample_exactly_once(vp9_split):
 def test_train_ranks_get_equal_batch_counts(vp9_split):
     counts = []
     for r in range(2):
-        ld = loader(vp9_split, batch_size=2, mode="train", rank=r, world=2, num_workers=2,
-                    transform=T32.replace(max_frames=4))
+        ld = loader(
+            vp9_split, batch_size=2, mode="train", rank=r, world=2, num_workers=2, transform=T32.replace(max_frames=4)
+        )
         counts.append(len(list(ld)))
         assert counts[-1] == len(ld) == (7 // 2) // 2
     assert counts[0] == counts[1]
@@ -168,7 +169,10 @@ def test_reader_keeps_at_most_one_shard_open(tmp_path, tiny_videos):
     ld = loader(split, batch_size=1)
     open_tars = []
     for _ in ld:
-        fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-               if os.path.exists(f"/proc/self/fd/{fd}")]
+        fds = [
+            os.readlink(f"/proc/self/fd/{fd}")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        ]
         open_tars.append(sum(p.endswith(".tar") for p in fds))
     assert len(open_tars) == 7 and max(open_tars) <= 1

@@ -8,7 +8,15 @@ import shutil
 import pytest
 
 from signstream import SignstreamError
-from signstream.loaders.format import sample_members, scan_tar, write_tar
+from signstream.loaders.format import (
+    MANIFEST,
+    Manifest,
+    read_manifest,
+    sample_members,
+    scan_tar,
+    write_manifest,
+    write_tar,
+)
 from signstream.loaders.shards import SampleReader, rank_range, resolve_shards
 
 
@@ -17,10 +25,10 @@ def test_every_way_of_naming_a_split_gives_the_same_samples(vp9_split):
     pattern = str(vp9_split / f"dev-{{000000..{len(tars) - 1:06d}}}.tar")
     keys = [r.key for r in resolve_shards(vp9_split).refs]
     assert len(keys) == 7 and len(set(keys)) == 7
-    for spec in (vp9_split / "manifest.json", pattern, tars):
+    for spec in (vp9_split / MANIFEST, pattern, tars):
         assert [r.key for r in resolve_shards(spec).refs] == keys
-    manifest = json.loads((vp9_split / "manifest.json").read_text())
-    assert keys == [k for shard in manifest["shards"] for k in shard["keys"]]
+    manifest = read_manifest(vp9_split / MANIFEST)
+    assert keys == [k for shard in manifest.shards for k in shard.keys]
     assert resolve_shards(vp9_split).codecs == {"vp9"}
 
 
@@ -52,7 +60,7 @@ def test_missing_shard_is_a_one_line_error_naming_the_file(vp9_split, tmp_path):
 def test_empty_split_is_an_error(tmp_path):
     with pytest.raises(SignstreamError, match="empty split"):
         resolve_shards(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "signstream-shards/1", "shards": []}))
+    write_manifest(tmp_path / MANIFEST, Manifest.build("dev", "vp9", "webm", "", {}, []))
     with pytest.raises(SignstreamError, match="empty split"):
         resolve_shards(tmp_path)
 
@@ -60,9 +68,9 @@ def test_empty_split_is_an_error(tmp_path):
 def test_index_disagreeing_with_manifest_is_an_error(vp9_split, tmp_path):
     copy = tmp_path / "dev"
     shutil.copytree(vp9_split, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / MANIFEST).read_text())
     manifest["shards"][0]["samples"] += 1
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(SignstreamError, match="dev-000000"):
         resolve_shards(copy)
 
@@ -71,7 +79,7 @@ def test_shard_without_index_is_scanned(vp9_split, tmp_path):
     copy = tmp_path / "dev"
     shutil.copytree(vp9_split, copy)
     (copy / "dev-000000.idx").unlink()
-    (copy / "manifest.json").unlink()
+    (copy / MANIFEST).unlink()
     shardset = resolve_shards(copy)
     assert shardset.shards[0].index_path is None
     assert [r.key for r in shardset.refs] == [r.key for r in resolve_shards(vp9_split).refs]
@@ -103,3 +111,24 @@ def test_duplicate_keys_across_shards_are_an_error(vp9_split):
 def test_rank_ranges_cover_every_item_once(n, world):
     seen = [i for r in range(world) for i in range(*rank_range(n, r, world))]
     assert seen == list(range(n))
+
+
+def test_a_manifest_of_a_newer_format_is_refused_in_one_line(vp9_split, tmp_path):
+    copy = tmp_path / "dev"
+    shutil.copytree(vp9_split, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["format"] = "signstream-shards/99"
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SignstreamError, match="manifest.json: format version 99 was written by a newer") as info:
+        resolve_shards(copy)
+    assert "\n" not in str(info.value)
+
+
+def test_a_manifest_shard_name_that_is_a_path_is_refused_before_anything_is_opened(vp9_split, tmp_path):
+    copy = tmp_path / "dev"
+    shutil.copytree(vp9_split, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["shards"][0]["file"] = "../elsewhere.tar"
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SignstreamError, match="shard entry 0 has an unusable 'file'"):
+        resolve_shards(copy)

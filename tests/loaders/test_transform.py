@@ -41,8 +41,9 @@ def test_random_window_is_deterministic_per_seed_key_and_epoch():
     t = Transform(max_frames=5, temporal_rescale=None)
     a = temporal_indices(100, t, train=True, rng=sample_rng(1, 0, "x"))
     b = temporal_indices(100, t, train=True, rng=sample_rng(1, 0, "x"))
-    starts = {int(temporal_indices(100, t, train=True, rng=sample_rng(s, e, "x"))[0])
-              for s in range(5) for e in range(3)}
+    starts = {
+        int(temporal_indices(100, t, train=True, rng=sample_rng(s, e, "x"))[0]) for s in range(5) for e in range(3)
+    }
     assert a.tolist() == b.tolist() and len(a) == 5
     assert np.all(np.diff(a) == 1)
     assert len(starts) > 3
@@ -114,8 +115,7 @@ def test_batch_frames_honours_min_frames_and_multiple():
 
 
 def test_from_input_spec_reads_backbone_fields():
-    spec = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "min_frames": 8, "pad_multiple": 8,
-            "default_size": 160}
+    spec = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "min_frames": 8, "pad_multiple": 8, "default_size": 160}
     t = Transform.from_input_spec(spec, max_frames=64)
     assert (t.min_frames, t.pad_multiple, t.size, t.max_frames) == (8, 8, 160, 64)
     mean, std = t.mean_std()
@@ -135,20 +135,36 @@ def test_presets_and_strategies_are_registered():
     assert set(WINDOWS) >= {"centre", "random"}
 
 
-@pytest.mark.parametrize("kwargs", [dict(normalize="nope"), dict(window="nope"), dict(output="half"),
-                                    dict(pad="edge"), dict(frame_stride=0), dict(min_frames=0),
-                                    dict(train_scale=(1.2, 0.5)), dict(size=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(normalize="nope"),
+        dict(window="nope"),
+        dict(output="half"),
+        dict(pad="edge"),
+        dict(frame_stride=0),
+        dict(min_frames=0),
+        dict(train_scale=(1.2, 0.5)),
+        dict(size=0),
+    ],
+)
 def test_bad_settings_raise_one_line_errors(kwargs):
     with pytest.raises(SignstreamError) as info:
         Transform(**kwargs)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(normalize="nope"), "unknown normalisation 'nope'; choose from imagenet, kinetics, minus_one_one, zero_one"),
-    (dict(window="nope"), "unknown temporal window 'nope'; choose from centre, random, start, uniform"),
-    (dict(train_window="nope"), "unknown temporal window 'nope'; choose from centre"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            dict(normalize="nope"),
+            "unknown normalisation 'nope'; choose from imagenet, kinetics, minus_one_one, zero_one",
+        ),
+        (dict(window="nope"), "unknown temporal window 'nope'; choose from centre, random, start, uniform"),
+        (dict(train_window="nope"), "unknown temporal window 'nope'; choose from centre"),
+    ],
+)
 def test_an_unknown_preset_or_window_names_the_value_and_the_choices(kwargs, message):
     with pytest.raises(SignstreamError, match=message):
         Transform(**kwargs)

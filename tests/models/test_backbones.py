@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from signstream import SignstreamError
+from signstream.loaders.batch import normalize
+from signstream.loaders.transform import Transform
 from signstream.models import VideoBackbone, create_model, list_models
 from signstream.models.layers import MaxPool3dSame, Unit3D, calibrate_batchnorm, same_padding
 
@@ -72,8 +74,10 @@ def test_input_specs_match_each_checkpoints_convention():
     assert create_model("s3d").input_spec.mean == (0.43216, 0.394666, 0.37645)
     assert create_model("s3d", variant="kylemin").input_spec.std == (0.5, 0.5, 0.5)
     assert create_model("resnet18_2d").input_spec.mean == (0.485, 0.456, 0.406)
-    x = torch.full((3, 2, 4, 4), 1.0)
-    assert torch.allclose(create_model("i3d").input_spec.normalize(x), torch.ones_like(x))
+    # the loaders' normalisation is the one that applies a spec: white maps to 1 for i3d's [-1, 1]
+    transform = Transform.from_input_spec(create_model("i3d").input_spec)
+    white = torch.full((1, 3, 2, 4, 4), 255, dtype=torch.uint8)
+    assert torch.allclose(normalize(white, transform), torch.ones(white.shape))
 
 
 @pytest.mark.parametrize("frames", range(1, 25))
@@ -93,7 +97,7 @@ def test_s3d_temporal_length_is_floor_of_ceil_t_over_4_halved():
         assert got == math.ceil(frames / 4) // 2 == model.out_frames(frames)
         if got != math.ceil(frames / 8):
             differs.append(frames)
-    # The honest statement in the docstring: T mod 8 in 1..4 loses the tail.
+    # As docs/design/models.md states: T mod 8 in 1..4 loses the tail.
     assert differs == [9, 10, 11, 12, 17, 18, 19, 20]
 
 
@@ -118,11 +122,7 @@ def test_freeze_blocks_stops_gradients_and_batchnorm_updates(name):
     model.forward_features(_video(2, 8)).mean().backward()
     assert all(p.grad is None and not p.requires_grad for blk in frozen for p in blk.parameters())
     assert all(p.grad is not None for blk in trained for p in blk.parameters())
-    after = [
-        b.running_mean
-        for b in frozen[0].modules()
-        if isinstance(b, torch.nn.BatchNorm3d | torch.nn.BatchNorm2d)
-    ]
+    after = [b.running_mean for b in frozen[0].modules() if isinstance(b, torch.nn.BatchNorm3d | torch.nn.BatchNorm2d)]
     assert stats and all(torch.equal(a, b) for a, b in zip(stats, after, strict=True))
     model.freeze(0)
     assert all(p.requires_grad for p in model.parameters())

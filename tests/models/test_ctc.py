@@ -55,7 +55,7 @@ def test_a_checkpoint_with_a_foreign_or_misshaped_weight_names_the_key_and_the_f
     with pytest.raises(SignstreamError, match="bad.safetensors does not match S3D") as info:
         load_backbone(bad)
     message = str(info.value)
-    assert "1 unexpected: extra.weight" in message and name[len("backbone."):] in message
+    assert "1 unexpected: extra.weight" in message and name[len("backbone.") :] in message
     assert "another shape" in message
 
 

@@ -113,9 +113,7 @@ def test_short_video_is_padded_by_repeating_the_last_frame():
 @pytest.mark.parametrize(("frames", "count"), [(5, 1), (16, 1), (17, 2), (40, 4), (41, 5)])
 def test_window_clip_count_is_ceil_of_remaining_over_stride_plus_one(frames, count):
     model = _model("resnet18_2d")
-    out = extract_features(
-        model, _video(frames), "window", clip_len=16, stride=8, clips_per_batch=3
-    )
+    out = extract_features(model, _video(frames), "window", clip_len=16, stride=8, clips_per_batch=3)
     assert out.shape == (count, 512)
 
 

@@ -85,7 +85,7 @@ def _toy_ctc_batch(n=8, t=24, seed=0):
     for b in range(n):
         labels = torch.randint(1, CLASSES, (t // 8,), generator=g)
         for i, c in enumerate(labels.tolist()):
-            xs[b, i * 8: i * 8 + 4] = protos[c] + 0.3 * torch.randn(4, IN_DIM, generator=g)
+            xs[b, i * 8 : i * 8 + 4] = protos[c] + 0.3 * torch.randn(4, IN_DIM, generator=g)
         targets.append(labels)
     return xs, torch.full((n,), t), torch.stack(targets)
 
@@ -134,8 +134,7 @@ def test_ctc_loss_normalises_by_target_length():
     torch.manual_seed(0)
     lp = torch.randn(10, 1, CLASSES).log_softmax(-1)
     targets = torch.tensor([[1, 2, 3]])
-    summed = torch.nn.functional.ctc_loss(lp, targets, torch.tensor([10]), torch.tensor([3]),
-                                          reduction="sum")
+    summed = torch.nn.functional.ctc_loss(lp, targets, torch.tensor([10]), torch.tensor([3]), reduction="sum")
     ours = ctc_loss(lp, targets, torch.tensor([10]), torch.tensor([3]))
     assert torch.allclose(ours, summed / 3)
 

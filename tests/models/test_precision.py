@@ -105,11 +105,19 @@ class _DeviceSpy:
         return self._inner(x)
 
 
-@pytest.mark.parametrize("device", [
-    pytest.param("cpu"),
-    pytest.param("cuda:1", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        torch.cuda.device_count() < 2, reason="cuda:1 needs at least 2 CUDA devices")]),
-])
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cpu"),
+        pytest.param(
+            "cuda:1",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(torch.cuda.device_count() < 2, reason="cuda:1 needs at least 2 CUDA devices"),
+            ],
+        ),
+    ],
+)
 def test_features_are_computed_on_the_device_the_backbone_was_moved_to(device):
     model = _backbone("resnet18_2d")
     video = _clips(1, seed=2)[0]

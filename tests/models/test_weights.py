@@ -66,8 +66,9 @@ def test_golden_i3d_list_matches_the_published_layer_table():
 
 
 def test_our_i3d_has_exactly_the_golden_backbone_keys_and_shapes():
-    ours = {k: tuple(v.shape) for k, v in create_model("i3d").state_dict().items()
-            if not k.endswith("num_batches_tracked")}
+    ours = {
+        k: tuple(v.shape) for k, v in create_model("i3d").state_dict().items() if not k.endswith("num_batches_tracked")
+    }
     golden = {k: v for k, v in _golden_i3d_shapes().items() if not k.startswith("logits.")}
     assert ours == golden
 
@@ -107,9 +108,7 @@ def test_i3d_stop_after_4_drops_the_unbuilt_blocks_explicitly(tmp_path):
     sd = _pytorch_i3d_state_dict()
     torch.save(sd, tmp_path / "rgb_imagenet.pt")
     model = create_model("i3d", weights=tmp_path / "rgb_imagenet.pt", stop_after=4)
-    assert torch.equal(
-        model.state_dict()["Mixed_4f.b0.conv3d.weight"], sd["Mixed_4f.b0.conv3d.weight"]
-    )
+    assert torch.equal(model.state_dict()["Mixed_4f.b0.conv3d.weight"], sd["Mixed_4f.b0.conv3d.weight"])
 
 
 def test_extra_missing_and_misshaped_keys_raise_naming_key_and_file(tmp_path):
@@ -137,9 +136,7 @@ def test_extra_missing_and_misshaped_keys_raise_naming_key_and_file(tmp_path):
 def test_error_lists_at_most_five_keys_and_counts_the_rest(tmp_path):
     sd = dict(_pytorch_i3d_state_dict(), **{f"junk{i}": torch.zeros(1) for i in range(8)})
     torch.save(sd, tmp_path / "junk.pt")
-    with pytest.raises(
-        SignstreamError, match=r"8 unexpected: junk0, junk1, junk2, junk3, junk4 \(\+3 more\)"
-    ):
+    with pytest.raises(SignstreamError, match=r"8 unexpected: junk0, junk1, junk2, junk3, junk4 \(\+3 more\)"):
         create_model("i3d", weights=tmp_path / "junk.pt")
 
 
@@ -244,16 +241,10 @@ def test_kylemin_checkpoint_loads_via_key_map_and_selects_its_input_spec(tmp_pat
 def test_kylemin_checkpoint_with_an_extra_or_missing_key_raises_naming_it(tmp_path):
     tv = _torchvision_s3d()
     with pytest.raises(SignstreamError, match=r"unexpected: base\.5\.branch0\.0\.gate\.weight"):
-        create_model(
-            "s3d", weights=_kylemin_file(tmp_path, tv, extra="base.5.branch0.0.gate.weight")
-        )
+        create_model("s3d", weights=_kylemin_file(tmp_path, tv, extra="base.5.branch0.0.gate.weight"))
     # A missing key is named under the model's (torchvision) name.
-    with pytest.raises(
-        SignstreamError, match=r"missing: features\.9\.branch1\.1\.1\.1\.running_var"
-    ):
-        create_model(
-            "s3d", weights=_kylemin_file(tmp_path, tv, drop="base.9.branch1.1.bn_t.running_var")
-        )
+    with pytest.raises(SignstreamError, match=r"missing: features\.9\.branch1\.1\.1\.1\.running_var"):
+        create_model("s3d", weights=_kylemin_file(tmp_path, tv, drop="base.9.branch1.1.bn_t.running_var"))
 
 
 # -- ResNet-18 ---------------------------------------------------------------------
@@ -277,10 +268,6 @@ def test_resnet18_loads_timm_and_torchvision_files_dropping_fc(tmp_path, source)
     with torch.no_grad():
         ours = model.forward_features(x)
         frames = x[0].transpose(0, 1)  # [T, C, H, W]
-        trunk = (
-            torch.nn.Sequential(*list(ref.children())[:-2])
-            if source == "torchvision"
-            else ref.forward_features
-        )
+        trunk = torch.nn.Sequential(*list(ref.children())[:-2]) if source == "torchvision" else ref.forward_features
         expected = trunk(frames).mean(dim=(2, 3)).unsqueeze(0)
     assert torch.allclose(ours, expected, atol=1e-5)

@@ -16,12 +16,12 @@ from signstream.recipes.config import (
     PositiveInt,
     Precision,
     Probability,
-    accelerate_precision,
     parse_config,
     peak_memory,
     peak_rss_mb,
     save_config,
 )
+from signstream.recipes.runtime import accelerate_precision
 
 
 @dataclass
@@ -87,8 +87,14 @@ class Checked:
 def test_checked_fields_accept_bounds_and_refuse_values_outside_them():
     cfg = parse_config(Checked, ["workers=0", "rate=0", "mode=window", "sizes=1,2", "limit=none"])
     assert cfg == Checked(workers=0, rate=0.0, mode="window", sizes=[1, 2], limit=None)
-    for arg, message in [("workers=-1", "out of range"), ("rate=1", "out of range"), ("mode=foo", "not one of"),
-                         ("sizes=1,0", "out of range"), ("limit=0", "out of range"), ("workers=1.5", "as int")]:
+    for arg, message in [
+        ("workers=-1", "out of range"),
+        ("rate=1", "out of range"),
+        ("mode=foo", "not one of"),
+        ("sizes=1,0", "out of range"),
+        ("limit=0", "out of range"),
+        ("workers=1.5", "as int"),
+    ]:
         with pytest.raises(SignstreamError, match=message):
             parse_config(Checked, [arg])
 

@@ -36,11 +36,34 @@ from tests.tolerance import worst_relative_error
 pytest.importorskip("nvidia.dali")
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")]
-EXTRACT = ["backbone=s3d", "stop_after=3", "image_size=112", "num_workers=1", "writers=npy", "dtype=float32",
-           "progress=false", "seed=3", "splits=dev", "precision=fp32"]
-FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=64", "max_frames=32", "batch_size=2", "num_workers=1",
-            "head=linear", "lr=3e-3", "backbone_lr=3e-3", "warmup_steps=1", "freeze=2", "seed=1", "epochs=2",
-            "backend=dali"]
+EXTRACT = [
+    "backbone=s3d",
+    "stop_after=3",
+    "image_size=112",
+    "num_workers=1",
+    "writers=npy",
+    "dtype=float32",
+    "progress=false",
+    "seed=3",
+    "splits=dev",
+    "precision=fp32",
+]
+FINETUNE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=64",
+    "max_frames=32",
+    "batch_size=2",
+    "num_workers=1",
+    "head=linear",
+    "lr=3e-3",
+    "backbone_lr=3e-3",
+    "warmup_steps=1",
+    "freeze=2",
+    "seed=1",
+    "epochs=2",
+    "backend=dali",
+]
 
 
 @pytest.fixture
@@ -67,15 +90,27 @@ def _reset_accelerate() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_extract_features_through_dali_matches_pyav_on_the_same_device(phoenix_size_packed, tmp_path, monkeypatch,
-                                                                       dali_batches, device):
+def test_extract_features_through_dali_matches_pyav_on_the_same_device(
+    phoenix_size_packed, tmp_path, monkeypatch, dali_batches, device
+):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare loaders, not arithmetic
     calls = _spy(monkeypatch, S3D, when=torch.is_inference_mode_enabled)
     outs = {}
     for backend in ("pyav", "dali"):
         outs[backend] = tmp_path / backend
-        assert cli(["extract_features", f"shards={phoenix_size_packed}", f"out={outs[backend]}", *EXTRACT,
-                    f"backend={backend}", f"device={device}"]) == 0
+        assert (
+            cli(
+                [
+                    "extract_features",
+                    f"shards={phoenix_size_packed}",
+                    f"out={outs[backend]}",
+                    *EXTRACT,
+                    f"backend={backend}",
+                    f"device={device}",
+                ]
+            )
+            == 0
+        )
         _reset_accelerate()
     _assert_ran_on(calls, device, "fp32")
     assert {mode for mode, _ in dali_batches} == {"eval"} and len(dali_batches) == 3  # batch_size=1, 3 videos
@@ -92,9 +127,9 @@ def test_extract_features_through_dali_matches_pyav_on_the_same_device(phoenix_s
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_finetune_ctc_through_dali_trains_and_evaluates_on_the_device_for_two_epochs(phoenix_size_packed, tmp_path,
-                                                                                     monkeypatch, dali_batches,
-                                                                                     device):
+def test_finetune_ctc_through_dali_trains_and_evaluates_on_the_device_for_two_epochs(
+    phoenix_size_packed, tmp_path, monkeypatch, dali_batches, device
+):
     calls = _spy(monkeypatch, VideoCTC)
     out = tmp_path / "ft"
     assert cli(["finetune_ctc", f"shards={phoenix_size_packed}", f"out={out}", *FINETUNE, f"device={device}"]) == 0

@@ -8,26 +8,58 @@ from signstream.tools.cli import main as cli
 
 pytest.importorskip("nvidia.dali")
 
-ARGS = ["backbone=s3d", "stop_after=4", "image_size=32", "num_workers=0", "splits=dev", "writers=npy",
-        "dtype=float32", "progress=false", "calibrate_bn=0"]
+ARGS = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "num_workers=0",
+    "splits=dev",
+    "writers=npy",
+    "dtype=float32",
+    "progress=false",
+    "calibrate_bn=0",
+]
 
 
 def test_extraction_builds_dali_with_the_decoder_threads_key(packed, tmp_path, monkeypatch):
-    from signstream.loaders import dali_backend
+    from signstream.loaders import dali_stream
 
     threads = []
-    real = dali_backend.build_pipeline
-    monkeypatch.setattr(dali_backend, "build_pipeline",
-                        lambda *a, **kw: threads.append(kw["num_threads"]) or real(*a, **kw))
-    assert cli(["extract_features", f"shards={packed}", f"out={tmp_path / 'o'}", *ARGS,
-                "backend=dali", "decoder_threads=2"]) == 0
+    real = dali_stream.build_pipeline
+    monkeypatch.setattr(
+        dali_stream, "build_pipeline", lambda *a, **kw: threads.append(kw["num_threads"]) or real(*a, **kw)
+    )
+    assert (
+        cli(
+            [
+                "extract_features",
+                f"shards={packed}",
+                f"out={tmp_path / 'o'}",
+                *ARGS,
+                "backend=dali",
+                "decoder_threads=2",
+            ]
+        )
+        == 0
+    )
     assert threads and set(threads) == {2}
     assert list((tmp_path / "o" / "dev").glob("*.npy"))
 
 
 def test_decoder_threads_with_the_pyav_backend_is_a_one_line_error(packed, tmp_path, capsys):
-    assert cli(["extract_features", f"shards={packed}", f"out={tmp_path / 'o'}", *ARGS,
-                "backend=pyav", "decoder_threads=2"]) == 2
+    assert (
+        cli(
+            [
+                "extract_features",
+                f"shards={packed}",
+                f"out={tmp_path / 'o'}",
+                *ARGS,
+                "backend=pyav",
+                "decoder_threads=2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not take option(s) decoder_threads" in err[0]
 

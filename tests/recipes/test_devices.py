@@ -47,10 +47,14 @@ from tests.tolerance import AUTOCAST, FACTOR, UNIT_ROUNDOFF, arithmetic, worst_r
 CUDA = pytest.mark.cuda
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="cuda:1 needs at least 2 CUDA devices")
 GPU1 = pytest.param("cuda:1", "fp32", marks=[CUDA, TWO_GPUS], id="cuda:1-fp32")
-RUNS = [pytest.param("cpu", "fp32", id="cpu-fp32"), pytest.param("cpu", "bf16", id="cpu-bf16"),
-        pytest.param("cuda", "fp32", marks=CUDA, id="cuda-fp32"),
-        pytest.param("cuda", "bf16", marks=CUDA, id="cuda-bf16"),
-        pytest.param("cuda", "fp16", marks=CUDA, id="cuda-fp16"), GPU1]
+RUNS = [
+    pytest.param("cpu", "fp32", id="cpu-fp32"),
+    pytest.param("cpu", "bf16", id="cpu-bf16"),
+    pytest.param("cuda", "fp32", marks=CUDA, id="cuda-fp32"),
+    pytest.param("cuda", "bf16", marks=CUDA, id="cuda-bf16"),
+    pytest.param("cuda", "fp16", marks=CUDA, id="cuda-fp16"),
+    GPU1,
+]
 EXTRACT = [*EXTRACT_BASE, "stop_after=3", "splits=dev", "writers=npy"]
 
 
@@ -78,7 +82,7 @@ def _resolved(device: str) -> torch.device:
 
 
 def _spy(monkeypatch, cls, when=lambda: True) -> list[tuple[set, torch.dtype | None]]:
-    """Record, per call of ``cls.forward``/``forward_features``: devices of tensor inputs and weights, autocast dtype."""
+    """Record, per call of ``cls.forward``/``forward_features``: input and weight devices, autocast dtype."""
     name = "forward_features" if hasattr(cls, "forward_features") else "forward"
     original = getattr(cls, name)
     calls = []
@@ -121,8 +125,9 @@ def cpu_fp32(packed, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("device", "precision"), RUNS)
-def test_extract_features_on_the_device_matches_the_cpu_fp32_features(packed, cpu_fp32, tmp_path, monkeypatch,
-                                                                      device, precision):
+def test_extract_features_on_the_device_matches_the_cpu_fp32_features(
+    packed, cpu_fp32, tmp_path, monkeypatch, device, precision
+):
     calls = _spy(monkeypatch, S3D, when=torch.is_inference_mode_enabled)  # extraction, not BatchNorm calibration
     out = tmp_path / "features"
     assert _extract(packed, out, f"device={device}", f"precision={precision}") == 0
@@ -147,12 +152,20 @@ def test_extract_features_on_the_device_matches_the_cpu_fp32_features(packed, cp
 
 
 @pytest.mark.parametrize(("device", "precision"), RUNS)
-def test_finetune_ctc_steps_on_the_device_and_writes_a_checkpoint_that_loads_on_the_cpu(packed, tmp_path, monkeypatch,
-                                                                                       device, precision):
+def test_finetune_ctc_steps_on_the_device_and_writes_a_checkpoint_that_loads_on_the_cpu(
+    packed, tmp_path, monkeypatch, device, precision
+):
     calls = _spy(monkeypatch, VideoCTC)
     out = tmp_path / "ft"
-    args = [f"shards={packed}", f"out={out}", *FINETUNE_BASE, "epochs=1", "max_steps_per_epoch=2",
-            f"device={device}", f"precision={precision}"]
+    args = [
+        f"shards={packed}",
+        f"out={out}",
+        *FINETUNE_BASE,
+        "epochs=1",
+        "max_steps_per_epoch=2",
+        f"device={device}",
+        f"precision={precision}",
+    ]
     assert cli(["finetune_ctc", *args]) == 0
     _assert_ran_on(calls, device, precision)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -162,15 +175,19 @@ def test_finetune_ctc_steps_on_the_device_and_writes_a_checkpoint_that_loads_on_
     backbone, meta = load_backbone(out / "model.safetensors")  # safetensors loads on the CPU
     assert meta["epoch"] == "0" and meta["backbone"] == "s3d"
     assert {(p.device.type, p.dtype) for p in backbone.state_dict().values() if p.is_floating_point()} == {
-        ("cpu", torch.float32)}  # mixed precision keeps fp32 weights
+        ("cpu", torch.float32)
+    }  # mixed precision keeps fp32 weights
     # freeze=2: the first two blocks are the seeded initial weights, the others were trained
     torch.manual_seed(1)
     initial = create_model("s3d", stop_after=4)
     blocks = list(zip(initial.blocks(), backbone.blocks(), strict=True))
     for before, after in blocks[:2]:
         assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
-    assert any(not torch.equal(a, b) for before, after in blocks[2:]
-               for a, b in zip(before.parameters(), after.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for before, after in blocks[2:]
+        for a, b in zip(before.parameters(), after.parameters(), strict=True)
+    )
     with torch.no_grad():
         feats = backbone.eval().forward_features(torch.randn(1, 3, 8, 32, 32))
     assert feats.shape == (1, 2, 832) and torch.isfinite(feats).all()
@@ -184,8 +201,20 @@ def test_train_head_trains_on_the_device_and_reports_wer(tmp_path, monkeypatch, 
     feats = make_features(tmp_path / "feats", n_train=16, n_eval=4)
     calls = _spy(monkeypatch, RecognitionHead)
     out = tmp_path / "head"
-    assert cli(["train_head", f"features={feats}", f"out={out}", "epochs=3", *HEAD_ARGS,
-                f"device={device}", f"precision={precision}"]) == 0
+    assert (
+        cli(
+            [
+                "train_head",
+                f"features={feats}",
+                f"out={out}",
+                "epochs=3",
+                *HEAD_ARGS,
+                f"device={device}",
+                f"precision={precision}",
+            ]
+        )
+        == 0
+    )
     _assert_ran_on(calls, device, precision)
     metrics = json.loads((out / "metrics.json").read_text())
     losses = [h["train_loss"] for h in metrics["history"]]
@@ -195,7 +224,8 @@ def test_train_head_trains_on_the_device_and_reports_wer(tmp_path, monkeypatch, 
         assert len((out / f"{split}.hyp.txt").read_text().splitlines()) == 4
     head = load_file(str(out / "head_best.safetensors"))
     assert head and {(t.device.type, t.dtype) for t in head.values() if t.is_floating_point()} == {
-        ("cpu", torch.float32)}
+        ("cpu", torch.float32)
+    }
 
 
 # ---------------------------------------------------------------- device errors
@@ -215,8 +245,7 @@ RECIPES = {
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_cuda_index_past_the_last_gpu_is_one_line_before_out_is_created(packed, tmp_path, capsys, monkeypatch,
-                                                                        recipe):
+def test_cuda_index_past_the_last_gpu_is_one_line_before_out_is_created(packed, tmp_path, capsys, monkeypatch, recipe):
     # Checked from the device count alone, before CUDA is initialised: this runs without a GPU.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -240,8 +269,9 @@ def test_cuda_index_past_the_last_real_gpu_is_one_line(packed, tmp_path, capsys,
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])
 def test_cuda_on_a_machine_without_one_is_one_line(packed, tmp_path, capsys, device):
     out = tmp_path / "out"
-    assert cli(["extract_features", *RECIPES["extract_features"](packed, tmp_path), f"out={out}",
-                f"device={device}"]) == 2
+    assert (
+        cli(["extract_features", *RECIPES["extract_features"](packed, tmp_path), f"out={out}", f"device={device}"]) == 2
+    )
     assert f"device={device!r} but no CUDA device is available; use device=cpu or auto" in _one_line(capsys)
     assert not out.exists()
 

@@ -21,8 +21,17 @@ import torch
 from signstream.tools.cli import main as cli
 from tests.tolerance import worst_relative_error
 
-BASE = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0",
-        "writers=npy,signjoey,shards", "dtype=float32", "progress=false", "seed=3"]
+BASE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "writers=npy,signjoey,shards",
+    "dtype=float32",
+    "progress=false",
+    "seed=3",
+]
 
 
 def _args(packed, out, *extra):
@@ -40,12 +49,29 @@ def _outputs(out: Path) -> dict[str, np.ndarray]:
 
 
 def _accelerate(n: int, args: list[str], **kw) -> subprocess.Popen:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if n > 1:
         launch.insert(3, "--multi_gpu")
-    return subprocess.Popen([*launch, "-m", "signstream.recipes.extract_features", *args],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [*launch, "-m", "signstream.recipes.extract_features", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +147,14 @@ def test_rerun_after_a_kill_skips_finished_videos_and_ends_identical(packed, one
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["colour=red"], "unknown config key(s) colour"),
-    (["weights=/nonexistent/rgb_imagenet.pt"], "rgb_imagenet.pt"),
-    (["writers=npy,parquet"], "unknown feature writer 'parquet'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["colour=red"], "unknown config key(s) colour"),
+        (["weights=/nonexistent/rgb_imagenet.pt"], "rgb_imagenet.pt"),
+        (["writers=npy,parquet"], "unknown feature writer 'parquet'"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(packed, tmp_path, capsys, extra, message):
     assert cli(["extract_features", *_args(packed, tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -145,7 +174,7 @@ def test_a_resumed_run_decodes_no_finished_video(packed, one_process, tmp_path, 
     from signstream.recipes import extract_features as recipe
 
     decoded, extracting = [], []
-    real_decode, real_split = pyav_backend.decode_clip, recipe.extract_split
+    real_decode, real_split = pyav_backend.decode_clip, recipe.Extraction.extract_split
 
     def counting_decode(data, plan, *args, **kwargs):
         if extracting:  # BatchNorm calibration decodes its videos on every run; not counted
@@ -160,13 +189,14 @@ def test_a_resumed_run_decodes_no_finished_video(packed, one_process, tmp_path, 
             extracting.pop()
 
     monkeypatch.setattr(pyav_backend, "decode_clip", counting_decode)
-    monkeypatch.setattr(recipe, "extract_split", split_counted)
+    monkeypatch.setattr(recipe.Extraction, "extract_split", split_counted)
     out = tmp_path / "again"
     shutil.copytree(one_process, out)
     assert cli(["extract_features", *_args(packed, out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    total = sum(json.loads((packed / s / "manifest.json").read_text())["totals"]["samples"]
-                for s in ("train", "dev", "test"))
+    total = sum(
+        json.loads((packed / s / "manifest.json").read_text())["totals"]["samples"] for s in ("train", "dev", "test")
+    )
     assert decoded == [] and sum(s["resumed"] for s in summary["splits"].values()) == total
     # two unfinished videos (one lost its sidecar, one both files): exactly those two are decoded
     lost = sorted(p for p in out.glob("dev/*.json") if p.with_suffix(".npy").exists())[:2]
@@ -203,8 +233,7 @@ def test_unfinished_leaves_out_finished_samples_or_for_dali_only_finished_shards
     assert [r.key for r in todo.refs] == [r.key for r in second.samples] and {r.shard for r in todo.refs} == {0}
 
 
-def test_the_next_videos_forward_overlaps_the_writes_and_runs_at_most_a_few_videos_ahead(packed, tmp_path,
-                                                                                         monkeypatch):
+def test_the_next_videos_forward_overlaps_the_writes_and_runs_at_most_a_few_videos_ahead(packed, tmp_path, monkeypatch):
     from signstream.recipes import extract_features as recipe
 
     real_forward, real_write = recipe.extract_features, recipe.write_video

@@ -15,8 +15,20 @@ from signstream.models.ctc import load_backbone
 from signstream.recipes.finetune_ctc import main
 from signstream.tools.cli import main as cli
 
-BASE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=32", "batch_size=2", "num_workers=0",
-        "head=linear", "lr=3e-3", "backbone_lr=3e-3", "warmup_steps=1", "freeze=2", "seed=1"]
+BASE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "max_frames=32",
+    "batch_size=2",
+    "num_workers=0",
+    "head=linear",
+    "lr=3e-3",
+    "backbone_lr=3e-3",
+    "warmup_steps=1",
+    "freeze=2",
+    "seed=1",
+]
 
 
 def _args(packed, out, *extra):
@@ -57,11 +69,14 @@ def test_resume_after_a_kill_continues_the_same_trajectory(packed, tmp_path):
     assert [h["train_loss"] for h in again] == pytest.approx([h["train_loss"] for h in history], rel=1e-4)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["epocs=3"], "unknown config key(s) epocs"),
-    (["weights=/nonexistent/s3d-d76dad2f.pth"], "s3d-d76dad2f.pth"),
-    (["freeze=some"], "freeze must be none, all or a number"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["epocs=3"], "unknown config key(s) epocs"),
+        (["weights=/nonexistent/s3d-d76dad2f.pth"], "s3d-d76dad2f.pth"),
+        (["freeze=some"], "freeze must be none, all or a number"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(packed, tmp_path, capsys, extra, message):
     assert cli(["finetune_ctc", *_args(packed, tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()

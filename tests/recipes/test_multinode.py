@@ -17,11 +17,35 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-EXTRACT = ["backbone=s3d", "stop_after=4", "image_size=32", "backend=pyav", "num_workers=0",
-           "writers=npy,signjoey", "dtype=float32", "progress=false", "seed=3", "splits=dev,test"]
-FINETUNE = ["backbone=s3d", "stop_after=4", "image_size=32", "max_frames=16", "batch_size=1", "num_workers=0",
-            "head=linear", "lr=3e-3", "backbone_lr=3e-3", "warmup_steps=1", "freeze=2", "seed=1", "epochs=1",
-            "max_steps_per_epoch=2", "dev_split=test"]
+EXTRACT = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "backend=pyav",
+    "num_workers=0",
+    "writers=npy,signjoey",
+    "dtype=float32",
+    "progress=false",
+    "seed=3",
+    "splits=dev,test",
+]
+FINETUNE = [
+    "backbone=s3d",
+    "stop_after=4",
+    "image_size=32",
+    "max_frames=16",
+    "batch_size=1",
+    "num_workers=0",
+    "head=linear",
+    "lr=3e-3",
+    "backbone_lr=3e-3",
+    "warmup_steps=1",
+    "freeze=2",
+    "seed=1",
+    "epochs=1",
+    "max_steps_per_epoch=2",
+    "dev_split=test",
+]
 
 
 def _free_port() -> int:
@@ -39,10 +63,23 @@ def _env() -> dict[str, str]:
 
 def one_process(module: str, args: list[str], timeout: float = 600) -> None:
     """Run ``module`` as a single process under ``accelerate launch`` (asserts success)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *args]
-    proc = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        module,
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
@@ -57,10 +94,29 @@ def two_machines(module: str, args: list[str], logs: Path, timeout: float = 600)
     procs = []
     for rank in (0, 1):
         # --multi_gpu picks torchrun; without CUDA the recipes' Accelerator(cpu=True) joins over gloo
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", module, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_machines",
+            "2",
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            module,
+            *args,
+        ]
         with open(logs / f"machine{rank}.log", "w") as log:
             procs.append(subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout
@@ -88,11 +144,13 @@ def test_two_machine_extraction_equals_one_process_with_every_video_once(packed,
     one = tmp_path / "one"
     one_process("signstream.recipes.extract_features", [f"shards={packed}", f"out={one}", *EXTRACT])
     two = tmp_path / "two"
-    two_machines("signstream.recipes.extract_features", [f"shards={http_packed}", f"out={two}", *EXTRACT],
-                 tmp_path / "logs")
+    two_machines(
+        "signstream.recipes.extract_features", [f"shards={http_packed}", f"out={two}", *EXTRACT], tmp_path / "logs"
+    )
     a, b = _outputs(one), _outputs(two)
-    expected = sum(json.loads((packed / split / "manifest.json").read_text())["totals"]["samples"]
-                   for split in ("dev", "test"))
+    expected = sum(
+        json.loads((packed / split / "manifest.json").read_text())["totals"]["samples"] for split in ("dev", "test")
+    )
     assert a.keys() == b.keys() and len(a) == expected
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -106,8 +164,9 @@ def test_two_machine_extraction_equals_one_process_with_every_video_once(packed,
 @pytest.mark.slow
 def test_two_machine_finetuning_runs_equal_steps_to_identical_weights(http_packed, tmp_path):
     out = tmp_path / "ft"
-    two_machines("signstream.recipes.finetune_ctc", [f"shards={http_packed}", f"out={out}", *FINETUNE],
-                 tmp_path / "logs")
+    two_machines(
+        "signstream.recipes.finetune_ctc", [f"shards={http_packed}", f"out={out}", *FINETUNE], tmp_path / "logs"
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     replicas = metrics["replicas"]
     assert [r["rank"] for r in replicas] == [0, 1]

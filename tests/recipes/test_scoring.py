@@ -168,8 +168,20 @@ def test_wer_agrees_with_sclite_within_0_1_points(tmp_path):
     ours = wer_score(refs, hyps, cleanup="none")
     write_ctm(tmp_path / "hyp.ctm", hyps)
     write_stm(tmp_path / "ref.stm", refs)
-    cmd = [*_sclite_cmd(), "-h", str(tmp_path / "hyp.ctm"), "ctm", "-r", str(tmp_path / "ref.stm"),
-           "stm", "-f", "0", "-o", "rsum", "stdout"]
+    cmd = [
+        *_sclite_cmd(),
+        "-h",
+        str(tmp_path / "hyp.ctm"),
+        "ctm",
+        "-r",
+        str(tmp_path / "ref.stm"),
+        "stm",
+        "-f",
+        "0",
+        "-o",
+        "rsum",
+        "stdout",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     # raw-count summary row: | Sum | #Snt #Wrd | Corr Sub Del Ins Err S.Err |
     row = re.search(r"\|\s*Sum\s*\|\s*(\d+)\s+(\d+)\s*\|\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out)

@@ -112,7 +112,9 @@ def test_none_cleanup_changes_nothing_but_spaces():
 
 
 def test_an_unknown_cleanup_names_itself_and_the_choices():
-    with pytest.raises(SignstreamError, match="unknown cleanup 'phoenix2015'; choose from none, phoenix2014, phoenix2014t"):
+    with pytest.raises(
+        SignstreamError, match="unknown cleanup 'phoenix2015'; choose from none, phoenix2014, phoenix2014t"
+    ):
         lookup(CLEANUPS, "phoenix2015", "cleanup")
     with pytest.raises(SignstreamError, match="unknown cleanup 'phoenix2015'"):
         wer_score({"a": "X"}, {"a": "X"}, cleanup="phoenix2015")

@@ -10,15 +10,18 @@ import torch
 from signstream.recipes.threads import apply_thread_policy, local_processes, plan_threads
 
 
-@pytest.mark.parametrize(("cores", "procs", "workers", "expected"), [
-    (2, 1, 0, 2),    # one process alone gets every core
-    (2, 1, 1, 1),    # a loader worker takes one of the two cores
-    (2, 2, 0, 1),    # two ranks on two cores: one thread each
-    (2, 2, 1, 1),    # never below one thread
-    (16, 1, 4, 12),  # workers are subtracted, not divided into the share
-    (16, 4, 1, 3),   # each rank gets cores // ranks, less its worker
-    (3, 2, 0, 1),    # a share that does not divide evenly rounds down
-])
+@pytest.mark.parametrize(
+    ("cores", "procs", "workers", "expected"),
+    [
+        (2, 1, 0, 2),  # one process alone gets every core
+        (2, 1, 1, 1),  # a loader worker takes one of the two cores
+        (2, 2, 0, 1),  # two ranks on two cores: one thread each
+        (2, 2, 1, 1),  # never below one thread
+        (16, 1, 4, 12),  # workers are subtracted, not divided into the share
+        (16, 4, 1, 3),  # each rank gets cores // ranks, less its worker
+        (3, 2, 0, 1),  # a share that does not divide evenly rounds down
+    ],
+)
 def test_policy_divides_cores_by_local_processes_less_workers(cores, procs, workers, expected):
     plan = plan_threads(cores, procs, workers, env={})
     assert (plan.threads, plan.source) == (expected, "policy")
@@ -47,8 +50,9 @@ def test_local_processes_read_from_the_launcher_environment():
 
 
 def test_describe_names_the_inputs_of_the_decision():
-    assert plan_threads(2, 1, 1, env={}).describe() == \
-        "torch threads: 1 (policy: 2 cores / 1 process - 1 loader worker)"
+    assert (
+        plan_threads(2, 1, 1, env={}).describe() == "torch threads: 1 (policy: 2 cores / 1 process - 1 loader worker)"
+    )
     assert "set by OMP_NUM_THREADS" in plan_threads(2, env={"OMP_NUM_THREADS": "2"}).describe()
 
 

@@ -25,16 +25,19 @@ def make_features(root, seed=0, n_train=40, n_eval=10, dim=16):
             ids = rng.integers(0, len(GLOSSES), size=rng.integers(2, 5))
             frames = np.concatenate([np.repeat(protos[g][None], 6, 0) for g in ids])
             frames = frames + rng.normal(scale=0.3, size=frames.shape)
-            meta = {"name": f"{split}_{i:03d}", "gloss": " ".join(GLOSSES[g] for g in ids),
-                    "signer": "S1", "num_frames": len(frames)}
+            meta = {
+                "name": f"{split}_{i:03d}",
+                "gloss": " ".join(GLOSSES[g] for g in ids),
+                "signer": "S1",
+                "num_frames": len(frames),
+            }
             write_video(root, split, meta["name"], meta, frames.astype(np.float32), dtype="float32")
         WRITERS["npy"](root, root, split)
     (root / "glosses.txt").write_text("\n".join(GLOSSES) + "\n")
     return root
 
 
-ARGS = ["head=conv_bilstm", "hidden=64", "batch_size=8", "lr=3e-3", "warmup_steps=5", "dropout=0.0",
-        "cleanup=none"]
+ARGS = ["head=conv_bilstm", "hidden=64", "batch_size=8", "lr=3e-3", "warmup_steps=5", "dropout=0.0", "cleanup=none"]
 
 
 @pytest.mark.slow

@@ -9,8 +9,7 @@ import pytest
 from signstream.recipes.config import PRESETS, list_presets
 from signstream.tools.cli import RECIPES, SUBCOMMANDS, main
 
-RECIPE_PRESET_PREFIX = {"finetune_ctc": "finetune_ctc-", "extract_features": "extract-",
-                        "train_head": "train_head-"}
+RECIPE_PRESET_PREFIX = {"finetune_ctc": "finetune_ctc-", "extract_features": "extract-", "train_head": "train_head-"}
 
 
 def test_top_level_help_gives_every_subcommand_a_one_line_description(capsys):
@@ -29,9 +28,11 @@ def test_top_level_help_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from signstream.tools.cli import main\n"
-            "try: main(['--help'])\nexcept SystemExit: pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    code = (
+        "import sys; from signstream.tools.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH")
 

@@ -10,12 +10,24 @@ from signstream.tools.demo_report import PANELS, write_report
 def _summary():
     def hist(ws):
         return [{"epoch": i, "train_loss": 1.0, "dev_wer": w} for i, w in enumerate(ws)]
-    return {"dev_wer": 20.0, "test_wer": 22.0, "baseline_dev_wer": 80.0, "baseline_test_wer": 82.0,
-            "date": "2026-01-01",
-            "curves": {"finetune": hist([100.0, 60.0, 30.0]), "head": hist([90.0, 40.0, 20.0, 21.0]),
-                       "head_random": hist([100.0, 90.0, 80.0, 81.0])},
-            "stages": [{"stage": "synth", "frames_per_s": None}, {"stage": "pack", "frames_per_s": 900.0},
-                       {"stage": "finetune", "frames_per_s": 400.0}]}
+
+    return {
+        "dev_wer": 20.0,
+        "test_wer": 22.0,
+        "baseline_dev_wer": 80.0,
+        "baseline_test_wer": 82.0,
+        "date": "2026-01-01",
+        "curves": {
+            "finetune": hist([100.0, 60.0, 30.0]),
+            "head": hist([90.0, 40.0, 20.0, 21.0]),
+            "head_random": hist([100.0, 90.0, 80.0, 81.0]),
+        },
+        "stages": [
+            {"stage": "synth", "frames_per_s": None},
+            {"stage": "pack", "frames_per_s": 900.0},
+            {"stage": "finetune", "frames_per_s": 400.0},
+        ],
+    }
 
 
 def test_report_is_a_png_with_the_three_panels(tmp_path):

@@ -38,8 +38,11 @@ def _decode(data: bytes) -> np.ndarray:
 
 def _tree_bytes(out: Path) -> dict[str, bytes]:
     keep = (".tar", ".idx", ".json", ".txt")
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.suffix in keep and p.name != "pack-stats.json"}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.suffix in keep and p.name != "pack-stats.json"
+    }
 
 
 def _source_frames(root: Path) -> dict[str, np.ndarray]:
@@ -52,14 +55,14 @@ def full_size_root(tmp_path_factory):
     """Two dev videos at the real 210×260 frame size (PSNR depends on the size)."""
     from signstream.tools.synth import make_corpus
 
-    return make_corpus(tmp_path_factory.mktemp("full"), seed=5, train=1, dev=2, test=1, vocab=6,
-                       max_glosses=3, workers=1)
+    return make_corpus(
+        tmp_path_factory.mktemp("full"), seed=5, train=1, dev=2, test=1, vocab=6, max_glosses=3, workers=1
+    )
 
 
 @pytest.mark.parametrize("codec", ["vp9", "h264", "mjpeg"])
 def test_round_trip_through_webdataset_matches_source_pngs(full_size_root, tmp_path, codec):
-    pack_corpus("phoenix2014", tmp_path, root=full_size_root, workers=1, progress=False,
-                codec=codec, splits=["dev"])
+    pack_corpus("phoenix2014", tmp_path, root=full_size_root, workers=1, progress=False, codec=codec, splits=["dev"])
     source = _source_frames(full_size_root)
     manifest = json.loads((tmp_path / "dev" / "manifest.json").read_text())
     urls = [str(tmp_path / "dev" / s["file"]) for s in manifest["shards"]]
@@ -84,8 +87,7 @@ def test_dali_webdataset_reader_reads_every_sample_with_written_indexes(packed):
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
-        video, meta = fn.readers.webdataset(paths=tars, index_paths=idxs, ext=["webm;mp4;mkv", "json"],
-                                            name="reader")
+        video, meta = fn.readers.webdataset(paths=tars, index_paths=idxs, ext=["webm;mp4;mkv", "json"], name="reader")
         return fn.decoders.video(video, device="cpu"), meta
 
     p = pipe()
@@ -123,8 +125,22 @@ def test_output_is_byte_identical_across_runs_and_worker_counts(synth_root, tmp_
 def test_resume_after_kill_mid_shard_gives_uninterrupted_bytes(synth_root, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     pack_corpus("phoenix2014", ref, root=synth_root, workers=1, progress=False, max_samples=2)
-    cmd = [sys.executable, "-m", "signstream.tools.cli", "pack", "phoenix2014", "--root", str(synth_root),
-           "--out", str(out), "--workers", "1", "--max-samples", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "signstream.tools.cli",
+        "pack",
+        "phoenix2014",
+        "--root",
+        str(synth_root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--max-samples",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     state = out / "train" / STATE_FILE
     deadline = time.time() + 60
@@ -199,9 +215,31 @@ def test_bad_root_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
     assert "does not look like PHOENIX-2014-T" in capsys.readouterr().err
 
 
-def test_an_unknown_corpus_adapter_names_it_and_the_choices(tmp_path):
-    with pytest.raises(SignstreamError, match="unknown corpus adapter 'nope'; choose from csv, phoenix2014, phoenix2014t"):
+def test_an_unknown_corpus_layout_names_it_and_the_choices(tmp_path, capsys):
+    with pytest.raises(
+        SignstreamError, match="unknown corpus layout 'nope'; choose from csv, phoenix2014, phoenix2014t"
+    ):
         pack_corpus("nope", tmp_path / "o", root=tmp_path, progress=False)
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it, with the choices the records give
+        cli(["pack", "nope", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'nope'" in err[0] and all(n in err[0] for n in ("csv", "phoenix2014", "phoenix2014t"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "layout, given, says",
+    [
+        ("csv", {"root": "r"}, "the csv layout needs --table FILE"),
+        ("phoenix2014", {"table": "t.csv"}, "the phoenix2014 layout needs --root DIR"),
+        ("csv", {"table": "t.csv", "root": "r"}, "the csv layout reads --table, not --root"),
+        ("phoenix2014t", {"root": "r", "table": "t.csv"}, "the phoenix2014t layout reads --root, not --table"),
+    ],
+)
+def test_the_layout_record_says_whether_it_reads_a_root_or_a_table(tmp_path, layout, given, says):
+    with pytest.raises(SignstreamError, match=says):
+        pack_corpus(layout, tmp_path / "o", progress=False, **{k: tmp_path / v for k, v in given.items()})
     assert not (tmp_path / "o").exists()
 
 
@@ -232,10 +270,12 @@ def test_csv_adapter_packs_video_files_and_frame_globs_and_reports_missing_video
 
     video.write_bytes(encode_video(frames, CODECS["h264"]))
     table = tmp_path / "table.tsv"
-    table.write_text("name\tpath\tgloss\tsigner\tsplit\n"
-                     f"clip.with.dots\t{video.name}\tA B\tS1\ttrain\n"
-                     f"frames\t{Path(rows[1].frames[0]).parent}/*.png\tB C\tS2\ttrain\n"
-                     "gone\tmissing.mp4\tC\tS3\ttrain\n")
+    table.write_text(
+        "name\tpath\tgloss\tsigner\tsplit\n"
+        f"clip.with.dots\t{video.name}\tA B\tS1\ttrain\n"
+        f"frames\t{Path(rows[1].frames[0]).parent}/*.png\tB C\tS2\ttrain\n"
+        "gone\tmissing.mp4\tC\tS3\ttrain\n"
+    )
     result = pack_corpus("csv", tmp_path / "out", table=table, workers=1, progress=False)
     m = result["splits"]["train"]
     assert m["totals"]["samples"] == 2 and m["totals"]["frames"] == len(rows[0].frames) + len(rows[1].frames)
@@ -250,8 +290,7 @@ def test_manifest_records_shards_totals_options_and_versions(packed):
     for shard in m["shards"]:
         assert set(shard) >= {"file", "sha256", "samples", "frames", "bytes", "index", "keys"}
         assert (packed / "train" / shard["file"]).stat().st_size == shard["bytes"]
-        assert index_text(scan_tar(packed / "train" / shard["file"])) == (
-            packed / "train" / shard["index"]).read_text()
+        assert index_text(scan_tar(packed / "train" / shard["file"])) == (packed / "train" / shard["index"]).read_text()
     assert m["totals"]["samples"] == sum(s["samples"] for s in m["shards"]) == 6
     assert m["totals"]["png_bytes"] > m["totals"]["bytes"]
     assert {"signstream", "av", "numpy"} <= set(m["versions"])

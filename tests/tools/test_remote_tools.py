@@ -22,8 +22,9 @@ def _s3fs():
     return filesystem("s3://")  # the client for the current endpoint
 
 
-def test_pack_into_a_bucket_gives_the_bytes_of_a_local_pack_manifests_last(synth_root, s3_env, tmp_path,
-                                                                            monkeypatch, capsys):
+def test_pack_into_a_bucket_gives_the_bytes_of_a_local_pack_manifests_last(
+    synth_root, s3_env, tmp_path, monkeypatch, capsys
+):
     fs = _s3fs()
     fs.mkdir("pack-target")
     order: list[str] = []
@@ -33,8 +34,9 @@ def test_pack_into_a_bucket_gives_the_bytes_of_a_local_pack_manifests_last(synth
     assert cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", url, *PACK]) == 0
     assert f"{url}/glosses.txt" in capsys.readouterr().out
     local = tmp_path / "local"
-    pack_corpus("phoenix2014", local, root=synth_root, splits=["train", "dev"], max_samples=2, workers=1,
-                progress=False)
+    pack_corpus(
+        "phoenix2014", local, root=synth_root, splits=["train", "dev"], max_samples=2, workers=1, progress=False
+    )
     for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "pack-stats.json"):
         rel = path.relative_to(local).as_posix()
         assert fs.cat_file(f"pack-target/corpus/{rel}") == path.read_bytes(), rel
@@ -48,12 +50,14 @@ def test_pack_into_a_bucket_gives_the_bytes_of_a_local_pack_manifests_last(synth
     assert cli(["verify", url, "--decode"]) == 0
 
 
-@pytest.mark.parametrize("out, message", [
-    ("http://127.0.0.1:9/x", "http(s):// is read-only"),
-    ("s3://no-such-bucket/x", "bucket not found: s3://no-such-bucket"),
-])
-def test_pack_to_an_unwritable_url_is_a_one_line_error_before_any_work(synth_root, s3_env, capsys, out,
-                                                                       message):
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("http://127.0.0.1:9/x", "http(s):// is read-only"),
+        ("s3://no-such-bucket/x", "bucket not found: s3://no-such-bucket"),
+    ],
+)
+def test_pack_to_an_unwritable_url_is_a_one_line_error_before_any_work(synth_root, s3_env, capsys, out, message):
     assert cli(["pack", "phoenix2014", "--root", str(synth_root), "--out", out, *PACK]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from signstream import SignstreamError
-from signstream.loaders.corpora import phoenix2014, phoenix2014t
+from signstream.loaders.corpora import LAYOUTS, detect_layout
 from signstream.tools import synth
 from signstream.tools.cli import main
 from signstream.tools.synth_render import (
@@ -26,14 +26,12 @@ from signstream.tools.synth_render import (
 )
 
 # Tiny and short: 48x64 frames, 3-frame signs, 2-4 glosses per sentence.
-TINY = dict(height=48, width=64, gloss_frames=3, transition_frames=1, min_glosses=2,
-            max_glosses=4, vocab=10, workers=1)
+TINY = dict(height=48, width=64, gloss_frames=3, transition_frames=1, min_glosses=2, max_glosses=4, vocab=10, workers=1)
 SPLITS = ("train", "dev", "test")
 
 
 def _make(out, layout="phoenix2014", seed=0, train=4, dev=2, test=2, **kw):
-    return synth.make_corpus(out, layout=layout, seed=seed, train=train, dev=dev, test=test,
-                             **{**TINY, **kw})
+    return synth.make_corpus(out, layout=layout, seed=seed, train=train, dev=dev, test=test, **{**TINY, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +61,7 @@ def test_phoenix2014_layout_headers_and_frame_names_match_the_release(corpora):
             assert folder == f"{name}/1/*.png"
             assert re.fullmatch(r"Signer0[1-7]", signer) and annotation.strip()
             frames = sorted((root / "features" / "fullFrame-210x260px" / split / name / "1").iterdir())
-            assert [f.name for f in frames] == [
-                f"{name}.avi_pid0_fn{i:06d}-0.png" for i in range(len(frames))]
+            assert [f.name for f in frames] == [f"{name}.avi_pid0_fn{i:06d}-0.png" for i in range(len(frames))]
             assert cv2.imread(str(frames[0]), cv2.IMREAD_UNCHANGED).shape == (48, 64, 3)
 
 
@@ -85,12 +82,19 @@ def test_phoenix2014t_layout_headers_and_frame_names_match_the_release(corpora):
 
 @pytest.mark.parametrize("layout", sorted(synth.LAYOUTS))
 def test_phoenix_adapters_list_every_video_with_its_frames(corpora, layout):
-    adapter = {"phoenix2014": phoenix2014, "phoenix2014t": phoenix2014t}[layout]
-    rows = adapter(corpora[layout])
+    rows = LAYOUTS[layout].read(corpora[layout])
     summary = synth.corpus_summary(corpora[layout].parents[1])
     assert len(rows) == summary["totals"]["videos"] == 8
     assert all(r.problem is None for r in rows)
     assert sum(len(r.frames) for r in rows) == summary["totals"]["frames"]
+
+
+def test_every_synth_layout_is_a_registered_corpus_layout_that_recognises_what_synth_wrote(corpora):
+    assert set(synth.LAYOUTS) <= set(LAYOUTS)
+    for layout, root in corpora.items():
+        # from the corpus root and from the folder the user made, as `--out` named it
+        assert detect_layout(root).name == layout
+        assert detect_layout(root.parents[1]).name == layout
 
 
 def test_frame_size_keeps_the_release_folder_name(corpora):
@@ -100,14 +104,22 @@ def test_frame_size_keeps_the_release_folder_name(corpora):
 
 @pytest.mark.parametrize("layout", sorted(synth.LAYOUTS))
 def test_sorted_frame_files_are_the_rendered_frames_in_temporal_order(corpora, layout):
-    rows = {"phoenix2014": phoenix2014, "phoenix2014t": phoenix2014t}[layout](corpora[layout])
+    rows = LAYOUTS[layout].read(corpora[layout])
     row = max(rows, key=lambda r: len(r.frames))
     assert len(row.frames) > 10  # crosses a digit boundary, so sorting is really tested
-    plan = next(p for p in synth.plan_corpus(layout, 0, 4, 2, 2, 10, 2, 4)[row.split]
-                if p.name == row.name)
+    plan = next(p for p in synth.plan_corpus(layout, 0, 4, 2, 2, 10, 2, 4)[row.split] if p.name == row.name)
     signer = {s.ident: s for s in make_signers(0, 7)}[plan.signer]
-    expected = list(render_video(list(plan.glosses), signer, synth.video_rng(0, row.split, plan.index),
-                                 height=48, width=64, gloss_frames=3, transition_frames=1))
+    expected = list(
+        render_video(
+            list(plan.glosses),
+            signer,
+            synth.video_rng(0, row.split, plan.index),
+            height=48,
+            width=64,
+            gloss_frames=3,
+            transition_frames=1,
+        )
+    )
     got = [cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in row.frames]
     assert len(got) == len(expected)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
@@ -118,7 +130,7 @@ def test_png_files_carry_no_time_or_text_chunks(corpora):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     chunks, pos = set(), 8
     while pos < len(png):
-        (length,), kind = struct.unpack(">I", png[pos:pos + 4]), png[pos + 4:pos + 8]
+        (length,), kind = struct.unpack(">I", png[pos : pos + 4]), png[pos + 4 : pos + 8]
         chunks.add(kind)
         pos += 12 + length
     assert chunks == {b"IHDR", b"IDAT", b"IEND"}
@@ -153,8 +165,7 @@ def test_different_seed_gives_different_sentences_and_frames(tmp_path):
 
 # ---------------------------------------------------------------- content
 def test_sentence_lengths_stay_within_bounds_and_markers_only_at_the_ends():
-    plans = synth.plan_corpus("phoenix2014", 1, 200, 50, 50, 30, min_glosses=3, max_glosses=5,
-                              on_off_rate=0.5)
+    plans = synth.plan_corpus("phoenix2014", 1, 200, 50, 50, 30, min_glosses=3, max_glosses=5, on_off_rate=0.5)
     for plan in (p for split in plans.values() for p in split):
         body = [g for g in plan.glosses if g not in (ON, OFF)]
         assert 3 <= len(body) <= 5
@@ -172,8 +183,7 @@ def test_tokens_include_prefixed_forms_and_on_off_markers():
 
 
 def test_train_split_covers_the_whole_vocabulary():
-    plans = synth.plan_corpus("phoenix2014", 5, train=12, dev=3, test=3, vocab=24, min_glosses=2,
-                              max_glosses=2)
+    plans = synth.plan_corpus("phoenix2014", 5, train=12, dev=3, test=3, vocab=24, min_glosses=2, max_glosses=2)
     assert {g for p in plans["train"] for g in p.glosses} - {ON, OFF} == set(synth.vocabulary(24))
 
 
@@ -244,8 +254,25 @@ def test_cli_bad_option_is_a_one_line_error_with_exit_code_2(tmp_path, capsys, b
 
 
 def test_non_empty_out_needs_overwrite_and_overwrite_never_touches_foreign_folders(tmp_path, capsys):
-    args = ["synth", "--train", "2", "--dev", "1", "--test", "1", "--height", "32", "--width", "32",
-            "--gloss-frames", "3", "--max-glosses", "2", "--workers", "1"]
+    args = [
+        "synth",
+        "--train",
+        "2",
+        "--dev",
+        "1",
+        "--test",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--gloss-frames",
+        "3",
+        "--max-glosses",
+        "2",
+        "--workers",
+        "1",
+    ]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("real data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from signstream.loaders.format import MANIFEST, PackLayout
 from signstream.tools.cli import main as cli
 from signstream.tools.verify import verify
 
@@ -56,7 +57,7 @@ def test_missing_shard_and_unlisted_shard_are_reported(packed, tmp_path):
 
 def test_decode_check_catches_wrong_frame_count(packed, tmp_path):
     out = _copy(packed, tmp_path)
-    manifest_path = out / "test" / "manifest.json"
+    manifest_path = PackLayout(out).manifest_path("test")
     manifest = json.loads(manifest_path.read_text())
     # Rewrite one sample's JSON inside the tar with a wrong frame count, then
     # refresh checksums so that only the decode check can notice.
@@ -88,4 +89,30 @@ def test_decode_check_catches_wrong_frame_count(packed, tmp_path):
 def test_directory_without_manifest_is_a_one_line_error(tmp_path, capsys):
     assert cli(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no manifest.json" in err[0]
+    assert len(err) == 1 and f"no {MANIFEST}" in err[0]
+
+
+def test_a_manifest_of_a_newer_format_is_one_finding_and_its_shards_are_not_opened(packed, tmp_path, capsys):
+    out = _copy(packed, tmp_path)
+    path = PackLayout(out).manifest_path("dev")
+    manifest = json.loads(path.read_text())
+    manifest["format"] = "signstream-shards/7"
+    path.write_text(json.dumps(manifest))
+    report = verify(out)
+    assert not report["ok"] and report["splits"]["dev"]["shards"] == 0
+    assert report["problems"] == [
+        f"{path}: format version 7 was written by a newer signstream (this one reads 1); upgrade signstream to read it"
+    ]
+    assert report["splits"]["train"]["problems"] == 0
+    assert cli(["verify", str(out)]) == 1
+
+
+def test_a_mistyped_manifest_field_is_a_finding_naming_it(packed, tmp_path):
+    out = _copy(packed, tmp_path)
+    path = PackLayout(out).manifest_path("dev")
+    manifest = json.loads(path.read_text())
+    manifest["codec"], manifest["shards"][0]["samples"] = 9, "3"
+    path.write_text(json.dumps(manifest))
+    problems = verify(out)["problems"]
+    assert f"{path}: 'codec' is not text (got 9)" in problems
+    assert f"{path}: shard entry 0 'samples' is not a whole number >= 0 (got '3')" in problems
