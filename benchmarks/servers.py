@@ -1,34 +1,66 @@
 """Local object servers for the remote-shard tests and benchmark: HTTP and S3 on 127.0.0.1.
 
-:func:`http_server` serves a directory with single-range ``Range`` support (``drop`` names files whose responses
-stop half way); :func:`s3_server` runs moto's S3 server in a child process, because DALI's S3 client holds the
+:func:`http_server` serves a directory with single-range ``Range`` support or none (``ranges=False``, like
+``python -m http.server``), a fixed delay per request, half-sent responses (``drop``) and GETs per file counted at
+``/_requests``; :func:`s3_server` runs moto's S3 server in a child process, because DALI's S3 client holds the
 GIL while it waits; :func:`http_server_process` runs the HTTP server in a child process as a real one would be.
 Each picks a free port and stops when its ``with`` block ends. Why: docs/design/benchmarks.md
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
-    """``SimpleHTTPRequestHandler`` plus single byte ranges, quiet, and optional mid-body drops."""
+    """``SimpleHTTPRequestHandler`` plus single byte ranges, quiet, and optional delays, drops and counting."""
 
     drop: frozenset[str] = frozenset()
+    drop_times: int | None = None  # responses of a dropped file that are cut (None: all)
+    ranges = True
+    delay = 0.0
+    # GETs and cut responses per file name (fresh ones for each http_server)
+    counts: collections.Counter = collections.Counter()
+    cuts: collections.Counter = collections.Counter()
+    lock = threading.Lock()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         pass
 
+    def do_GET(self) -> None:
+        if self.path == "/_requests":
+            with self.lock:
+                body = json.dumps(dict(self.counts)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        with self.lock:
+            self.counts[Path(self.path).name] += 1
+        time.sleep(self.delay)
+        super().do_GET()
+
+    def do_HEAD(self) -> None:
+        time.sleep(self.delay)
+        super().do_HEAD()
+
     def send_head(self):
+        if not self.ranges:  # a server that knows nothing of ranges: the whole file, always
+            del self.headers["Range"]
+            return super().send_head()
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         path = Path(self.translate_path(self.path))
         if not match or not path.is_file():
@@ -52,7 +84,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
     def copyfile(self, source, outputfile) -> None:
         remaining = getattr(self, "_remaining", None)
-        if Path(self.path).name in self.drop:
+        if Path(self.path).name in self.drop and self._cut_this_one():
             # promise the whole body, send half of it, then hang up
             half = (remaining if remaining is not None else 1 << 30) // 2
             outputfile.write(source.read(half))
@@ -71,11 +103,43 @@ class RangeHandler(SimpleHTTPRequestHandler):
             outputfile.write(block)
             remaining -= len(block)
 
+    def _cut_this_one(self) -> bool:
+        with self.lock:
+            self.cuts[Path(self.path).name] += 1
+            return self.drop_times is None or self.cuts[Path(self.path).name] <= self.drop_times
+
 
 @contextlib.contextmanager
-def http_server(directory: str | os.PathLike, drop: tuple[str, ...] = ()) -> Iterator[str]:
-    """Serve ``directory`` at ``http://127.0.0.1:PORT`` (yielded) until the block ends."""
-    handler = type("Handler", (RangeHandler,), {"drop": frozenset(drop)})
+def http_server(
+    directory: str | os.PathLike,
+    drop: tuple[str, ...] = (),
+    *,
+    drop_times: int | None = None,
+    ranges: bool = True,
+    delay: float = 0.0,
+) -> Iterator[str]:
+    """Serve ``directory`` at ``http://127.0.0.1:PORT`` (yielded) until the block ends.
+
+    Args:
+        directory: what to serve.
+        drop: file names whose responses stop half way (the first ``drop_times`` ones; all if ``None``).
+        drop_times: see ``drop``.
+        ranges: honour ``Range`` (``False``: always the whole file, like ``python -m http.server``).
+        delay: seconds added to every request (an object store's latency).
+    """
+    handler = type(
+        "Handler",
+        (RangeHandler,),
+        {
+            "drop": frozenset(drop),
+            "drop_times": drop_times,
+            "ranges": ranges,
+            "delay": delay,
+            "counts": collections.Counter(),
+            "cuts": collections.Counter(),
+            "lock": threading.Lock(),
+        },
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -112,11 +176,12 @@ def _stop_child(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def http_server_process(directory: str | os.PathLike, timeout: float = 60.0) -> Iterator[str]:
+def http_server_process(
+    directory: str | os.PathLike, timeout: float = 60.0, *, delay: float = 0.0, ranges: bool = True
+) -> Iterator[str]:
     """Like :func:`http_server`, in a child process; yields ``http://127.0.0.1:PORT``."""
-    proc, port = _child_port(
-        [sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory)], "the HTTP server", timeout
-    )
+    cmd = [sys.executable, "-m", "signstream.benchmarks.servers", "http", str(directory), str(delay)]
+    proc, port = _child_port(cmd + ([] if ranges else ["no-range"]), "the HTTP server", timeout)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -166,13 +231,22 @@ def upload_tree(local: str | os.PathLike, url: str) -> None:
     fs.put(str(local).rstrip("/") + "/", url.rstrip("/") + "/", recursive=True)
 
 
+def request_counts(base: str) -> dict[str, int]:
+    """GETs per file name a server from :func:`http_server` has answered so far."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/_requests", timeout=10) as r:
+        return json.loads(r.read())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``servers http DIR``: serve DIR, print the port, stop when stdin closes."""
+    """``servers http DIR [DELAY_S] [no-range]``: serve DIR, print the port, stop when stdin closes."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "http":
-        print("usage: python -m signstream.benchmarks.servers http DIR", file=sys.stderr)
+    if not 2 <= len(args) <= 4 or args[0] != "http":
+        print("usage: python -m signstream.benchmarks.servers http DIR [DELAY_S] [no-range]", file=sys.stderr)
         return 2
-    with http_server(args[1]) as url:
+    delay = float(args[2]) if len(args) > 2 else 0.0
+    with http_server(args[1], delay=delay, ranges="no-range" not in args[3:]) as url:
         print(url.rsplit(":", 1)[1], flush=True)
         sys.stdin.read()
     return 0

@@ -84,8 +84,9 @@ def _build_pyav(source: Any, common: dict[str, Any], options: dict[str, Any]) ->
 
 
 def _build_dali(source: Any, common: dict[str, Any], options: dict[str, Any]) -> BaseLoader:
-    from signstream.loaders.dali_backend import DaliLoader  # lazily: DALI is optional
+    from signstream.loaders.dali_backend import DaliLoader, require_dali  # imports without DALI
 
+    require_dali()  # before resolving shards (which may list a bucket): name the extra to install
     return DaliLoader(resolve_shards(source), **options, **common)
 
 
@@ -122,6 +123,7 @@ def make_loader(
     handler: str = "warn",
     rank: int | None = None,
     world_size: int | None = None,
+    allow_empty: bool = False,
     **options: Any,
 ) -> BaseLoader:
     """Build a loader; iterate it for :class:`~signstream.loaders.batch.Batch` es.
@@ -147,6 +149,9 @@ def make_loader(
         handler: bad-sample policy: ``warn``, ``skip`` or ``raise``.
         rank: this process's index (default: from Accelerate, else 0).
         world_size: process count (default: from Accelerate, else 1).
+        allow_empty: end an epoch quietly when every sample it read was skipped
+            (callers that check across ranks themselves, like the recipes);
+            by default such an epoch raises one line naming the first reasons.
         **options: backend options (see ``BACKENDS[name].options``): ``bucket``
             (length-bucketing buffer in batches, 0 = off),
             ``decode_threads`` (PyAV threads per video), ``batches_per_run``
@@ -182,6 +187,7 @@ def make_loader(
         "rank": rank,
         "world": world,
         "shuffle": (mode == "train") if shuffle is None else bool(shuffle),
+        "allow_empty": allow_empty,
     }
     options["num_workers"] = default_workers() if num_workers is None else int(num_workers)
     return record.build(source, common, options)

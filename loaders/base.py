@@ -84,6 +84,7 @@ class BaseLoader:
         rank: int,
         world: int,
         handler: str,
+        allow_empty: bool = False,
     ):
         if mode not in MODES:
             raise SignstreamError(f"mode must be one of {MODES}, got {mode!r}")
@@ -104,6 +105,7 @@ class BaseLoader:
         self.shuffle = shuffle
         self.rank, self.world = rank, world
         self.handler = handler
+        self.allow_empty = allow_empty
         self.epoch = 0
         self.stats = LoaderStats()
         self._pool = BufferPool()
@@ -133,6 +135,7 @@ class BaseLoader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
+        samples_before, skipped_before = self.stats.samples, len(self.stats.skipped)
         for batch, report in self._epoch(epoch):
             self.stats.add_report(report)
             if batch is None:
@@ -140,6 +143,19 @@ class BaseLoader:
             batch = self._finalize(batch)
             self.stats.add_batch(batch.lengths.tolist(), batch.padded_frames)
             yield batch
+        if not self.allow_empty and self.stats.samples == samples_before:
+            self._refuse_empty(epoch, self.stats.skipped[skipped_before:])
+
+    def _refuse_empty(self, epoch: int, skipped: list) -> None:
+        """An epoch that delivered nothing because every sample it read failed is an error, not an empty success."""
+        if not skipped:
+            return  # nothing to read here (e.g. more ranks than samples): not a failure
+        first = "; ".join(f"{s.key} ({s.shard}: {s.reason})" for s in skipped[:3])
+        more = f"; ... {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise SignstreamError(
+            f"no readable sample in epoch {epoch} ({self.backend}, rank {self.rank} of {self.world}): "
+            f"{len(skipped)} skipped; first: {first}{more}"
+        )
 
     def describe(self) -> dict[str, Any]:
         """Settings of this loader (for logs and benchmark reports)."""

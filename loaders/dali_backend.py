@@ -34,15 +34,34 @@ from signstream.loaders.stages import (
     SkipReport,
     epoch_order,
     loader_batches,
-    passes,
     plan_from_meta,
-    read_stage,
+    read_stages,
     take_range,
 )
 from signstream.loaders.stats import Report
 from signstream.loaders.transform import SamplePlan, size_mismatch
 
 POSTPROCESS = ("auto", "opencv", "dali")
+
+
+def dali_install_hint() -> str:
+    """The pip command that adds DALI: the extra for this torch's CUDA major, both when it is unknown."""
+    major = (torch.version.cuda or "").split(".")[0]
+    if major in ("12", "13"):
+        return f"pip install 'signstream[dali-cuda{major}]'"
+    return "pip install 'signstream[dali-cuda13]' (or 'signstream[dali-cuda12]' for a CUDA 12 driver)"
+
+
+def require_dali() -> None:
+    """Raise a one-line SignstreamError naming the extra to install when DALI does not import.
+
+    DALI is optional (every module imports it lazily), so this is the one place its absence is told.
+    """
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        hint = f"{dali_install_hint()}, or use backend='pyav'"
+        raise SignstreamError(f"backend='dali' needs NVIDIA DALI (not installed): {hint}") from None
 
 
 class DaliLoader(BaseLoader):
@@ -75,11 +94,8 @@ class DaliLoader(BaseLoader):
         **common: Any,
     ):
         super().__init__(**common)
+        require_dali()
         check_codecs(shardset, self.device)
-        try:
-            import nvidia.dali  # noqa: F401
-        except ImportError:
-            raise SignstreamError("backend='dali' needs the nvidia-dali package") from None
         if postprocess not in POSTPROCESS:
             raise SignstreamError(f"postprocess must be one of {POSTPROCESS}, got {postprocess!r}")
         self.device_id = self._device_index()
@@ -148,8 +164,15 @@ class DaliLoader(BaseLoader):
         return wds.DataPipeline(
             lambda: iter(refs),
             take_range(r0, r1),  # split by node (rank)
-            passes(self.train, self.shuffle, rng),  # shuffle (and replay when training)
-            read_stage(lambda ref, pass_: self._read(reader, ref, epoch, pass_, skips), skips),  # read, plan
+            # shuffle (and replay when training), read + plan
+            read_stages(
+                reader,
+                lambda ref, pass_: self._read(reader, ref, epoch, pass_, skips),
+                skips,
+                train=self.train,
+                shuffle=self.shuffle,
+                rng=rng,
+            ),
             lambda src: group_batches(
                 src, self.batch_size, bucket=self.bucket, rng=rng, length=lambda p: p.plan.length
             ),

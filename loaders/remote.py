@@ -1,9 +1,10 @@
 """Shards on a web server or in an S3 bucket: ``http(s)://host/path`` and ``s3://bucket/prefix``.
 
-Accepted wherever a shard directory is; small files are fetched, tars are read by range, never
-copied. Invariants: nothing hangs (every request has timeouts, a deadline and bounded tries,
-and a host that keeps failing is marked down, probed now and then), an unfetchable sample is
-skipped by name, and every shown location passes :func:`redact`. Why: docs/design/remote.md
+Accepted wherever a shard directory is; small files are fetched, tars are streamed (one GET per run
+of needed bytes, :class:`SpanStream`), never copied. Invariants: nothing hangs (every request has
+timeouts, a deadline and bounded tries, and a host that keeps failing is marked down, probed now and
+then), an unfetchable sample is skipped by name, and every shown location passes :func:`redact`.
+Why: docs/design/remote.md
 """
 
 from __future__ import annotations
@@ -360,12 +361,10 @@ def fetch_range(url: str, start: int, stop: int) -> bytes:
 
 
 class RangeReader:
-    """Reads spans of one remote tar: one request per sample, read-ahead while sequential.
+    """Reads spans of one remote tar by range, for reads out of any order (``verify``, a resume point).
 
-    Training order is random, so each sample is fetched alone; in file order
-    (eval) the reader fetches :data:`READAHEAD` bytes at a time and serves the
-    following samples from that block, which streams the tar at the speed of
-    one long download instead of one request per video.
+    Each call not served from the last block is one :class:`SpanStream`; while the reads are
+    sequential it fetches :data:`READAHEAD` bytes at once and serves the following spans from them.
     """
 
     def __init__(self, path: RemotePath, size: int | None = None):
@@ -382,11 +381,152 @@ class RangeReader:
             fetch_to = max(stop, start + READAHEAD) if sequential else stop
             if self.size is not None:
                 fetch_to = max(stop, min(fetch_to, self.size))
-            block = fetch_range(self.url, start, fetch_to)
+            with SpanStream(self.url, start, fetch_to) as span:
+                block = span.read(fetch_to - start)
             self._start, self._data = start, block
             data = block[: stop - start]
         self._last_end = stop
         return data
+
+
+# ------------------------------------------------------------------ streamed spans
+STREAM_CHUNK = 1 << 20  # bytes taken from a response at a time
+S3_BLOCK = 16 << 20  # bytes per ranged GET when streaming from S3
+_NO_RANGE: set[str] = set()  # hosts seen answering a range request with the whole object
+
+
+def honours_range(url: str) -> bool:
+    """False once the host of ``url`` has answered a range request with the whole object."""
+    return _host_of(url) not in _NO_RANGE
+
+
+class SpanStream:
+    """Bytes ``[start, stop)`` of one object as one streamed GET (``Range: bytes=start-stop-1``), front to back.
+
+    Memory stays at what the caller asks for. A connection dropped mid-way is reopened at the first
+    byte not yet read (bounded tries, :func:`with_retries`). A server that ignores ``Range`` is
+    remembered per host and streamed from byte 0, the bytes before ``start`` read through. S3 is
+    read in :data:`S3_BLOCK` ranged GETs. ``requests`` counts the GETs made.
+    """
+
+    def __init__(self, url: str, start: int, stop: int):
+        self.url, self.pos, self.stop = url, start, stop
+        self.requests, self._body = 0, None
+
+    def __enter__(self) -> SpanStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection (the rest of the response is not read)."""
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def read(self, n: int) -> bytes:
+        """The next ``n`` bytes; raises ``ConnectionError`` / ``FileNotFoundError`` naming the bytes."""
+        return self._pull(n, keep=True)
+
+    def skip(self, n: int) -> None:
+        """Read through (and drop) the next ``n`` bytes."""
+        if n > 0:
+            self._pull(n, keep=False)
+
+    def _pull(self, n: int, keep: bool) -> bytes:
+        if self.pos + n > self.stop:
+            raise ValueError(f"read past the end of the span ({self.pos}+{n} > {self.stop})")
+        parts: list[bytes] = []
+        left = n
+
+        def call() -> None:
+            nonlocal left
+            try:
+                if self._body is None:
+                    self._open()
+                while left:
+                    chunk = self._body.read(min(left, STREAM_CHUNK))
+                    if not chunk:
+                        raise ShortRead(f"response ended {left} bytes early")
+                    left -= len(chunk)
+                    self.pos += len(chunk)
+                    if keep:
+                        parts.append(chunk)
+            except BaseException:
+                self.close()  # the next try opens a new request at self.pos
+                raise
+
+        with_retries(f"{self.url} bytes {self.pos}-{self.pos + n}", call)
+        return b"".join(parts)
+
+    def _open(self) -> None:
+        self.requests += 1
+        if self.url.split("://", 1)[0].lower() not in ("http", "https"):
+            self._body = _BlockBody(self.url, self.pos, self.stop)
+            return
+        fs = filesystem(self.url)
+        ranged = honours_range(self.url)
+        headers = {"Range": f"bytes={self.pos}-{self.stop - 1}"} if ranged else {}
+        body = fs.open(self.url, "rb", block_size=0, size=self.stop, headers=headers)
+        self._body = _TimedBody(body)
+        status = getattr(getattr(body, "r", None), "status", 206)
+        if status == 200 and self.pos > 0:
+            if ranged:
+                _NO_RANGE.add(_host_of(self.url))
+            self._body = _Discard(self._body, self.pos)
+
+
+class _TimedBody:
+    """A streamed HTTP response whose every read has the request deadline."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def read(self, n: int) -> bytes:
+        return self.f.read(n, timeout=deadline_s())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _Discard:
+    """A body whose first ``skip`` bytes are read through and dropped (a server that ignores ``Range``)."""
+
+    def __init__(self, body, skip: int) -> None:
+        self.body, self.left = body, skip
+
+    def read(self, n: int) -> bytes:
+        while self.left:
+            chunk = self.body.read(min(self.left, STREAM_CHUNK))
+            if not chunk:
+                raise ShortRead("response ended before the wanted bytes")
+            self.left -= len(chunk)
+        return self.body.read(n)
+
+    def close(self) -> None:
+        self.body.close()
+
+
+class _BlockBody:
+    """An object read in :data:`S3_BLOCK` ranged GETs (stores that always honour ``Range``)."""
+
+    def __init__(self, url: str, start: int, stop: int) -> None:
+        self.url, self.pos, self.stop, self.data = url, start, stop, memoryview(b"")
+
+    def read(self, n: int) -> bytes:
+        if not self.data and self.pos < self.stop:
+            end = min(self.stop, self.pos + S3_BLOCK)
+            block = filesystem(self.url).cat_file(self.url, start=self.pos, end=end, timeout=deadline_s())
+            if len(block) != end - self.pos:
+                raise ShortRead(f"got {len(block)} of {end - self.pos} bytes")
+            self.data, self.pos = memoryview(block), end
+        out, self.data = bytes(self.data[:n]), self.data[n:]
+        return out
+
+    def close(self) -> None:
+        self.data = memoryview(b"")
 
 
 # ------------------------------------------------------------------ streamed tars

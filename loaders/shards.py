@@ -9,8 +9,12 @@ the same rank. Why: docs/design/loaders.md
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,10 @@ from signstream.loaders.format import (
 )
 
 log = logging.getLogger("signstream.loaders")
+
+SKIP_GAP = 2 << 20  # unneeded bytes read through rather than opening a new request (when Range works)
+PREFETCH_BYTES = 32 << 20  # fetched sample bytes held ahead of the reader, per reader
+LOOKAHEAD = 4096  # upcoming samples looked at to find where one request should end
 
 
 class SampleError(Exception):
@@ -241,6 +249,33 @@ class SampleReader:
         self._number: int | None = None
         self._file = None
         self._ranges: remote.RangeReader | None = None
+        self._ready: tuple[SampleRef, Any] | None = None  # the next sample's bytes, fetched by :meth:`stream`
+
+    @property
+    def streams(self) -> bool:
+        """True when the shards are behind URLs: an epoch is then read through :meth:`stream`."""
+        return any(remote.is_url(s.path) for s in self.shardset.shards)
+
+    def stream(self, src: Iterator[tuple[SampleRef, int]]) -> Iterator[tuple[SampleRef, int]]:
+        """Stage: ``(ref, pass)`` items unchanged while one background thread fetches their bytes ahead.
+
+        Over URLs each shard, or each run of needed samples in it, is one streamed request
+        (:class:`~signstream.loaders.remote.SpanStream`), at most :data:`PREFETCH_BYTES` held; the
+        next :meth:`read` of the item just yielded takes its bytes from there. Local shards pass through.
+        """
+        if not self.streams:
+            yield from src
+            return
+        fetcher = _Fetcher(self.shardset, iter(src))
+        fetcher.start()
+        try:
+            while (got := fetcher.take()) is not None:
+                item, result = got
+                self._ready = (item[0], result)
+                yield item
+        finally:
+            self._ready = None
+            fetcher.stop()
 
     def _read_remote(self, ref: SampleRef) -> tuple[bytes, bytes | None]:
         """Both members of a sample behind a URL in one range request (they are adjacent)."""
@@ -294,7 +329,12 @@ class SampleReader:
             raise SampleError(
                 f"JSON member is {ref.meta[1]} bytes, over the {MAX_JSON_BYTES} a sample's metadata may hold"
             )
-        if remote.is_url(self.shardset.shards[ref.shard].path):
+        if self._ready is not None and self._ready[0] is ref:
+            result, self._ready = self._ready[1], None
+            if isinstance(result, SampleError):
+                raise result
+            video, raw = result
+        elif remote.is_url(self.shardset.shards[ref.shard].path):
             video, raw = self._read_remote(ref)
         else:
             video = self._read(ref.shard, ref.video, ref.video_ext, ref)
@@ -316,6 +356,132 @@ class SampleReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _span(ref: SampleRef) -> tuple[int, int]:
+    """Bytes ``[lo, hi)`` holding a sample's members (adjacent in the tar)."""
+    spans = [ref.video] + ([ref.meta] if ref.meta is not None else [])
+    return min(s[0] for s in spans), max(s[0] + s[1] for s in spans)
+
+
+def _cut(ref: SampleRef, lo: int, block: bytes) -> tuple[bytes, bytes | None]:
+    video = block[ref.video[0] - lo : ref.video[0] - lo + ref.video[1]]
+    return video, (block[ref.meta[0] - lo : ref.meta[0] - lo + ref.meta[1]] if ref.meta is not None else None)
+
+
+class _Fetcher(threading.Thread):
+    """Fetches the bytes of upcoming samples in order, one streamed request per run of needed samples.
+
+    Every wait is bounded: the consumer gives up after :func:`_stall_s` without a sample, each
+    request has the remote timeouts, and a stopped fetcher ends at its next step.
+    """
+
+    def __init__(self, shardset: ShardSet, src: Iterator[tuple[SampleRef, int]]):
+        super().__init__(daemon=True, name="signstream-fetch")
+        self.shardset, self.src = shardset, src
+        self.ahead: collections.deque = collections.deque()  # items looked at, not fetched yet
+        self.ready: collections.deque = collections.deque()  # (item, bytes or SampleError)
+        self.cond = threading.Condition()
+        self.held, self.done, self.stopped, self.error = 0, False, False, None
+        self.waiting = False  # the consumer is waiting on an empty queue
+        self.span: remote.SpanStream | None = None
+        self.span_shard = -1
+
+    def run(self) -> None:
+        try:
+            while not self.stopped and (item := self._next()) is not None:
+                if item[1] > 0:  # a training replay (a skip's stand-in): fetched only once wanted
+                    self._wait_for_demand()
+                result = self._fetch(item[0])
+                size = 0 if isinstance(result, SampleError) else sum(len(b) for b in result if b)
+                with self.cond:
+                    while self.ready and self.held + size > PREFETCH_BYTES and not self.stopped:
+                        self.cond.wait(0.5)
+                    self.ready.append((item, result))
+                    self.held += size
+                    self.cond.notify_all()
+        except Exception as exc:  # handed to the consumer, raised there
+            self.error = exc
+        finally:
+            if self.span is not None:
+                self.span.close()
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def _wait_for_demand(self) -> None:
+        with self.cond:
+            while not (self.waiting and not self.ready) and not self.stopped:
+                self.cond.wait(0.5)
+
+    def take(self) -> tuple[tuple[SampleRef, int], Any] | None:
+        """The next item and its bytes (or :class:`SampleError`); ``None`` at the end."""
+        limit = time.monotonic() + _stall_s()
+        with self.cond:
+            while not self.ready and not self.done:
+                self.waiting = True
+                self.cond.notify_all()
+                if time.monotonic() > limit:
+                    raise SignstreamError(
+                        f"no sample arrived from {remote.redact(self.shardset.origin)} in {_stall_s():.0f} s"
+                    )
+                self.cond.wait(0.5)
+            self.waiting = False
+            if not self.ready:
+                if self.error is not None:
+                    raise self.error
+                return None
+            item, result = self.ready.popleft()
+            self.held -= 0 if isinstance(result, SampleError) else sum(len(b) for b in result if b)
+            self.cond.notify_all()
+            return item, result
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.join(timeout=5)
+
+    def _next(self) -> tuple[SampleRef, int] | None:
+        if self.ahead:
+            return self.ahead.popleft()
+        return next(self.src, None)
+
+    def _fetch(self, ref: SampleRef) -> tuple[bytes, bytes | None] | SampleError:
+        lo, hi = _span(ref)
+        span = self.span
+        gap = SKIP_GAP if remote.honours_range(self.shardset.shards[ref.shard].path.url) else 1 << 62
+        if span is None or self.span_shard != ref.shard or not (0 <= lo - span.pos <= gap and hi <= span.stop):
+            if span is not None:
+                span.close()
+            url = self.shardset.shards[ref.shard].path.url
+            self.span, self.span_shard = remote.SpanStream(url, lo, self._run_end(ref, hi, gap)), ref.shard
+        try:
+            self.span.skip(lo - self.span.pos)
+            return _cut(ref, lo, self.span.read(hi - lo))
+        except (ConnectionError, FileNotFoundError) as exc:
+            self.span.close()
+            self.span = None  # the next sample opens a new request at its own offset
+            return SampleError(f"cannot fetch: {exc}")
+
+    def _run_end(self, ref: SampleRef, end: int, gap: int) -> int:
+        """Where the run of upcoming samples in ``ref``'s shard, each close after the last, ends."""
+        i = 0
+        while True:
+            if i == len(self.ahead):
+                if len(self.ahead) >= LOOKAHEAD or (item := next(self.src, None)) is None:
+                    return end
+                self.ahead.append(item)
+            nxt = self.ahead[i][0]
+            lo, hi = _span(nxt)
+            if nxt.shard != ref.shard or not 0 <= lo - end <= gap:
+                return end
+            end, i = hi, i + 1
+
+
+def _stall_s() -> float:
+    """Longest wait for the next fetched sample: every try of one request, and then some."""
+    return 2.0 * remote.attempts() * remote.deadline_s() + 10.0
 
 
 def parse_meta(raw: bytes, key: str, video_bytes: int | None = None) -> dict[str, Any]:

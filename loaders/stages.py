@@ -11,6 +11,7 @@ Why: docs/design/loaders.md
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -50,6 +51,8 @@ __all__ = [
     "passes",
     "plan_from_meta",
     "read_stage",
+    "read_stages",
+    "shuffle_buffer",
     "take_range",
     "train_batches",
     "worker_batches",
@@ -64,6 +67,7 @@ class Planned:
     data: Any
     meta: dict[str, Any]
     plan: SamplePlan
+    pass_: int = 0  # which pass over the share it belongs to (set by the read stage)
 
 
 # ------------------------------------------------------------------ epoch plan
@@ -205,9 +209,64 @@ def read_stage(read: Callable[[Any, int], Planned], skips: SkipReport) -> Callab
             except SampleError as exc:
                 skips.skip(ref, str(exc))
                 continue
+            planned.pass_ = pass_
             yield planned
 
     return stage
+
+
+def shuffle_bytes() -> int:
+    """Shuffle buffer of training over URLs, in compressed bytes (``SIGNSTREAM_SHUFFLE_MB``, default 64)."""
+    return int(float(os.environ.get("SIGNSTREAM_SHUFFLE_MB", "64")) * (1 << 20))
+
+
+def shuffle_buffer(rng: np.random.Generator, max_bytes: int) -> Callable[[Iterator[Planned]], Iterator[Planned]]:
+    """Stage: samples mixed in a buffer of ``max_bytes`` compressed bytes (drawn at random once full).
+
+    The buffer empties at the end of each pass, so one pass's samples all come out before the next's.
+    """
+
+    def size(p: Planned) -> int:
+        return len(p.data) if isinstance(p.data, (bytes, bytearray, memoryview)) else 1
+
+    def draw(buf: list[Planned]) -> Planned:
+        i = int(rng.integers(len(buf)))
+        buf[i], buf[-1] = buf[-1], buf[i]
+        return buf.pop()
+
+    def stage(src: Iterator[Planned]) -> Iterator[Planned]:
+        buf: list[Planned] = []
+        held, current = 0, None
+        for p in src:
+            if p.pass_ != current:
+                while buf:
+                    yield draw(buf)
+                held, current = 0, p.pass_
+            buf.append(p)
+            held += size(p)
+            while buf and held > max_bytes:
+                out = draw(buf)
+                held -= size(out)
+                yield out
+        while buf:
+            yield draw(buf)
+
+    return stage
+
+
+def read_stages(
+    reader: Any, read: Callable[[Any, int], Planned], skips: SkipReport, *, train: bool, shuffle: bool, rng
+) -> list[Callable[[Iterator], Iterator]]:
+    """Stages: shuffle (replayed in training) -> read + plan, for the backend's ``reader``.
+
+    Local shards get a full permutation of the share. Shards behind URLs (``reader.streams``) are
+    read in file order, each run of samples one streamed request (``reader.stream``); training mixes
+    them in a :func:`shuffle_buffer` instead (shard order is already shuffled by :func:`epoch_order`).
+    """
+    if not getattr(reader, "streams", False):
+        return [passes(train, shuffle, rng), read_stage(read, skips)]
+    stages = [passes(train, False, rng), reader.stream, read_stage(read, skips)]
+    return stages + ([shuffle_buffer(rng, shuffle_bytes())] if shuffle else [])
 
 
 # ------------------------------------------------------------- one worker's epochs
@@ -304,8 +363,15 @@ class SampleStream(torch.utils.data.IterableDataset):
             lambda: iter(refs),
             take_range(r0, r1),  # split by node (rank)
             take_range(w0, w1),  # split by worker
-            passes(self.train, self.shuffle, rng),  # shuffle (and replay when training)
-            read_stage(lambda ref, pass_: self.read(reader, ref, epoch, pass_), self._skips),
+            # shuffle (and replay when training), read + plan
+            read_stages(
+                reader,
+                lambda ref, pass_: self.read(reader, ref, epoch, pass_),
+                self._skips,
+                train=self.train,
+                shuffle=self.shuffle,
+                rng=rng,
+            ),
             lambda src: group_batches(
                 src, self.batch_size, bucket=self.bucket, rng=rng, length=lambda p: p.plan.length
             ),
