@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench bench-compare lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m signstream.benchmarks.run_all --out benchmarks/results
+
+# the latest `make bench` against the previous run on this machine (exit 1 on a regression)
+bench-compare: setup
+	$(VENV)/bin/signstream bench compare --history benchmarks/history.jsonl
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from signstream.benchmarks import peers
 from signstream.benchmarks.report import save_report
 from signstream.loaders.cpu import one_opencv_thread
 from signstream.loaders.memory import PeakMemory
@@ -426,7 +428,9 @@ def profile_stages(
 def run_case(case: dict, isolate: bool) -> dict:
     """Run a case here or in a fresh Python process (separate RSS); adds the load average."""
     load = os.getloadavg()[0]
-    if not isolate:
+    if case["kind"] == "peer":  # always a process of its own (benchmarks/peers.py)
+        result = peers.run_peer(case)
+    elif not isolate:
         result = (loader_case if case["kind"] == "loader" else bare_case)(case)
     else:
         proc = subprocess.run(
@@ -598,6 +602,13 @@ def plan_cases(inputs: dict, quick: bool, cuda: bool, workers: int) -> tuple[lis
             ]
     else:
         skipped += [f"dali-cuda {codec} (NVDEC): skipped, no CUDA device" for codec, _ in gpu]
+    if not has_dali():
+        skipped += [
+            f"{c['name']}: skipped, DALI is not installed (signstream[dali-cuda13])"
+            for c in cases
+            if c["backend"] == "dali"
+        ]
+        cases = [c for c in cases if c["backend"] != "dali"]
     return [{**common, **c} for c in cases], skipped
 
 
@@ -674,14 +685,16 @@ def run(out: str | os.PathLike, quick: bool = False, isolate: bool | None = None
     with tempfile.TemporaryDirectory(prefix="signstream-bench-") as tmp:
         inputs = make_inputs(Path(tmp), quick)
         cases, skipped = plan_cases(inputs, quick, cuda, workers)
+        cases += _peer_cases(inputs, Path(tmp), cases[0], skipped)
         rounds = (1 if quick else 2) if rounds is None else rounds
         runs: dict[str, list[dict]] = {c["name"]: [] for c in cases}
         for i in range(rounds):
             for case in cases:
                 print(f"  round {i + 1}/{rounds}: {case['name']} ...", flush=True)
                 runs[case["name"]].append(run_case(case, isolate))
-        rows = [best_of_rounds(runs[c["name"]]) for c in cases]
-        profile = profile_stages(inputs, videos=2 if quick else 8)
+        rows = peers.settle([best_of_rounds(runs[c["name"]]) for c in cases], skipped)
+        names = ("pngdir", "pyav", "dali-cpu") if has_dali() else ("pngdir", "pyav")
+        profile = profile_stages(inputs, videos=2 if quick else 8, backends=names)
     corpus = {k: v for k, v in inputs.items() if k not in ("root", "vp9", "h264")}
     result = {
         "env": {**_env(workers, isolate), "rounds": rounds},
@@ -702,6 +715,14 @@ def run(out: str | os.PathLike, quick: bool = False, isolate: bool | None = None
     return result
 
 
+def _peer_cases(inputs: dict, work: Path, first: dict, skipped: list[str]) -> list[dict]:
+    """The peers' cases (benchmarks/peers.py), with the parallelism of the first case; adds skip reasons."""
+    common = {k: first[k] for k in ("batch_size", "workers", "repeats")}
+    cases, missing = peers.peer_cases(inputs, work, _transform(), common, OUTPUT_SIZE)
+    skipped += missing
+    return cases
+
+
 def _uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -709,16 +730,30 @@ def _uptime() -> str:
         return ""
 
 
+def has_dali() -> bool:
+    """Whether NVIDIA DALI is installed (an optional extra), without importing it."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _env(workers: int, isolate: bool) -> dict:
     import av
-    import nvidia.dali
+
+    try:
+        import nvidia.dali as dali
+
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = None
 
     return {
         "cpus": os.cpu_count(),
         "workers_or_threads": workers,
         "isolated_processes": isolate,
         "torch": torch.__version__,
-        "dali": nvidia.dali.__version__,
+        "dali": dali_version,
         "av": av.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
@@ -803,6 +838,7 @@ def markdown(result: dict) -> str:
             "conversion); DALI's decode there runs one clip per iteration without overlap, so its stage "
             "ratio is lower than the loader's."
         )
+    lines += peers.markdown_lines(result)
     lines += [f"- {m}" for m in result["skipped"]]
     return "\n".join(lines) + "\n"
 

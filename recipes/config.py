@@ -32,6 +32,7 @@ from signstream.loaders import memory
 from signstream.loaders.fileio import atomic_write
 from signstream.loaders.remote import redact
 from signstream.loaders.transform import MAX_INPUT_SIDE
+from signstream.recipes.trackers import Available
 
 C = TypeVar("C")
 
@@ -117,6 +118,8 @@ Device = typing.Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "a device (auto,
 # A training step whose loss or gradient is NaN/inf: stop the run (one line naming it), or skip
 # the step (no backward, no optimizer step) and count it in the metrics. See recipes/guards.py.
 NonFinite = typing.Literal["stop", "skip"]
+# Experiment trackers a recipe logs to (Accelerate's names), each checked to be installed; none: no tracker.
+Trackers = list[typing.Annotated[str, Available()]] | None
 
 
 def _kind(value: Any) -> str:

@@ -59,7 +59,7 @@ from signstream.loaders.shards import Shard, ShardSet, resolve_shards
 from signstream.models import create_model
 from signstream.models.ctc import load_backbone
 from signstream.models.features import FeatureMode, extract_features
-from signstream.recipes import guards, outputs
+from signstream.recipes import guards, outputs, trackers
 from signstream.recipes.config import (
     Choice,
     Device,
@@ -69,6 +69,7 @@ from signstream.recipes.config import (
     NonNegativeInt,
     PositiveInt,
     Precision,
+    Trackers,
     parse_config,
     peak_memory,
     save_config,
@@ -117,6 +118,9 @@ class ExtractConfig:
     out: str = "runs/features"
     progress: bool = True
     overwrite: bool = False
+    log_with: Trackers = None  # experiment trackers (tensorboard, wandb...): each split's counts and frames/s
+    project_name: str | None = None  # the trackers' project (run) name; none: the recipe's name
+    logging_dir: str | None = None  # where file-based trackers (tensorboard...) write; none: <out>/trackers
 
 
 def build_backbone(cfg: ExtractConfig) -> torch.nn.Module:
@@ -158,6 +162,7 @@ def calibrate(model, cfg: ExtractConfig, shards: Path, device) -> None:
         transform=transform,
         shuffle=False,
         num_workers=0,
+        allow_empty=True,  # refused below by require_videos, naming the split
         rank=0,
         world_size=1,
     )
@@ -402,6 +407,7 @@ class Extraction:
             num_workers=cfg.num_workers,
             device=device,
             decoder_threads=cfg.decoder_threads,
+            allow_empty=True,  # the recipe refuses an empty split itself, over every rank at once
         )
         skipped, seen = [], set(finished)
         bar = self._progress(split)
@@ -495,13 +501,31 @@ class Extraction:
         self.setup()
         self.build()
         self.prepare_out()
-        t0 = time.perf_counter()
-        per_split = {split: self.extract(split) for split in self.cfg.splits}
+        trackers.start(self.accelerator, self.cfg, self.name)
+        try:
+            self.extract_all()
+        except BaseException:
+            trackers.close(self.accelerator)
+            raise
+        self.accelerator.end_training()
+        return 0
+
+    def extract_all(self) -> None:
+        """Every split in turn (each one's counts and frames/s to the trackers at its index), then the summary."""
+        t0, per_split = time.perf_counter(), {}
+        for index, split in enumerate(self.cfg.splits):
+            t_split = time.perf_counter()
+            counts = per_split[split] = self.extract(split)
+            seconds = time.perf_counter() - t_split
+            values = {k: counts[k] for k in ("videos", "resumed", "frames", "features")}
+            values |= {
+                "skipped": len(counts["skipped"]),
+                "frames_per_s": counts["frames"] / seconds if seconds else None,
+            }
+            trackers.log(self.accelerator, {f"{split}/{k}": v for k, v in values.items()}, index)
         self.accelerator.wait_for_everyone()
         self.save(per_split, time.perf_counter() - t0)
         self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
-        return 0
 
 
 @outputs.one_writer

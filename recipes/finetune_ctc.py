@@ -60,6 +60,7 @@ from signstream.recipes.config import (
     Precision,
     Probability,
     Range,
+    Trackers,
     parse_config,
 )
 from signstream.recipes.evaluation import decode_batch
@@ -67,6 +68,7 @@ from signstream.recipes.replicas import replica_report
 from signstream.recipes.runtime import accelerate_precision, accelerator_for, main_guard
 from signstream.recipes.schedules import warmup_cosine
 from signstream.recipes.scoring import CLEANUPS
+from signstream.recipes.trackers import TRACKER_KEYS
 
 
 @dataclass
@@ -117,6 +119,10 @@ class FinetuneConfig:
     out: str = "runs/finetune"
     resume: bool = True
     overwrite: bool = False
+    log_with: Trackers = None  # experiment trackers (tensorboard, wandb, mlflow...), comma-separated; none: none
+    project_name: str | None = None  # the trackers' project (run) name; none: the recipe's name
+    logging_dir: str | None = None  # where file-based trackers (tensorboard...) write; none: <out>/trackers
+    log_every: PositiveInt = 10  # train loss and learning rates go to the trackers every this many steps
 
 
 # Config keys that do not change what a run computes: a rerun may change them and still resume.
@@ -132,6 +138,7 @@ NOT_FINGERPRINTED = (
     "device",
     "nonfinite",
     "max_skipped_fraction",
+    *TRACKER_KEYS,  # where a run is reported, not what it computes
 )
 
 
@@ -264,6 +271,7 @@ class FinetuneRecipe:
             "batch_size": cfg.batch_size,
             "num_workers": cfg.num_workers,
             "decoder_threads": cfg.decoder_threads,
+            "allow_empty": True,  # the recipe refuses an empty split itself, over every process at once
         }
         self.train_loader = make_loader(
             self.shards / cfg.train_split, mode="train", transform=train_tf, shuffle=True, seed=cfg.seed, **common

@@ -20,7 +20,7 @@ import torch
 
 from signstream.loaders.fileio import write_json
 from signstream.models.head import ctc_loss
-from signstream.recipes import checkpoints, guards, outputs
+from signstream.recipes import checkpoints, guards, outputs, trackers
 from signstream.recipes.config import peak_memory, save_config
 from signstream.recipes.scoring import wer_score
 
@@ -30,10 +30,12 @@ class TrainingRecipe(Protocol):
 
     Attributes:
         name: the recipe's name, recorded in ``fingerprint.json``.
-        cfg: the parsed config (``out``, ``resume``, ``overwrite``, ``epochs``, ``cleanup`` are read here).
+        cfg: the parsed config (``out``, ``resume``, ``overwrite``, ``epochs``, ``cleanup`` and the
+            tracker keys ``log_with``, ``project_name``, ``log_every`` are read here).
         accelerator: set by :meth:`setup`.
         vocab: the gloss vocabulary, set by :meth:`load_data` (saved as ``glosses.txt``).
         model, optimizer, scheduler: set, prepared, by :meth:`build`.
+        steps_per_epoch: batches per epoch on this rank, set by :meth:`build` (numbers the logged steps).
         guard: the run's :class:`~signstream.recipes.guards.StepGuard`.
         dev_split: the split scored after every epoch, or ``None``.
     """
@@ -45,6 +47,7 @@ class TrainingRecipe(Protocol):
     model: Any
     optimizer: Any
     scheduler: Any
+    steps_per_epoch: int
     guard: guards.StepGuard
     dev_split: str | None
 
@@ -84,6 +87,7 @@ def train_step(recipe: TrainingRecipe, epoch: int, step: int, inputs: tuple, tar
 
     Under gradient accumulation the caller wraps it in ``accelerator.accumulate``;
     clipping, the gradient check and the weight check then run on synchronising steps only.
+    The loss and learning rates go to the trackers at global step ``epoch * steps_per_epoch + step``.
 
     Returns:
         The step's loss, or ``None`` when the guard left the step out (``nonfinite=skip``).
@@ -107,7 +111,9 @@ def train_step(recipe: TrainingRecipe, epoch: int, step: int, inputs: tuple, tar
     recipe.optimizer.zero_grad()
     if accelerator.sync_gradients:
         guard.check_weights(model, epoch, step)
-    return loss.item()
+    value = loss.item()
+    trackers.log_step(accelerator, cfg, recipe.scheduler, value, epoch * recipe.steps_per_epoch + step)
+    return value
 
 
 def run(recipe: TrainingRecipe) -> int:
@@ -130,6 +136,19 @@ def run(recipe: TrainingRecipe) -> int:
         recipe.vocab.save(out / "glosses.txt")
     accelerator.wait_for_everyone()
     start, history = checkpoints.resume(accelerator, out, cfg.resume)
+    trackers.start(accelerator, cfg, recipe.name, first_step=start * recipe.steps_per_epoch)
+    try:
+        train(recipe, start, history)
+    except BaseException:
+        trackers.close(accelerator)
+        raise
+    accelerator.end_training()
+    return 0
+
+
+def train(recipe: TrainingRecipe, start: int, history: list[dict]) -> dict:
+    """Epochs ``start`` to ``cfg.epochs - 1`` after ``history``, then ``metrics.json``; returns the metrics."""
+    accelerator, cfg, out, steps = recipe.accelerator, recipe.cfg, Path(recipe.cfg.out), recipe.steps_per_epoch
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         record = recipe.train_epoch(epoch)
@@ -137,6 +156,8 @@ def run(recipe: TrainingRecipe) -> int:
             record["dev_wer"] = wer_score(*recipe.evaluate(recipe.dev_split), cfg.cleanup)["wer"]
         history.append(record)
         accelerator.print(json.dumps(record))
+        # at the epoch's last step: a run resuming after this epoch hides nothing of it
+        trackers.log_epoch(accelerator, record, (epoch + 1) * steps - 1)
         checkpoints.save_epoch(accelerator, out, epoch, history, functools.partial(recipe.save_model, epoch))
     metrics = {
         "history": history,
@@ -148,5 +169,7 @@ def run(recipe: TrainingRecipe) -> int:
     if accelerator.is_main_process:
         write_json(out / "metrics.json", metrics)
         accelerator.print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
-    accelerator.end_training()
-    return 0
+    trackers.log(
+        accelerator, {f"final/{k}": v for k, v in metrics.items() if k.endswith("_wer")}, cfg.epochs * steps - 1
+    )
+    return metrics

@@ -79,14 +79,16 @@ def accelerator_for(cfg: Any, workers: int, **kwargs: Any):
     """Apply the thread policy for ``cfg.threads``, then make the Accelerator on ``cfg.device``.
 
     Args:
-        cfg: a recipe config with ``threads`` and ``device`` keys.
+        cfg: a recipe config with ``threads`` and ``device`` keys, and the tracker keys
+            (``log_with``, ``logging_dir``, ``out``) when it has any.
         workers: loader worker processes of this rank (each counted as one busy core).
         **kwargs: passed to Accelerate (``mixed_precision``, ``gradient_accumulation_steps``...).
     """
     from signstream.recipes.threads import apply_thread_policy
+    from signstream.recipes.trackers import accelerator_options
 
     apply_thread_policy(cfg.threads, workers=workers)
-    return make_accelerator(cfg.device, **kwargs)
+    return make_accelerator(cfg.device, **accelerator_options(cfg), **kwargs)
 
 
 class Terminated(BaseException):

@@ -25,6 +25,7 @@ import json
 import math
 import re
 import sys
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,14 @@ from signstream.recipes.config import (
     PositiveInt,
     Precision,
     Probability,
+    Trackers,
     parse_config,
 )
 from signstream.recipes.evaluation import decode_batch, score_split
 from signstream.recipes.runtime import accelerate_precision, accelerator_for, main_guard
 from signstream.recipes.schedules import warmup_cosine
 from signstream.recipes.scoring import CLEANUPS
+from signstream.recipes.trackers import TRACKER_KEYS
 
 
 @dataclass
@@ -91,10 +94,15 @@ class TrainHeadConfig:
     out: str = "runs/head"
     resume: bool = True
     overwrite: bool = False
+    log_with: Trackers = None  # experiment trackers (tensorboard, wandb, mlflow...), comma-separated; none: none
+    project_name: str | None = None  # the trackers' project (run) name; none: the recipe's name
+    logging_dir: str | None = None  # where file-based trackers (tensorboard...) write; none: <out>/trackers
+    log_every: PositiveInt = 10  # train loss and learning rates go to the trackers every this many steps
 
 
 # nonfinite changes nothing in a run that meets no NaN: a stopped run may resume with nonfinite=skip
-NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab", "device", "nonfinite")
+# the tracker keys say where a run is reported, not what it computes
+NOT_FINGERPRINTED = ("out", "resume", "overwrite", "features", "vocab", "device", "nonfinite", *TRACKER_KEYS)
 
 
 def data_digest(datasets: dict[str, FeatureDataset], vocab_path: Path) -> str:
@@ -253,9 +261,10 @@ class HeadRecipe:
             model, optimizer, train_loader, scheduler
         )
         self.eval_loaders = {s: accelerator.prepare(dl) for s, dl in eval_loaders.items()}
+        self.steps_per_epoch = len(self.train_loader)
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the train split; returns the epoch's mean loss and its skipped steps.
+        """One pass over the train split; returns the epoch's mean loss, feature frames/s and skipped steps.
 
         The guard stops the run at a NaN/inf loss, gradient or weight (or, with
         ``nonfinite=skip``, leaves such a step out: no backward, no optimizer step).
@@ -263,14 +272,20 @@ class HeadRecipe:
         model, loader, guard = self.model, self.train_loader, self.guard
         model.train()
         loader.set_epoch(epoch)
-        total, count, skipped = 0.0, 0, guard.skipped
+        total, count, frames, skipped, t0 = 0.0, 0, 0, guard.skipped, time.perf_counter()
         for step, (x, lengths, y, ylen, _) in enumerate(loader):
             # no accumulation here: every step synchronises and steps the optimizer
             loss = runner.train_step(self, epoch, step, (x, lengths), (y, ylen))
             if loss is not None:
-                total, count = total + loss, count + 1
+                total, count, frames = total + loss, count + 1, frames + int(lengths.sum())
         guard.end_epoch(epoch, count, guard.skipped - skipped)
-        return {"epoch": epoch, "train_loss": total / max(count, 1), "nonfinite_skipped": guard.skipped - skipped}
+        seconds = time.perf_counter() - t0
+        return {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "frames_per_s": round(frames / seconds, 1) if seconds else None,
+            "nonfinite_skipped": guard.skipped - skipped,
+        }
 
     def evaluate(self, split: str) -> tuple[dict[str, str], dict[str, str]]:
         """Decode a split that every rank reads its own part of; returns (refs, hyps) by name."""

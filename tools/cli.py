@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "verify": "signstream.tools.verify",
     "wer": "signstream.tools.wer",
     "demo": "signstream.tools.demo",
+    # registered by name only: the benchmarks sit above the commands, so nothing here imports them
+    "bench": "signstream.benchmarks.history",
 }
 # Recipes take `--config PRESET.yaml key=value ...` themselves (see recipes/config.py).
 RECIPES = {

@@ -48,7 +48,6 @@ from signstream.loaders.format import (
     sample_members,
     sample_meta_problems,
     sha256_file,
-    shard_name,
     tar_member_size,
     write_index,
     write_manifest,
@@ -58,10 +57,10 @@ from signstream.loaders.outputs import remove_stray_temps
 from signstream.loaders.ownership import OutputLock
 from signstream.tools import encode as enc
 from signstream.tools.packstate import (
-    STATE_FILE,
+    STATE_FILE,  # noqa: F401 - re-exported: the state file name callers look for
     STATS_FILE,
+    Slot,
     load_state,
-    owned_in_split,
     read_record,
 )
 
@@ -158,8 +157,9 @@ def encode_all(jobs: list, workers: int) -> Iterator[Encoded]:
 class ShardWriter:
     """Groups encoded samples into shards in order and finalises each atomically."""
 
-    def __init__(self, split_dir: Path, split: str, opts: PackOptions, state: dict):
+    def __init__(self, split_dir: Path, split: str, opts: PackOptions, state: dict, slot: Slot | None = None):
         self.dir, self.split, self.opts, self.state = split_dir, split, opts, state
+        self.slot = slot or Slot(split_dir.parent, split)
         self.pending: list[Encoded] = []
         self.pending_bytes = 1024  # tar end-of-archive blocks
 
@@ -178,11 +178,11 @@ class ShardWriter:
             self.state["next_row"] = next_row
             return
         number = len(self.state["shards"])
-        tar = self.dir / shard_name(self.split, number)
+        tar = self.dir / self.slot.shard(number)
         # Claim the names first: a kill after the rename but before the shard is
         # recorded must still leave a file the rerun knows it wrote.
         self.state["writing"] = [tar.name, index_path_for(tar).name]
-        write_json(self.dir / STATE_FILE, self.state)
+        write_json(self.slot.state, self.state)
         layout = write_tar(tar, ([m for m in item.members] for item in self.pending))
         write_index(index_path_for(tar), layout)
         self.state["shards"].append(
@@ -199,7 +199,7 @@ class ShardWriter:
         self.state["png_bytes"] += sum(i.png_bytes for i in self.pending)
         self.state["next_row"] = next_row
         self.state["writing"] = []
-        write_json(self.dir / STATE_FILE, self.state)
+        write_json(self.slot.state, self.state)
         self.pending, self.pending_bytes = [], 1024
 
 
@@ -250,20 +250,32 @@ def pack_split(
     overwrite: bool = False,
     progress: bool = True,
     fp: str | None = None,
+    keys: list[str] | None = None,
+    slot: Slot | None = None,
 ) -> dict:
-    """Pack one split's rows into ``out/<split>``; returns its manifest (``fp``: their fingerprint, if known)."""
+    """Pack one split's rows into ``out/<split>``; returns its manifest (``fp``: their fingerprint, if known).
+
+    ``keys``: the rows' sample keys (default: made from these rows); ``slot``: the part of the
+    split they are (default: the whole split), whose record is written instead of the manifest.
+    """
+    slot = slot or Slot(out, split)
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    keys = make_keys(row.name for row in rows)
+    keys = keys or make_keys(row.name for row in rows)
     fp = fp or fingerprint(rows, keys, opts)
-    state = load_state(split_dir, split, fp, overwrite)
-    remove_stray_temps(split_dir, owned_in_split(split))
+    state = load_state(split_dir, split, fp, overwrite, slot=slot)
+    remove_stray_temps(split_dir, slot.owned_here)
+    if slot.count:
+        remove_stray_temps(slot.part_dir, lambda name: name in (slot.record.name, slot.state.name))
     if state is None:
-        print(f"{split}: already packed ({split_dir / MANIFEST})", file=sys.stderr)
-        return read_manifest(split_dir / MANIFEST).to_dict()
+        print(
+            f"{split}{f' part {slot.index}/{slot.count}' if slot.count else ''}: already packed ({slot.record})",
+            file=sys.stderr,
+        )
+        return read_manifest(slot.record).to_dict()
     start = state["next_row"]
     jobs = [(i, rows[i], keys[i], opts) for i in range(start, len(rows))]
-    writer = ShardWriter(split_dir, split, opts, state)
+    writer = ShardWriter(split_dir, split, opts, state, slot)
     t0, frames = time.perf_counter(), 0
     bar = _progress(split, len(rows), start, progress)
     # closing(): an interrupt (Ctrl-C, SIGTERM, a full disk) stops the worker pool here, at once,
@@ -288,15 +300,17 @@ def pack_split(
     if bar is not None:
         bar.close()
     manifest = build_manifest(split, state, opts)
-    if not manifest.shards:
+    if not manifest.shards and not slot.count:
         # Nothing packed: no manifest, so a rerun after fixing the sources starts afresh
         # instead of reporting "already packed" (the warnings above name every row).
-        (split_dir / STATE_FILE).unlink(missing_ok=True)
+        slot.state.unlink(missing_ok=True)
         return manifest.to_dict()
-    # Manifest before removing the state: at no moment are written shards unrecorded.
-    write_manifest(split_dir / MANIFEST, manifest)
-    (split_dir / STATE_FILE).unlink(missing_ok=True)
-    write_json(split_dir / STATS_FILE, _stats(frames, len(jobs), time.perf_counter() - t0, workers))
+    # Manifest before removing the state: at no moment are written shards unrecorded. A part
+    # records even an empty share: the merge waits for every part's record.
+    write_manifest(slot.record, manifest)
+    slot.state.unlink(missing_ok=True)
+    if not slot.count:
+        write_json(split_dir / STATS_FILE, _stats(frames, len(jobs), time.perf_counter() - t0, workers))
     return manifest.to_dict()
 
 
@@ -613,16 +627,36 @@ def add_arguments(p) -> None:
     p.add_argument("--max-bytes", type=_bytes, default=1 << 30, help="bytes per shard, e.g. 512M (default 1G)")
     p.add_argument("--workers", type=_positive_int, help="encoding processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace shards packed with other options")
+    many = p.add_mutually_exclusive_group()
+    many.add_argument(
+        "--part",
+        metavar="I/N",
+        help="pack only part I of N (1-based) of each split, e.g. on N machines into one shared --out; "
+        "'slurm' reads the SLURM job array task; then run --merge",
+    )
+    many.add_argument(
+        "--merge", action="store_true", help="once all N parts are packed: write manifests and vocabulary"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     """Run ``signstream pack``."""
+    from functools import partial
+
     t0 = time.perf_counter()
     packer = pack_corpus
-    if remote.is_url(args.out):  # pack in a staging directory, upload each finished shard
-        from functools import partial
+    if (args.part or args.merge) and remote.is_url(args.out):
+        raise SignstreamError("--part and --merge write to a directory all parts share, not an s3:// --out")
+    if args.part or args.merge:
+        from signstream.tools import pack_parts
 
+        packer = (
+            pack_parts.merge_parts
+            if args.merge
+            else partial(pack_parts.pack_part, part=pack_parts.parse_part(args.part))
+        )
+    elif remote.is_url(args.out):  # pack in a staging directory, upload each finished shard
         from signstream.tools.remote_pack import pack_to_bucket
 
         packer = partial(pack_to_bucket, staging=args.staging)
@@ -652,7 +686,9 @@ def run(args) -> int:
             f"{t['bytes'] / 1e6:.1f} MB ({ratio:.0f}x smaller than the source), "
             f"{len(m['skipped'])} skipped"
         )
-    if result["vocab"] is None:
+    if "part" in result:
+        print(f"part {result['part'][0]}/{result['part'][1]} packed; once every part is, rerun with --merge")
+    elif result["vocab"] is None:
         print(f"vocabulary: not written ({GLOSSES} comes from the train split; pack it too) ({seconds:.1f} s)")
     else:
         # a string join, not Path: --out may be an s3:// URL

@@ -21,6 +21,7 @@ from signstream.loaders import remote
 from signstream.loaders.format import MANIFEST, sha256_file
 from signstream.loaders.ownership import BucketLock
 from signstream.tools.pack import STATE_FILE, pack_corpus
+from signstream.tools.packstate import is_any_shard_name
 
 POLL_S = 0.5  # how often the uploader looks for newly finished shards
 
@@ -168,7 +169,7 @@ def _shard_names(split: str, manifest: dict | None) -> set[str]:
     names = (
         [s.get(k) for s in shards if isinstance(s, dict) for k in ("file", "index")] if isinstance(shards, list) else []
     )
-    return {n for n in names if isinstance(n, str) and re.fullmatch(rf"{re.escape(split)}-\d{{6}}\.(?:tar|idx)", n)}
+    return {n for n in names if isinstance(n, str) and is_any_shard_name(split, n)}
 
 
 def pack_to_bucket(
