@@ -151,6 +151,10 @@ def encode_all(jobs: list, workers: int) -> Iterator[Encoded]:
                 yield results.next(timeout=WORKER_TIMEOUT_S)
             except mp.TimeoutError:
                 raise SignstreamError(worker_timeout_message(workers)) from None
+        # every result is in: let the idle workers take their stop sentinel and exit, rather than
+        # SIGTERM them mid-wait on the task queue (the exit path of ``with``), which can hang
+        pool.close()
+        pool.join()
 
 
 # --------------------------------------------------------------------------- shards
